@@ -1,0 +1,174 @@
+//! The reference Klio catalog server: the catalog API v1 contract over a directory of backup
+//! metadata files (one JSON record per `*.json` file, subfolders allowed), mutual TLS required.
+//! The demo and the tests read it; a Klio installation without the contract can run it as a
+//! gateway beside its repository dump.
+//!
+//! The revision is the newest modification time (milliseconds) of the directory tree, so it
+//! grows with every change, deletions included, and survives restarts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use anyhow::Result;
+use poem::http::StatusCode;
+use poem::web::{Data, Path as PathParam, Query};
+use poem::{handler, EndpointExt, IntoResponse, Response, Route};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::CatalogServeArgs;
+
+/// The directory listing at one moment.
+struct Listing {
+    revision: u64,
+    /// (clusterName, name, raw record)
+    records: Vec<(String, String, Box<RawValue>)>,
+}
+
+#[derive(Deserialize)]
+struct Identity {
+    #[serde(default, rename = "clusterName")]
+    cluster_name: String,
+    #[serde(default)]
+    name: String,
+}
+
+fn scan(dir: &Path) -> std::io::Result<Listing> {
+    let mut revision = 0u64;
+    let mut records = vec![];
+    let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mtime = |p: &Path| -> u64 {
+            std::fs::metadata(p)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        revision = revision.max(mtime(&d));
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "json") {
+                revision = revision.max(mtime(&path));
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
+                        continue;
+                    }
+                };
+                // Anything that is JSON is served as is (clients decide what they understand).
+                match serde_json::from_str::<Box<RawValue>>(&text) {
+                    Ok(raw) => {
+                        let id: Identity = serde_json::from_str(raw.get()).unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
+                        records.push((id.cluster_name, id.name, raw));
+                    }
+                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "record file is not JSON; not served"),
+                }
+            }
+        }
+    }
+    records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    Ok(Listing { revision, records })
+}
+
+struct CatalogDir(PathBuf);
+
+async fn listing(dir: &Arc<CatalogDir>) -> Result<Listing, Response> {
+    let dir = dir.clone();
+    tokio::task::spawn_blocking(move || scan(&dir.0))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("reading the catalog directory: {e}")))
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    Response::builder()
+        .status(status)
+        .content_type("application/json")
+        .body(serde_json::json!({ "error": message }).to_string())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(rename = "clusterName")]
+    cluster_name: Option<String>,
+}
+
+#[handler]
+async fn list(req: &poem::Request, Data(dir): Data<&Arc<CatalogDir>>, Query(q): Query<ListQuery>) -> Response {
+    let listing = match listing(dir).await {
+        Ok(l) => l,
+        Err(resp) => return resp,
+    };
+    // The ETag covers the whole catalog; filtered answers are not cached.
+    let etag = q.cluster_name.is_none().then(|| format!("\"{}-{}\"", listing.revision, listing.records.len()));
+    if let Some(etag) = &etag {
+        if req.header("if-none-match") == Some(etag.as_str()) {
+            return StatusCode::NOT_MODIFIED.with_header("ETag", etag.clone()).into_response();
+        }
+    }
+    let items: Vec<&RawValue> = listing
+        .records
+        .iter()
+        .filter(|(cluster, _, _)| q.cluster_name.as_ref().is_none_or(|c| c == cluster))
+        .map(|(_, _, raw)| raw.as_ref())
+        .collect();
+    let body = serde_json::json!({ "revision": listing.revision, "items": items });
+    let mut resp = Response::builder().content_type("application/json");
+    if let Some(etag) = etag {
+        resp = resp.header("ETag", etag);
+    }
+    resp.body(body.to_string())
+}
+
+#[handler]
+async fn get(Data(dir): Data<&Arc<CatalogDir>>, PathParam((cluster, name)): PathParam<(String, String)>) -> Response {
+    let listing = match listing(dir).await {
+        Ok(l) => l,
+        Err(resp) => return resp,
+    };
+    match listing.records.iter().find(|(c, n, _)| *c == cluster && *n == name) {
+        Some((_, _, raw)) => Response::builder().content_type("application/json").body(raw.get().to_string()),
+        None => error(StatusCode::NOT_FOUND, &format!("backup {name} of cluster {cluster} not found")),
+    }
+}
+
+/// The catalog server's routes over `dir`.
+pub fn app(dir: PathBuf) -> impl poem::Endpoint {
+    Route::new()
+        .at("/catalog/v1/backups", poem::get(list))
+        .at("/catalog/v1/backups/:cluster/:name", poem::get(get))
+        .data(Arc::new(CatalogDir(dir)))
+        .catch_error(|_: poem::error::NotFoundError| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .catch_error(|_: poem::error::MethodNotAllowedError| async {
+            error(StatusCode::METHOD_NOT_ALLOWED, "the catalog is read-only")
+        })
+}
+
+/// `klio-api catalog serve`.
+pub async fn run(args: CatalogServeArgs, shutdown: tokio::sync::watch::Receiver<bool>) -> Result<()> {
+    let server = bind(&args).await?;
+    tracing::info!(address = %server.local_addr(), dir = %args.dir.display(), "catalog server listening");
+    server.serve(app(args.dir.clone()), shutdown).await
+}
+
+/// Binds the catalog server (client certificates required).
+pub async fn bind(args: &CatalogServeArgs) -> Result<crate::server::HttpsServer> {
+    if !args.dir.is_dir() {
+        anyhow::bail!("--dir {} is not a directory", args.dir.display());
+    }
+    let chain = crate::tls::load_certs(&args.tls_cert_file)?;
+    let key = crate::tls::load_key(&args.tls_private_key_file)?;
+    let cas = crate::tls::load_certs(&args.client_ca_file)?;
+    let acceptor = crate::tls::acceptor(&chain, &key, crate::tls::ClientAuth::Required(cas))?;
+    crate::server::HttpsServer::bind(args.listen, acceptor).await
+}

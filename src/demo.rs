@@ -1,0 +1,218 @@
+//! `klio-api demo`: everything on 127.0.0.1 in one process. A CA and certificates, a sample
+//! catalog (tier 1 and tier 2), two reference catalog servers, the API service, and a kubeconfig
+//! with an admin client certificate.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::apiserver::ApiServer;
+use crate::config::{ApiServerArgs, CatalogServeArgs, DemoArgs, KlioClientArgs};
+use crate::pki::{KeyPair, Usage};
+
+/// The files a demo (or a test) needs: one CA for everything, which keeps the example short.
+pub struct DemoPki {
+    pub dir: PathBuf,
+}
+
+impl DemoPki {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join("pki").join(name)
+    }
+
+    /// Writes `ca.crt`, the catalog server's, the Klio client's, the API service's and an admin
+    /// user's certificate and key under `dir/pki`.
+    pub fn create(dir: &Path) -> Result<Self> {
+        let pki = dir.join("pki");
+        std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
+        let ca = KeyPair::new_ca("klio-demo-ca")?;
+        let write = |name: &str, pair: &KeyPair| -> Result<()> {
+            std::fs::write(pki.join(format!("{name}.crt")), pair.cert_pem())?;
+            write_private(&pki.join(format!("{name}.key")), &pair.key_pem())
+        };
+        std::fs::write(pki.join("ca.crt"), ca.cert_pem())?;
+        write_private(&pki.join("ca.key"), &ca.key_pem())?;
+        let local = ["localhost", "127.0.0.1"];
+        write("catalog-server", &ca.issue("klio-catalog", &[], &local, Usage::Server)?)?;
+        write("klio-client", &ca.issue("snapshot_reader@klio", &[], &[], Usage::Client)?)?;
+        write("api-server", &ca.issue("klio-api", &[], &local, Usage::Server)?)?;
+        write("admin", &ca.issue("demo-admin", &["system:masters"], &[], Usage::Client)?)?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    /// How the API service reaches the catalog servers with these certificates.
+    pub fn klio_client_args(&self, url: String, tier2_url: Option<String>) -> KlioClientArgs {
+        KlioClientArgs {
+            url,
+            tier2_url,
+            server_cert: self.path("ca.crt"),
+            client_cert: self.path("klio-client.crt"),
+            client_key: self.path("klio-client.key"),
+            hostname: "klio".into(),
+            timeout_seconds: 10,
+        }
+    }
+
+    pub fn catalog_serve_args(&self, dir: PathBuf) -> CatalogServeArgs {
+        CatalogServeArgs {
+            dir,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls_cert_file: self.path("catalog-server.crt"),
+            tls_private_key_file: self.path("catalog-server.key"),
+            client_ca_file: self.path("ca.crt"),
+        }
+    }
+
+    /// A kubeconfig for the admin user against `server`.
+    pub fn write_kubeconfig(&self, server: &str) -> Result<PathBuf> {
+        use base64_like::encode;
+        let read = |n: &str| std::fs::read(self.path(n)).with_context(|| format!("reading {n}"));
+        let config = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "klio-demo", "cluster": { "server": server, "certificate-authority-data": encode(&read("ca.crt")?) } }],
+            "users": [{ "name": "demo-admin", "user": {
+                "client-certificate-data": encode(&read("admin.crt")?),
+                "client-key-data": encode(&read("admin.key")?),
+            } }],
+            "contexts": [{ "name": "klio-demo", "context": { "cluster": "klio-demo", "user": "demo-admin" } }],
+            "current-context": "klio-demo",
+        });
+        let path = self.dir.join("kubeconfig");
+        write_private(&path, serde_json::to_string_pretty(&config)?.as_bytes())?;
+        Ok(path)
+    }
+}
+
+/// Base64 through openssl, which is already linked (kubeconfig `*-data` fields).
+mod base64_like {
+    pub fn encode(bytes: &[u8]) -> String {
+        openssl::base64::encode_block(bytes)
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One sample record in Klio's format.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_record(cluster: &str, id: &str, started: i64, duration: i64, segment: u64, tablespaces: bool) -> serde_json::Value {
+    let start_lsn = segment * 0x100_0000 + 0x28;
+    let end_lsn = start_lsn + 0xF8;
+    let wal = format!("{:08X}{:08X}{:08X}", 1, segment >> 8, segment & 0xFF);
+    let mut record = json!({
+        "name": id,
+        "clusterName": cluster,
+        "startLsn": start_lsn,
+        "endLsn": end_lsn,
+        "startWal": wal,
+        "endWal": wal,
+        "tli": 1,
+        "segmentSize": 16_777_216,
+        "backupLabel": format!("START WAL LOCATION: {:X}/{:X} (file {wal})\nCHECKPOINT LOCATION: {:X}/{:X}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: {started}\nLABEL: {id}\nSTART TIMELINE: 1\n", start_lsn >> 32, start_lsn & 0xFFFF_FFFF, start_lsn >> 32, (start_lsn + 0x60) & 0xFFFF_FFFF),
+        "tablespaceMap": "",
+        "pgData": "/var/lib/postgresql/data/pgdata",
+        "annotations": {
+            "klio.io/kopiaManifestID": format!("{:032x}", (started as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            "klio.io/controlDataKopiaManifestID": format!("{:032x}", (started as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)),
+        },
+        "startedAt": started,
+        "stoppedAt": started + duration,
+    });
+    if tablespaces {
+        record["tablespaceMap"] = json!("16385 /var/lib/postgresql/tablespaces/analytics\n");
+        record["tablespaces"] = json!([{ "name": "analytics", "oid": "16385", "path": "/var/lib/postgresql/tablespaces/analytics", "annotations": { "klio.io/kopiaManifestID": "7f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f" } }]);
+    }
+    record
+}
+
+/// Writes the demo catalog: the product document's backup, more clusters, tier-2 copies.
+pub fn write_sample_catalog(tier1: &Path, tier2: &Path) -> Result<()> {
+    let put = |dir: &Path, record: &serde_json::Value| -> Result<()> {
+        let cluster_dir = dir.join(record["clusterName"].as_str().unwrap_or_default());
+        std::fs::create_dir_all(&cluster_dir)?;
+        let file = cluster_dir.join(format!("{}.json", record["name"].as_str().unwrap_or_default()));
+        std::fs::write(&file, serde_json::to_vec_pretty(record)?).with_context(|| format!("writing {}", file.display()))
+    };
+    // The product document's example, field for field.
+    let mut example = sample_record("cluster-example", "backup-20251113093137", 1_763_026_297, 2, 7, false);
+    example["startLsn"] = json!(117_440_552u64);
+    example["endLsn"] = json!(117_440_800u64);
+    example["startWal"] = json!("000000010000000000000007");
+    example["endWal"] = json!("000000010000000000000007");
+    example["annotations"] = json!({
+        "klio.io/controlDataKopiaManifestID": "f055f78fb1db512b39e695465fa26ead",
+        "klio.io/kopiaManifestID": "2272afec220f48d0fa0064f85b043ac4",
+    });
+    put(tier1, &example)?;
+    put(tier1, &sample_record("cluster-example", "backup-20251114093000", 1_763_112_600, 3, 9, false))?;
+    // Older backups of cluster-example were moved to tier 2 only.
+    put(tier2, &sample_record("cluster-example", "backup-20251101020000", 1_761_962_400, 95, 3, false))?;
+    // A cluster with a tablespace, its last backup on both tiers.
+    let both = sample_record("pg-analytics", "backup-20251120010000", 1_763_600_400, 754, 0x2A, true);
+    put(tier1, &both)?;
+    put(tier2, &both)?;
+    put(tier1, &sample_record("pg-analytics", "backup-20251121010000", 1_763_686_800, 812, 0x31, true))?;
+    put(tier1, &sample_record("pg-orders", "backup-20251122003000", 1_763_771_400, 41, 0x10, false))?;
+    Ok(())
+}
+
+/// `klio-api demo`.
+pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("klio-api-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let pki = DemoPki::create(&dir)?;
+    let (tier1, tier2) = (dir.join("catalog/tier1"), dir.join("catalog/tier2"));
+    if !tier1.exists() {
+        std::fs::create_dir_all(&tier1)?;
+        std::fs::create_dir_all(&tier2)?;
+        write_sample_catalog(&tier1, &tier2)?;
+    }
+    std::fs::create_dir_all(&tier2)?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut urls = vec![];
+    for catalog_dir in [&tier1, &tier2] {
+        let server = crate::catalog::reference_server::bind(&pki.catalog_serve_args(catalog_dir.clone())).await?;
+        urls.push(format!("https://127.0.0.1:{}", server.local_addr().port()));
+        tasks.spawn(server.serve(crate::catalog::reference_server::app(catalog_dir.clone()), shutdown.clone()));
+    }
+    let api_args = ApiServerArgs {
+        bind_address: Ipv4Addr::LOCALHOST.into(),
+        secure_port: args.port,
+        tls_cert_file: Some(pki.path("api-server.crt")),
+        tls_private_key_file: Some(pki.path("api-server.key")),
+        client_ca_file: Some(pki.path("ca.crt")),
+        klio: pki.klio_client_args(urls[0].clone(), Some(urls[1].clone())),
+    };
+    let api = ApiServer::bind(&api_args).await?;
+    let server_url = format!("https://127.0.0.1:{}", api.local_addr().port());
+    let kubeconfig = pki.write_kubeconfig(&server_url)?;
+    tasks.spawn(api.serve(shutdown.clone()));
+
+    println!(
+        "\nKlio API service demo\n  API service:      {server_url}\n  catalog servers:  {} (tier 1), {} (tier 2)\n  catalog records:  {} and {}\n  kubeconfig:       {}\n\nTry:\n  export KUBECONFIG={}\n  kubectl get kliobackups\n  kubectl get kliobackups -o wide\n  kubectl get kliobackup cluster-example.backup-20251113093137 -o yaml\n  kubectl explain kliobackup.status --recursive\n\nAdd or remove JSON records under the catalog directories and list again. Ctrl-C stops the demo.\n",
+        urls[0],
+        urls[1],
+        tier1.display(),
+        tier2.display(),
+        kubeconfig.display(),
+        kubeconfig.display(),
+    );
+    while let Some(done) = tasks.join_next().await {
+        done.context("a demo task panicked")??;
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! Klio API service: a Kubernetes aggregated API server that shows the Klio backup catalog as
+//! `kliobackups.kliocatalog.enterprisedb.io/v1alpha1` objects.
+//!
+//! Modules, one responsibility each:
+//! * [`config`]: the command line and environment;
+//! * [`catalog`]: the Klio catalog client, the merged snapshot, and the reference catalog server;
+//! * [`api`]: discovery, the resource handlers, Tables, Status errors, OpenAPI publishing;
+//! * [`model`] and [`routes`]: generated from `openapi/` by build.rs;
+//! * [`tls`], [`pki`], [`server`]: TLS serving, certificates, the HTTPS accept loop;
+//! * [`apiserver`] and [`demo`]: the entry points.
+
+pub mod api;
+pub mod apiserver;
+pub mod catalog;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod model;
+pub mod pki;
+pub mod routes;
+pub mod server;
+pub mod tls;

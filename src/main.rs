@@ -1,0 +1,39 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use klio_api::config::{CatalogCommand, Cli, Command, ServerCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = match &cli.command {
+        // The demo is for people at a terminal.
+        Command::Demo(_) if std::env::var_os("KLIO_API_LOG_FORMAT").is_none() => klio_api::config::LogFormat::Text,
+        _ => cli.log_format,
+    };
+    klio_api::logging::init(log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = klio_api::apiserver::shutdown_signal();
+        match cli.command {
+            Command::Server { which: ServerCommand::ApiServer(args) } => {
+                klio_api::apiserver::ApiServer::bind(&args).await?.serve(shutdown).await
+            }
+            Command::Catalog { which: CatalogCommand::Serve(args) } => klio_api::catalog::reference_server::run(args, shutdown).await,
+            Command::Demo(args) => klio_api::demo::run(args, shutdown).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "exiting");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

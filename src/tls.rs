@@ -1,0 +1,89 @@
+//! TLS serving with openssl: the acceptor (TLS 1.2+, Mozilla intermediate ciphers, ALPN h2 and
+//! http/1.1, optional client certificates verified against a CA bundle) and the identity a
+//! verified client certificate carries.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::ssl::{AlpnError, SslAcceptor, SslMethod, SslRef, SslVerifyMode};
+use openssl::x509::X509;
+
+/// Reads a PEM file holding one or more certificates, leaf first.
+pub fn load_certs(path: &Path) -> Result<Vec<X509>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading certificate file {}", path.display()))?;
+    let certs = X509::stack_from_pem(&pem).with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{} holds no PEM certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#1, PKCS#8 or SEC1).
+pub fn load_key(path: &Path) -> Result<PKey<Private>> {
+    let pem = std::fs::read(path).with_context(|| format!("reading private key file {}", path.display()))?;
+    PKey::private_key_from_pem(&pem).with_context(|| format!("parsing the PEM private key in {}", path.display()))
+}
+
+/// How client certificates are handled during the handshake.
+pub enum ClientAuth {
+    /// No certificate is asked for.
+    None,
+    /// A certificate is asked for and, when sent, must verify against these CAs; a client without
+    /// one still connects (and is answered 401 by the API, with a Status body).
+    Optional(Vec<X509>),
+    /// A certificate verifying against these CAs is required to complete the handshake.
+    Required(Vec<X509>),
+}
+
+/// Builds the server-side TLS configuration.
+pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) -> Result<SslAcceptor> {
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
+    let (leaf, intermediates) = chain.split_first().context("empty certificate chain")?;
+    b.set_certificate(leaf)?;
+    for c in intermediates {
+        b.add_extra_chain_cert(c.clone())?;
+    }
+    b.set_private_key(key)?;
+    b.check_private_key().context("the serving private key does not match the certificate")?;
+    let (cas, mode) = match client_auth {
+        ClientAuth::None => (vec![], SslVerifyMode::NONE),
+        ClientAuth::Optional(cas) => (cas, SslVerifyMode::PEER),
+        ClientAuth::Required(cas) => (cas, SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT),
+    };
+    for ca in cas {
+        b.add_client_ca(&ca)?;
+        b.cert_store_mut().add_cert(ca)?;
+    }
+    b.set_verify(mode);
+    b.set_alpn_select_callback(|_, client| {
+        openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
+    });
+    Ok(b.build())
+}
+
+/// The client identity established by the TLS handshake, attached to every request of the
+/// connection. Only a certificate that verified against the client CA yields a user.
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity {
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// Reads the verified peer certificate of a finished handshake.
+    pub fn from_ssl(ssl: &SslRef) -> Self {
+        if ssl.verify_result() != openssl::x509::X509VerifyResult::OK {
+            return Self::default();
+        }
+        let Some(cert) = ssl.peer_certificate() else { return Self::default() };
+        let text = |nid| {
+            cert.subject_name()
+                .entries_by_nid(nid)
+                .filter_map(|e| Some(String::from_utf8_lossy(e.data().as_slice()).into_owned()))
+                .collect::<Vec<_>>()
+        };
+        Self { user: text(Nid::COMMONNAME).into_iter().next(), groups: text(Nid::ORGANIZATIONNAME) }
+    }
+}
