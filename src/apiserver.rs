@@ -34,7 +34,9 @@ impl ApiServer {
         let client_auth = match &args.client_ca_file {
             Some(path) => ClientAuth::Optional(tls::load_certs(path)?),
             None => {
-                tracing::warn!("no --client-ca-file: no client can authenticate, every API request will be answered 401");
+                tracing::warn!(
+                    "no --client-ca-file: no client can authenticate, every API request will be answered 401"
+                );
                 ClientAuth::None
             }
         };
@@ -63,7 +65,8 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {},
                 _ = term.recv() => {},

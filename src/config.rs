@@ -135,9 +135,13 @@ pub struct DemoArgs {
 impl KlioClientArgs {
     /// Checks what can be checked before any connection is made.
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (name, url) in std::iter::once(("CLIENT_BASE_URL", &self.url)).chain(self.tier2_url.iter().map(|u| ("CLIENT_BASE_TIER2_URL", u))) {
+        for (name, url) in std::iter::once(("CLIENT_BASE_URL", &self.url))
+            .chain(self.tier2_url.iter().map(|u| ("CLIENT_BASE_TIER2_URL", u)))
+        {
             if !url.starts_with("https://") {
-                anyhow::bail!("{name} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS");
+                anyhow::bail!(
+                    "{name} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS"
+                );
             }
         }
         if self.timeout_seconds == 0 {

@@ -105,7 +105,14 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// One sample record in Klio's format.
 #[allow(clippy::too_many_arguments)]
-pub fn sample_record(cluster: &str, id: &str, started: i64, duration: i64, segment: u64, tablespaces: bool) -> serde_json::Value {
+pub fn sample_record(
+    cluster: &str,
+    id: &str,
+    started: i64,
+    duration: i64,
+    segment: u64,
+    tablespaces: bool,
+) -> serde_json::Value {
     let start_lsn = segment * 0x100_0000 + 0x28;
     let end_lsn = start_lsn + 0xF8;
     let wal = format!("{:08X}{:08X}{:08X}", 1, segment >> 8, segment & 0xFF);

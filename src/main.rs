@@ -24,7 +24,9 @@ fn main() -> ExitCode {
             Command::Server { which: ServerCommand::ApiServer(args) } => {
                 klio_api::apiserver::ApiServer::bind(&args).await?.serve(shutdown).await
             }
-            Command::Catalog { which: CatalogCommand::Serve(args) } => klio_api::catalog::reference_server::run(args, shutdown).await,
+            Command::Catalog { which: CatalogCommand::Serve(args) } => {
+                klio_api::catalog::reference_server::run(args, shutdown).await
+            }
             Command::Demo(args) => klio_api::demo::run(args, shutdown).await,
         }
     });

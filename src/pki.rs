@@ -111,18 +111,23 @@ fn builder(common_name: &str, organizations: &[&str], key: &PKey<Private>, days:
     let mut serial = BigNum::new()?;
     serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
     let v = serial.to_asn1_integer()?;
-        b.set_serial_number(&v)?;
+    b.set_serial_number(&v)?;
     let v = subject(common_name, organizations)?;
-        b.set_subject_name(&v)?;
+    b.set_subject_name(&v)?;
     b.set_pubkey(key)?;
     let v = Asn1Time::days_from_now(0)?;
-        b.set_not_before(&v)?;
+    b.set_not_before(&v)?;
     let v = Asn1Time::days_from_now(days)?;
-        b.set_not_after(&v)?;
+    b.set_not_after(&v)?;
     Ok(b)
 }
 
-fn leaf_extensions(b: &mut X509Builder, issuer: Option<&openssl::x509::X509Ref>, sans: &[&str], usage: Usage) -> Result<()> {
+fn leaf_extensions(
+    b: &mut X509Builder,
+    issuer: Option<&openssl::x509::X509Ref>,
+    sans: &[&str],
+    usage: Usage,
+) -> Result<()> {
     b.append_extension(BasicConstraints::new().critical().build()?)?;
     b.append_extension(KeyUsage::new().critical().digital_signature().key_encipherment().build()?)?;
     let mut eku = ExtendedKeyUsage::new();

@@ -46,7 +46,8 @@ impl HttpsServer {
         E: IntoEndpoint,
         E::Endpoint: 'static,
     {
-        let endpoint: Arc<BoxEndpoint<'static, poem::Response>> = Arc::new(endpoint.into_endpoint().map_to_response().boxed());
+        let endpoint: Arc<BoxEndpoint<'static, poem::Response>> =
+            Arc::new(endpoint.into_endpoint().map_to_response().boxed());
         let local = self.local_addr();
         loop {
             let (tcp, remote) = tokio::select! {
@@ -111,14 +112,17 @@ async fn serve_connection(
             ));
             preq.set_data(peer);
             let resp = endpoint.get_response(preq).await;
-            Ok::<_, Infallible>(http::Response::<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>::from(resp))
+            Ok::<_, Infallible>(
+                http::Response::<http_body_util::combinators::BoxBody<bytes::Bytes, std::io::Error>>::from(resp),
+            )
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).max_buf_size(64 * 1024);
-    builder.http2().max_header_list_size(64 * 1024).max_concurrent_streams(250);
     builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    builder.http2().max_header_list_size(64 * 1024).max_concurrent_streams(250);
+    builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await.map_err(|e| anyhow::anyhow!(e))
 }

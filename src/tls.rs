@@ -13,7 +13,8 @@ use openssl::x509::X509;
 /// Reads a PEM file holding one or more certificates, leaf first.
 pub fn load_certs(path: &Path) -> Result<Vec<X509>> {
     let pem = std::fs::read(path).with_context(|| format!("reading certificate file {}", path.display()))?;
-    let certs = X509::stack_from_pem(&pem).with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
+    let certs =
+        X509::stack_from_pem(&pem).with_context(|| format!("parsing PEM certificates in {}", path.display()))?;
     if certs.is_empty() {
         bail!("{} holds no PEM certificate", path.display());
     }
@@ -78,12 +79,14 @@ impl PeerIdentity {
             return Self::default();
         }
         let Some(cert) = ssl.peer_certificate() else { return Self::default() };
-        let text = |nid| {
-            cert.subject_name()
-                .entries_by_nid(nid)
-                .filter_map(|e| Some(String::from_utf8_lossy(e.data().as_slice()).into_owned()))
-                .collect::<Vec<_>>()
-        };
-        Self { user: text(Nid::COMMONNAME).into_iter().next(), groups: text(Nid::ORGANIZATIONNAME) }
+        Self {
+            user: name_entries(&cert, Nid::COMMONNAME).into_iter().next(),
+            groups: name_entries(&cert, Nid::ORGANIZATIONNAME),
+        }
     }
+}
+
+/// The subject entries of one kind (CN, O, ...) of a certificate, as text.
+pub fn name_entries(cert: &openssl::x509::X509Ref, nid: Nid) -> Vec<String> {
+    cert.subject_name().entries_by_nid(nid).map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned()).collect()
 }

@@ -85,7 +85,10 @@ fn api_group() -> Value {
 #[handler]
 pub fn api_versions(headers: &HeaderMap) -> Result<Response, ApiError> {
     Ok(match form(headers)? {
-        Form::Legacy => json_response(&json!({ "kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": [] }), "application/json"),
+        Form::Legacy => json_response(
+            &json!({ "kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": [] }),
+            "application/json",
+        ),
         Form::Aggregated(v) => aggregated(v, json!([])),
     })
 }
@@ -94,7 +97,10 @@ pub fn api_versions(headers: &HeaderMap) -> Result<Response, ApiError> {
 #[handler]
 pub fn api_group_list(headers: &HeaderMap) -> Result<Response, ApiError> {
     Ok(match form(headers)? {
-        Form::Legacy => json_response(&json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [api_group()] }), "application/json"),
+        Form::Legacy => json_response(
+            &json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [api_group()] }),
+            "application/json",
+        ),
         Form::Aggregated(v) => {
             let resources: Vec<Value> = RESOURCES
                 .iter()
@@ -147,7 +153,8 @@ pub fn api_resource_list(headers: &HeaderMap) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    let body = json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION, "resources": resources });
+    let body =
+        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION, "resources": resources });
     Ok(json_response(&body, "application/json"))
 }
 

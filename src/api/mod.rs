@@ -63,7 +63,8 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
                 ApiError::new(err.status(), "BadRequest", err.to_string()).into_response()
             } else {
                 tracing::error!(error = %err, "unhandled error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "Internal error occurred").into_response()
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "Internal error occurred")
+                    .into_response()
             }
         })
         .around(access_log)
@@ -84,7 +85,8 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let user = req.data::<Arc<PeerIdentity>>().and_then(|p| p.user.clone()).unwrap_or_else(|| "system:anonymous".into());
+    let user =
+        req.data::<Arc<PeerIdentity>>().and_then(|p| p.user.clone()).unwrap_or_else(|| "system:anonymous".into());
     let resp = next.call(req).await.map(IntoResponse::into_response)?;
     tracing::info!(
         target: "access",
@@ -108,6 +110,10 @@ fn readyz(Data(state): Data<&Arc<AppState>>) -> Response {
     if state.catalog.is_ready() {
         "ok".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "[-]catalog failed: the Klio catalog has not been read yet\nreadyz check failed\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "[-]catalog failed: the Klio catalog has not been read yet\nreadyz check failed\n",
+        )
+            .into_response()
     }
 }

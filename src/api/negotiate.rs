@@ -68,7 +68,10 @@ pub fn resource_representation(accept: Option<&str>) -> Option<Representation> {
         if is_json(&range) {
             return Some(Representation::Json);
         }
-        if range.essence == "application/json" && range.param("as") == Some("Table") && range.param("g") == Some("meta.k8s.io") {
+        if range.essence == "application/json"
+            && range.param("as") == Some("Table")
+            && range.param("g") == Some("meta.k8s.io")
+        {
             match range.param("v") {
                 Some("v1") => return Some(Representation::Table("v1")),
                 Some("v1beta1") => return Some(Representation::Table("v1beta1")),
@@ -104,7 +107,10 @@ mod tests {
             resource_representation(Some("application/vnd.kubernetes.protobuf, application/json")),
             Some(Representation::Json)
         );
-        assert_eq!(resource_representation(Some("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io")), None);
+        assert_eq!(
+            resource_representation(Some("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io")),
+            None
+        );
     }
 
     #[test]

@@ -39,7 +39,13 @@ fn etag_of(hash: &str) -> String {
 }
 
 /// 304 when the client already has this version, else the body.
-fn conditional(headers: &HeaderMap, etag: &str, content_type: &str, cache_control: &str, body: &'static [u8]) -> Response {
+fn conditional(
+    headers: &HeaderMap,
+    etag: &str,
+    content_type: &str,
+    cache_control: &str,
+    body: &'static [u8],
+) -> Response {
     let matches = headers
         .get("if-none-match")
         .and_then(|v| v.to_str().ok())
@@ -89,7 +95,11 @@ pub fn v2(headers: &HeaderMap) -> Response {
         .and_then(|accept| {
             parse_accept(accept)
                 .into_iter()
-                .find(|r| r.essence.starts_with("application/com.github.proto-openapi.spec.v2") || r.essence == "application/json" || r.essence == "*/*")
+                .find(|r| {
+                    r.essence.starts_with("application/com.github.proto-openapi.spec.v2")
+                        || r.essence == "application/json"
+                        || r.essence == "*/*"
+                })
                 .map(|r| r.essence.starts_with("application/com.github.proto-openapi.spec.v2"))
         })
         .unwrap_or(false);

@@ -35,18 +35,22 @@ fn parse_params(query: Option<&str>, is_list: bool) -> Result<Params, ApiError> 
         match key.as_ref() {
             "includeObject" => p.include = value.parse().map_err(ApiError::bad_request)?,
             "pretty" | "timeout" | "allowWatchBookmarks" | "sendInitialEvents" => {}
-            "limit" | "timeoutSeconds" => {
-                // Paging is optional for servers: the whole list is one page, never cut short.
-                if value.parse::<u64>().is_err() {
-                    return Err(ApiError::bad_request(format!("{key}: invalid value {value:?}: must be a non-negative integer")));
-                }
+            // Paging is optional for servers: the whole list is one page, never cut short.
+            "limit" | "timeoutSeconds" if value.parse::<u64>().is_err() => {
+                return Err(ApiError::bad_request(format!(
+                    "{key}: invalid value {value:?}: must be a non-negative integer"
+                )));
             }
             "continue" if is_list && !value.is_empty() => {
-                return Err(ApiError::bad_request("continue: this server returns every list in one page and issues no continue tokens"));
+                return Err(ApiError::bad_request(
+                    "continue: this server returns every list in one page and issues no continue tokens",
+                ));
             }
             "fieldSelector" if is_list => p.fields = FieldSelector::parse(&value).map_err(ApiError::bad_request)?,
             "labelSelector" if is_list && !value.trim().is_empty() => {
-                return Err(ApiError::bad_request("labelSelector: KlioBackups carry no labels yet; label selectors are not supported"));
+                return Err(ApiError::bad_request(
+                    "labelSelector: KlioBackups carry no labels yet; label selectors are not supported",
+                ));
             }
             "watch" if is_list => {
                 p.watch = match value.as_ref() {
@@ -178,7 +182,15 @@ mod tests {
         assert_eq!(parse_params(Some("limit=500"), true).unwrap().include, IncludeObject::Metadata);
         assert_eq!(parse_params(Some("includeObject=Object"), true).unwrap().include, IncludeObject::Object);
         assert!(parse_params(Some("watch=true"), true).unwrap().watch);
-        for bad in ["limit=-1", "limit=x", "includeObject=All", "watch=maybe", "timeoutSeconds=1.5", "continue=abc", "fieldSelector=status.phase%3DX"] {
+        for bad in [
+            "limit=-1",
+            "limit=x",
+            "includeObject=All",
+            "watch=maybe",
+            "timeoutSeconds=1.5",
+            "continue=abc",
+            "fieldSelector=status.phase%3DX",
+        ] {
             assert_eq!(parse_params(Some(bad), true).unwrap_err().code, 400, "{bad}");
         }
     }

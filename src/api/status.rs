@@ -13,7 +13,7 @@ pub struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    pub details: Option<Box<StatusDetails>>,
     pub retry_after_seconds: Option<u32>,
 }
 
@@ -23,18 +23,19 @@ impl ApiError {
     }
 
     fn about(mut self, resource: &str, name: Option<&str>) -> Self {
-        self.details = Some(StatusDetails {
+        self.details = Some(Box::new(StatusDetails {
             group: Some(GROUP.to_string()),
             kind: Some(resource.to_string()),
             name: name.map(str::to_string),
             retry_after_seconds: self.retry_after_seconds.map(|s| s as i32),
             ..Default::default()
-        });
+        }));
         self
     }
 
     pub fn not_found(resource: &str, name: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{resource}.{GROUP} \"{name}\" not found")).about(resource, Some(name))
+        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{resource}.{GROUP} \"{name}\" not found"))
+            .about(resource, Some(name))
     }
 
     /// An unknown path (kube-apiserver's wording).
@@ -43,7 +44,11 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(resource: Option<(&str, Option<&str>)>) -> Self {
-        let err = Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the server does not allow this method on the requested resource");
+        let err = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        );
         match resource {
             Some((resource, name)) => err.about(resource, name),
             None => err,
@@ -55,7 +60,11 @@ impl ApiError {
     }
 
     pub fn not_acceptable(accepted: &[&str]) -> Self {
-        Self::new(StatusCode::NOT_ACCEPTABLE, "NotAcceptable", format!("only the following media types are accepted: {}", accepted.join(", ")))
+        Self::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "NotAcceptable",
+            format!("only the following media types are accepted: {}", accepted.join(", ")),
+        )
     }
 
     pub fn unauthorized() -> Self {
@@ -78,7 +87,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        let mut details = self.details;
+        let mut details = self.details.map(|d| *d);
         if let Some(secs) = self.retry_after_seconds {
             details.get_or_insert_with(Default::default).retry_after_seconds = Some(secs as i32);
         }

@@ -65,21 +65,59 @@ impl std::str::FromStr for IncludeObject {
             "None" => Ok(Self::None),
             "" | "Metadata" => Ok(Self::Metadata),
             "Object" => Ok(Self::Object),
-            other => Err(format!("includeObject: unsupported value {other:?}: supported values are None, Metadata, Object")),
+            other => {
+                Err(format!("includeObject: unsupported value {other:?}: supported values are None, Metadata, Object"))
+            }
         }
     }
 }
 
 /// The columns: the product document's four by default, details with `-o wide`.
 pub const COLUMNS: &[Column] = &[
-    Column { name: "Name", kind: "string", format: "name", description: "Name is <clusterName>.<backupID>.", priority: 0 },
-    Column { name: "Cluster Name", kind: "string", format: "", description: "The CloudNativePG cluster that was backed up.", priority: 0 },
+    Column {
+        name: "Name",
+        kind: "string",
+        format: "name",
+        description: "Name is <clusterName>.<backupID>.",
+        priority: 0,
+    },
+    Column {
+        name: "Cluster Name",
+        kind: "string",
+        format: "",
+        description: "The CloudNativePG cluster that was backed up.",
+        priority: 0,
+    },
     Column { name: "Started At", kind: "string", format: "", description: "When the backup started.", priority: 0 },
     Column { name: "Stopped At", kind: "string", format: "", description: "When the backup ended.", priority: 0 },
-    Column { name: "Start WAL", kind: "string", format: "", description: "The WAL segment at which the backup started.", priority: 1 },
-    Column { name: "End WAL", kind: "string", format: "", description: "The WAL segment at which the backup ended.", priority: 1 },
-    Column { name: "Start LSN", kind: "string", format: "", description: "The LSN at which the backup started, in PostgreSQL notation.", priority: 1 },
-    Column { name: "End LSN", kind: "string", format: "", description: "The LSN at which the backup ended, in PostgreSQL notation.", priority: 1 },
+    Column {
+        name: "Start WAL",
+        kind: "string",
+        format: "",
+        description: "The WAL segment at which the backup started.",
+        priority: 1,
+    },
+    Column {
+        name: "End WAL",
+        kind: "string",
+        format: "",
+        description: "The WAL segment at which the backup ended.",
+        priority: 1,
+    },
+    Column {
+        name: "Start LSN",
+        kind: "string",
+        format: "",
+        description: "The LSN at which the backup started, in PostgreSQL notation.",
+        priority: 1,
+    },
+    Column {
+        name: "End LSN",
+        kind: "string",
+        format: "",
+        description: "The LSN at which the backup ended, in PostgreSQL notation.",
+        priority: 1,
+    },
     Column { name: "Duration", kind: "string", format: "", description: "How long the backup took.", priority: 1 },
     Column { name: "Tier", kind: "string", format: "", description: "The Klio tiers holding the backup.", priority: 1 },
 ];
@@ -165,7 +203,8 @@ mod tests {
 
     #[test]
     fn times_print_like_go() {
-        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_second(1_763_026_297).unwrap());
+        let t =
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::from_second(1_763_026_297).unwrap());
         assert_eq!(go_time(&t), "2025-11-13 09:31:37 +0000 UTC");
     }
 

@@ -29,12 +29,7 @@ impl ClientTls {
         let certs = crate::tls::load_certs(&args.client_cert)?;
         let key = crate::tls::load_key(&args.client_key)?;
         let expected = format!("snapshot_reader@{}", args.hostname);
-        let cn = certs[0]
-            .subject_name()
-            .entries_by_nid(Nid::COMMONNAME)
-            .next()
-            .and_then(|e| Some(String::from_utf8_lossy(e.data().as_slice()).into_owned()))
-            .unwrap_or_default();
+        let cn = crate::tls::name_entries(&certs[0], Nid::COMMONNAME).into_iter().next().unwrap_or_default();
         if cn != expected {
             bail!(
                 "the Klio client certificate {} has common name {cn:?}, but the Klio server expects {expected:?} \
@@ -43,7 +38,11 @@ impl ClientTls {
             );
         }
         if !certs[0].public_key()?.public_eq(&key) {
-            bail!("the Klio client key {} does not match the certificate {}", args.client_key.display(), args.client_cert.display());
+            bail!(
+                "the Klio client key {} does not match the certificate {}",
+                args.client_key.display(),
+                args.client_cert.display()
+            );
         }
         let mut client_cert_pem = vec![];
         for c in &certs {
@@ -118,18 +117,17 @@ impl KlioClient {
         if let Some(etag) = etag {
             req = req.header("If-None-Match", etag);
         }
-        let mut resp = req.call().map_err(|e| CatalogError::Unreachable { server: self.base_url.clone(), reason: e.to_string() })?;
+        let mut resp = req
+            .call()
+            .map_err(|e| CatalogError::Unreachable { server: self.base_url.clone(), reason: e.to_string() })?;
         let status = resp.status().as_u16();
         if status == 304 {
             return Ok(Fetched::NotModified);
         }
         let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_vec()
-            .map_err(|e| CatalogError::BadResponse { server: self.base_url.clone(), reason: format!("reading the response: {e}") })?;
+        let body = resp.body_mut().with_config().limit(MAX_BODY_BYTES).read_to_vec().map_err(|e| {
+            CatalogError::BadResponse { server: self.base_url.clone(), reason: format!("reading the response: {e}") }
+        })?;
         if status != 200 {
             let reason = match serde_json::from_slice::<UpstreamError>(&body) {
                 Ok(e) => format!("HTTP {status}: {}", e.error),
@@ -145,7 +143,9 @@ impl KlioClient {
         for (index, raw) in page.items.iter().enumerate() {
             match serde_json::from_str::<BackupRecord>(raw.get()) {
                 Ok(r) => records.push(r),
-                Err(e) => tracing::warn!(server = %self.base_url, index, error = %e, "skipping a backup record that does not decode"),
+                Err(e) => {
+                    tracing::warn!(server = %self.base_url, index, error = %e, "skipping a backup record that does not decode")
+                }
             }
         }
         Ok(Fetched::Catalog { revision: page.revision, etag, records })

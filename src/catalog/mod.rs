@@ -87,7 +87,12 @@ impl Catalog {
             tiers.push(Tier { index: 1, client: Arc::new(KlioClient::new(url, &tls, timeout)?) });
         }
         let state = State { tiers: vec![None; tiers.len()], snapshot: None };
-        Ok(Self { tiers, state: tokio::sync::Mutex::new(state), ready: AtomicBool::new(false), fallback_revision: AtomicU64::new(0) })
+        Ok(Self {
+            tiers,
+            state: tokio::sync::Mutex::new(state),
+            ready: AtomicBool::new(false),
+            fallback_revision: AtomicU64::new(0),
+        })
     }
 
     /// True once the catalog has been read successfully.
@@ -109,7 +114,10 @@ impl Catalog {
         let mut warnings = vec![];
         for (tier, result) in self.tiers.iter().zip(results) {
             let result = result.unwrap_or_else(|join_err| {
-                Err(CatalogError::BadResponse { server: tier.client.base_url().to_string(), reason: join_err.to_string() })
+                Err(CatalogError::BadResponse {
+                    server: tier.client.base_url().to_string(),
+                    reason: join_err.to_string(),
+                })
             });
             match result {
                 Ok(Fetched::NotModified) if state.tiers[tier.index].is_some() => {}
@@ -161,7 +169,9 @@ impl Catalog {
                     tracing::info!(backups = snap.backups.len(), resource_version = %snap.resource_version, "catalog read; ready");
                     return;
                 }
-                Err(err) => tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "catalog not readable yet"),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "catalog not readable yet")
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
@@ -177,11 +187,15 @@ fn build_snapshot(tiers: &[Option<TierData>], warnings: Vec<String>) -> Snapshot
             merged.entry((&record.cluster_name, &record.name)).or_insert((record, [false; 2])).1[index] = true;
         }
     }
-    let mut backups: Vec<KlioBackup> = merged.values().filter_map(|(record, present)| to_kliobackup(record, *present)).collect();
+    let mut backups: Vec<KlioBackup> =
+        merged.values().filter_map(|(record, present)| to_kliobackup(record, *present)).collect();
     backups.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     backups.dedup_by(|a, b| a.metadata.name == b.metadata.name);
-    let resource_version =
-        tiers.iter().map(|t| t.as_ref().map_or("0".to_string(), |t| t.revision.to_string())).collect::<Vec<_>>().join(".");
+    let resource_version = tiers
+        .iter()
+        .map(|t| t.as_ref().map_or("0".to_string(), |t| t.revision.to_string()))
+        .collect::<Vec<_>>()
+        .join(".");
     Snapshot { resource_version, backups, warnings }
 }
 

@@ -68,7 +68,8 @@ fn scan(dir: &Path) -> std::io::Result<Listing> {
                 // Anything that is JSON is served as is (clients decide what they understand).
                 match serde_json::from_str::<Box<RawValue>>(&text) {
                     Ok(raw) => {
-                        let id: Identity = serde_json::from_str(raw.get()).unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
+                        let id: Identity = serde_json::from_str(raw.get())
+                            .unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
                         records.push((id.cluster_name, id.name, raw));
                     }
                     Err(e) => tracing::warn!(file = %path.display(), error = %e, "record file is not JSON; not served"),
