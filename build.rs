@@ -194,10 +194,16 @@ fn generate_model(doc: &Value) -> Result<String> {
             let (ty, value_type) = rust_type(short, field, prop)?;
             doc_comment(&mut out, "    ", prop["description"].as_str().unwrap_or_default());
             let _ = writeln!(out, "    #[serde(rename = {field:?})]");
-            let is_required = required.contains(&field.as_str());
+            // A field with a `default` (kube's `metadata: {}`) is optional on the wire but always
+            // present in Rust.
+            let defaulted = !required.contains(&field.as_str()) && prop.get("default").is_some();
+            let is_required = required.contains(&field.as_str()) || defaulted;
             let mut attrs = vec![];
             if let Some(v) = value_type {
                 attrs.push(format!("value_type = {}", if is_required { v } else { format!("Option<{v}>") }));
+            }
+            if defaulted {
+                out.push_str("    #[serde(default)]\n");
             }
             if !is_required {
                 attrs.push("nullable = false".into());

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogOptions, ServerConfig};
 use crate::config::ApiServerArgs;
 use crate::pki::KeyPair;
 use crate::server::HttpsServer;
@@ -16,7 +16,7 @@ use crate::tls::{self, ClientAuth};
 /// A bound, not yet serving, API service.
 pub struct ApiServer {
     server: HttpsServer,
-    state: Arc<AppState>,
+    catalog: Arc<Catalog>,
 }
 
 impl ApiServer {
@@ -41,20 +41,24 @@ impl ApiServer {
             }
         };
         let acceptor = tls::acceptor(&chain, &key, client_auth).context("building the TLS configuration")?;
-        let catalog = Arc::new(Catalog::new(&args.klio)?);
+        let servers = ServerConfig::all_from_args(&args.klio)?;
+        let catalog = Arc::new(Catalog::new(servers, CatalogOptions::from_args(&args.klio))?);
         let server = HttpsServer::bind(SocketAddr::new(args.bind_address, args.secure_port), acceptor).await?;
-        Ok(Self { server, state: Arc::new(AppState { catalog }) })
+        Ok(Self { server, catalog })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
-    /// Reads the catalog in the background (readiness) and serves until `shutdown`.
+    /// Refreshes the catalog in the background and serves until `shutdown`.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) -> Result<()> {
-        tokio::spawn(self.state.catalog.clone().prime());
+        let refresher = tokio::spawn(self.catalog.clone().run_refresher());
         tracing::info!(address = %self.server.local_addr(), "API service listening");
-        self.server.serve(api::app(self.state), shutdown).await
+        let state = Arc::new(AppState { catalog: self.catalog, shutdown: shutdown.clone() });
+        let result = self.server.serve(api::app(state), shutdown).await;
+        refresher.abort();
+        result
     }
 }
 

@@ -76,29 +76,117 @@ pub struct ApiServerArgs {
     pub klio: KlioClientArgs,
 }
 
-/// How to reach the Klio server(s); names follow the product document's Deployment.
+/// How to reach the Klio server(s); names follow the product document's Deployment. The
+/// `CLIENT_BASE_*` variables describe one server; `--klio-server` adds more (or replaces it).
 #[derive(Debug, Clone, Args)]
 pub struct KlioClientArgs {
     /// Base URL of the (tier-1) Klio server, `https://host:port`.
     #[arg(long = "klio-url", env = "CLIENT_BASE_URL")]
-    pub url: String,
+    pub url: Option<String>,
     /// Base URL of the tier-2 Klio server, if any.
     #[arg(long = "klio-tier2-url", env = "CLIENT_BASE_TIER2_URL")]
     pub tier2_url: Option<String>,
     /// Trust anchor for the Klio server: a CA or the server's own self-signed certificate (PEM).
     #[arg(long = "klio-server-cert", env = "CLIENT_BASE_SERVER_CERT_PATH")]
-    pub server_cert: PathBuf,
+    pub server_cert: Option<PathBuf>,
     /// Client certificate presented to the Klio server (PEM); its CN must be snapshot_reader@<hostname>.
     #[arg(long = "klio-client-cert", env = "CLIENT_BASE_CLIENT_CERT_PATH")]
-    pub client_cert: PathBuf,
+    pub client_cert: Option<PathBuf>,
     /// Private key of the client certificate (PEM, PKCS#1, PKCS#8 or SEC1).
     #[arg(long = "klio-client-key", env = "CLIENT_BASE_CLIENT_KEY_PATH")]
-    pub client_key: PathBuf,
-    /// The Klio hostname the client certificate is issued for (`snapshot_reader@<hostname>`).
+    pub client_key: Option<PathBuf>,
+    /// The Klio hostname the client certificate is issued for (`snapshot_reader@<hostname>`); also
+    /// the server's name in labels and `status.server`.
     #[arg(long = "klio-hostname", env = "CLIENT_BASE_HOSTNAME", default_value = "klio")]
     pub hostname: String,
+    /// Another Klio server: `name=N,url=https://...[,tier2-url=...][,server-cert=F][,client-cert=F]
+    /// [,client-key=F][,hostname=H]`; omitted files and hostname default to the CLIENT_BASE_* ones.
+    /// Repeatable. With more than one server, object names are `<server>.<cluster>.<backupID>`.
+    #[arg(long = "klio-server", env = "KLIO_API_KLIO_SERVERS", value_delimiter = ';', value_parser = parse_server_spec)]
+    pub servers: Vec<ServerSpec>,
     /// Timeout of one request to the Klio server, in seconds.
     #[arg(long = "klio-timeout-seconds", env = "KLIO_API_KLIO_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub timeout_seconds: u64,
+    /// How often the catalog is read again, in seconds (conditional requests: an unchanged catalog
+    /// costs a 304).
+    #[arg(long = "catalog-refresh-seconds", env = "KLIO_API_CATALOG_REFRESH_SECONDS", default_value_t = 10)]
+    pub refresh_seconds: u64,
+    /// How many catalog revisions are kept for watches and continue tokens.
+    #[arg(long = "catalog-history", env = "KLIO_API_CATALOG_HISTORY", default_value_t = 100)]
+    pub history: usize,
+}
+
+/// One Klio server as given with `--klio-server`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub url: String,
+    pub tier2_url: Option<String>,
+    pub server_cert: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub hostname: Option<String>,
+}
+
+fn parse_server_spec(text: &str) -> Result<ServerSpec, String> {
+    let mut spec = ServerSpec {
+        name: String::new(),
+        url: String::new(),
+        tier2_url: None,
+        server_cert: None,
+        client_cert: None,
+        client_key: None,
+        hostname: None,
+    };
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let value = value.trim().to_string();
+        match key.trim() {
+            "name" => spec.name = value,
+            "url" => spec.url = value,
+            "tier2-url" => spec.tier2_url = Some(value),
+            "server-cert" => spec.server_cert = Some(value.into()),
+            "client-cert" => spec.client_cert = Some(value.into()),
+            "client-key" => spec.client_key = Some(value.into()),
+            "hostname" => spec.hostname = Some(value),
+            other => {
+                return Err(format!(
+                "unknown key {other:?} (known: name, url, tier2-url, server-cert, client-cert, client-key, hostname)"
+            ))
+            }
+        }
+    }
+    if !is_label_value(&spec.name) {
+        return Err(format!(
+            "name {:?} must be a valid label value (letters, digits, '-', '_', '.', at most 63)",
+            spec.name
+        ));
+    }
+    if spec.url.is_empty() {
+        return Err("url is required".into());
+    }
+    Ok(spec)
+}
+
+/// A Kubernetes label value (and so usable in names and selectors).
+pub fn is_label_value(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 63
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// One server with every field resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedServer {
+    pub name: String,
+    pub url: String,
+    pub tier2_url: Option<String>,
+    pub server_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub hostname: String,
     pub timeout_seconds: u64,
 }
 
@@ -133,20 +221,95 @@ pub struct DemoArgs {
 }
 
 impl KlioClientArgs {
-    /// Checks what can be checked before any connection is made.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        for (name, url) in std::iter::once(("CLIENT_BASE_URL", &self.url))
-            .chain(self.tier2_url.iter().map(|u| ("CLIENT_BASE_TIER2_URL", u)))
-        {
-            if !url.starts_with("https://") {
-                anyhow::bail!(
-                    "{name} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS"
-                );
-            }
-        }
+    /// The configured servers, every field resolved and checked, before any connection is made.
+    pub fn resolve(&self) -> anyhow::Result<Vec<ResolvedServer>> {
         if self.timeout_seconds == 0 {
             anyhow::bail!("--klio-timeout-seconds must be at least 1");
         }
-        Ok(())
+        if self.refresh_seconds == 0 {
+            anyhow::bail!("--catalog-refresh-seconds must be at least 1");
+        }
+        let mut specs = self.servers.clone();
+        if let Some(url) = &self.url {
+            if !is_label_value(&self.hostname) {
+                anyhow::bail!("CLIENT_BASE_HOSTNAME {:?} must be a valid label value", self.hostname);
+            }
+            specs.insert(
+                0,
+                ServerSpec {
+                    name: self.hostname.clone(),
+                    url: url.clone(),
+                    tier2_url: self.tier2_url.clone(),
+                    server_cert: None,
+                    client_cert: None,
+                    client_key: None,
+                    hostname: None,
+                },
+            );
+        } else if self.tier2_url.is_some() {
+            anyhow::bail!("CLIENT_BASE_TIER2_URL is set without CLIENT_BASE_URL");
+        }
+        if specs.is_empty() {
+            anyhow::bail!("no Klio server configured: set CLIENT_BASE_URL (--klio-url) or --klio-server");
+        }
+        let mut resolved = vec![];
+        for spec in specs {
+            for (what, url) in
+                std::iter::once(("url", &spec.url)).chain(spec.tier2_url.iter().map(|u| ("tier-2 url", u)))
+            {
+                if !url.starts_with("https://") {
+                    anyhow::bail!(
+                        "Klio server {}: the {what} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS",
+                        spec.name
+                    );
+                }
+            }
+            let file = |own: &Option<PathBuf>, global: &Option<PathBuf>, what: &str| {
+                own.clone().or_else(|| global.clone()).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "Klio server {}: no {what} (set it in --klio-server or with the CLIENT_BASE_* variable)",
+                        spec.name
+                    )
+                })
+            };
+            resolved.push(ResolvedServer {
+                server_cert: file(
+                    &spec.server_cert,
+                    &self.server_cert,
+                    "server certificate (CLIENT_BASE_SERVER_CERT_PATH)",
+                )?,
+                client_cert: file(
+                    &spec.client_cert,
+                    &self.client_cert,
+                    "client certificate (CLIENT_BASE_CLIENT_CERT_PATH)",
+                )?,
+                client_key: file(&spec.client_key, &self.client_key, "client key (CLIENT_BASE_CLIENT_KEY_PATH)")?,
+                hostname: spec.hostname.clone().unwrap_or_else(|| self.hostname.clone()),
+                name: spec.name,
+                url: spec.url,
+                tier2_url: spec.tier2_url,
+                timeout_seconds: self.timeout_seconds,
+            });
+        }
+        Ok(resolved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_specs() {
+        let s = parse_server_spec("name=east,url=https://a:1,tier2-url=https://b:2,client-cert=/c").unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.url.as_str(), s.tier2_url.as_deref()),
+            ("east", "https://a:1", Some("https://b:2"))
+        );
+        assert_eq!(s.client_cert, Some(PathBuf::from("/c")));
+        assert!(parse_server_spec("url=https://a").unwrap_err().contains("name"));
+        assert!(parse_server_spec("name=x").unwrap_err().contains("url is required"));
+        assert!(parse_server_spec("name=x,url=https://a,colour=red").unwrap_err().contains("unknown key"));
+        assert!(parse_server_spec("name=-x,url=https://a").is_err());
     }
 }

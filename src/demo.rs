@@ -46,13 +46,16 @@ impl DemoPki {
     /// How the API service reaches the catalog servers with these certificates.
     pub fn klio_client_args(&self, url: String, tier2_url: Option<String>) -> KlioClientArgs {
         KlioClientArgs {
-            url,
+            url: Some(url),
             tier2_url,
-            server_cert: self.path("ca.crt"),
-            client_cert: self.path("klio-client.crt"),
-            client_key: self.path("klio-client.key"),
+            server_cert: Some(self.path("ca.crt")),
+            client_cert: Some(self.path("klio-client.crt")),
+            client_key: Some(self.path("klio-client.key")),
             hostname: "klio".into(),
+            servers: vec![],
             timeout_seconds: 10,
+            refresh_seconds: 2,
+            history: 100,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod resources;
 pub mod selectors;
 pub mod status;
 pub mod table;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +24,8 @@ use status::ApiError;
 /// What the handlers share.
 pub struct AppState {
     pub catalog: Arc<Catalog>,
+    /// Turns true when the process shuts down; long-running watches end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Paths served to anyone, authenticated or not (probes).
@@ -105,15 +108,30 @@ fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready once a catalog snapshot exists (then stale data keeps being served while Klio is down,
+/// so an unavailable Klio never makes the APIService unavailable). The body lists every source.
 #[handler]
 fn readyz(Data(state): Data<&Arc<AppState>>) -> Response {
+    let mut body = String::new();
+    for h in state.catalog.health() {
+        let line = match (&h.last_error, h.last_success) {
+            (None, Some(_)) => format!("[+]klio {} tier {} ({}) ok\n", h.server, h.tier, h.url),
+            (Some(err), Some(_)) => {
+                format!(
+                    "[+]klio {} tier {} ({}) stale, serving the last catalog read: {err}\n",
+                    h.server, h.tier, h.url
+                )
+            }
+            (Some(err), None) => format!("[-]klio {} tier {} ({}) never read: {err}\n", h.server, h.tier, h.url),
+            (None, None) => format!("[-]klio {} tier {} ({}) not read yet\n", h.server, h.tier, h.url),
+        };
+        body.push_str(&line);
+    }
     if state.catalog.is_ready() {
-        "ok".into_response()
+        body.push_str("readyz check passed\n");
+        body.into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "[-]catalog failed: the Klio catalog has not been read yet\nreadyz check failed\n",
-        )
-            .into_response()
+        body.push_str("[-]catalog failed: no catalog snapshot yet\nreadyz check failed\n");
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

@@ -85,3 +85,248 @@ mod tests {
         assert!(FieldSelector::parse("spec.clusterName").unwrap_err().starts_with("invalid selector"));
     }
 }
+
+/// One requirement of a label selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LabelRequirement {
+    Exists(String),
+    DoesNotExist(String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+}
+
+/// A parsed `labelSelector` (equality- and set-based syntax); all requirements must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector {
+    requirements: Vec<LabelRequirement>,
+}
+
+struct Cursor<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn skip_ws(&mut self) {
+        while self.text[self.pos..].starts_with([' ', '\t']) {
+            self.pos += 1;
+        }
+    }
+    fn eat(&mut self, token: &str) -> bool {
+        if self.text[self.pos..].starts_with(token) {
+            self.pos += token.len();
+            true
+        } else {
+            false
+        }
+    }
+    fn word(&mut self, allowed: impl Fn(char) -> bool) -> &'a str {
+        let start = self.pos;
+        while let Some(c) = self.text[self.pos..].chars().next().filter(|c| allowed(*c)) {
+            self.pos += c.len_utf8();
+        }
+        &self.text[start..self.pos]
+    }
+    fn at_end(&self) -> bool {
+        self.pos >= self.text.len()
+    }
+}
+
+fn key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')
+}
+
+fn value_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let name_ok = crate::config::is_label_value(name);
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|part| crate::config::is_label_value(part) && !part.contains('_'))
+    });
+    if name_ok && prefix_ok {
+        Ok(())
+    } else {
+        Err(format!("invalid label key {key:?}: a qualified name is an optional DNS prefix and '/', then up to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))
+    }
+}
+
+fn check_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || crate::config::is_label_value(value) {
+        Ok(())
+    } else {
+        Err(format!("invalid label value {value:?}: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))
+    }
+}
+
+impl LabelSelector {
+    /// Parses kube's selector syntax: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fail = |why: String| format!("unable to parse requirement: {why} (in labelSelector {text:?})");
+        let mut c = Cursor { text, pos: 0 };
+        let mut requirements = vec![];
+        let mut after_comma = false;
+        loop {
+            c.skip_ws();
+            if c.at_end() {
+                if after_comma {
+                    return Err(fail("a requirement is missing after ','".into()));
+                }
+                break;
+            }
+            let requirement = if c.eat("!") {
+                c.skip_ws();
+                let key = c.word(key_char);
+                check_key(key).map_err(fail)?;
+                LabelRequirement::DoesNotExist(key.to_string())
+            } else {
+                let key = c.word(key_char);
+                check_key(key).map_err(fail)?;
+                c.skip_ws();
+                let key = key.to_string();
+                if c.at_end() || c.text[c.pos..].starts_with(',') {
+                    LabelRequirement::Exists(key)
+                } else if c.eat("!=") {
+                    c.skip_ws();
+                    let v = c.word(value_char);
+                    check_value(v).map_err(fail)?;
+                    LabelRequirement::NotIn(key, vec![v.to_string()])
+                } else if c.eat("==") || c.eat("=") {
+                    c.skip_ws();
+                    let v = c.word(value_char);
+                    check_value(v).map_err(fail)?;
+                    LabelRequirement::In(key, vec![v.to_string()])
+                } else {
+                    let op = c.word(|ch| ch.is_ascii_alphabetic());
+                    let negate = match op {
+                        "in" => false,
+                        "notin" => true,
+                        "" => return Err(fail(format!("unsupported operator at position {}", c.pos))),
+                        other => return Err(fail(format!("unknown operator {other:?}"))),
+                    };
+                    c.skip_ws();
+                    if !c.eat("(") {
+                        return Err(fail(format!("expected '(' after {op}")));
+                    }
+                    let mut values = vec![];
+                    loop {
+                        c.skip_ws();
+                        let v = c.word(value_char);
+                        check_value(v).map_err(fail)?;
+                        values.push(v.to_string());
+                        c.skip_ws();
+                        if c.eat(")") {
+                            break;
+                        }
+                        if !c.eat(",") {
+                            return Err(fail(format!("expected ',' or ')' in the values of {key}")));
+                        }
+                    }
+                    if negate {
+                        LabelRequirement::NotIn(key, values)
+                    } else {
+                        LabelRequirement::In(key, values)
+                    }
+                }
+            };
+            requirements.push(requirement);
+            c.skip_ws();
+            if c.at_end() {
+                break;
+            }
+            if !c.eat(",") {
+                return Err(fail(format!("unexpected {:?}", &c.text[c.pos..])));
+            }
+            after_comma = true;
+        }
+        Ok(Self { requirements })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requirements.is_empty()
+    }
+
+    pub fn matches(&self, labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+        let get = |k: &str| labels.and_then(|l| l.get(k));
+        self.requirements.iter().all(|r| match r {
+            LabelRequirement::Exists(k) => get(k).is_some(),
+            LabelRequirement::DoesNotExist(k) => get(k).is_none(),
+            LabelRequirement::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
+            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|v| !vs.contains(v)),
+        })
+    }
+}
+
+/// Label and field selectors together.
+#[derive(Debug, Clone, Default)]
+pub struct Selectors {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Selectors {
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields == FieldSelector::default()
+    }
+
+    pub fn matches(&self, b: &KlioBackup) -> bool {
+        self.fields.matches(b) && self.labels.matches(b.metadata.labels.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn equality_and_set_based() {
+        let l =
+            labels(&[("kliocatalog.enterprisedb.io/cluster", "pg-a"), ("kliocatalog.enterprisedb.io/tier1", "true")]);
+        let yes = [
+            "",
+            "kliocatalog.enterprisedb.io/cluster=pg-a",
+            "kliocatalog.enterprisedb.io/cluster == pg-a",
+            "kliocatalog.enterprisedb.io/cluster!=pg-b",
+            "kliocatalog.enterprisedb.io/cluster in (pg-a, pg-b)",
+            "kliocatalog.enterprisedb.io/cluster notin (pg-b)",
+            "kliocatalog.enterprisedb.io/tier1",
+            "!kliocatalog.enterprisedb.io/tier2",
+            "kliocatalog.enterprisedb.io/tier2 notin (true)",
+            "kliocatalog.enterprisedb.io/tier2!=true,kliocatalog.enterprisedb.io/cluster in (pg-a)",
+        ];
+        for s in yes {
+            assert!(LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
+        }
+        let no = [
+            "kliocatalog.enterprisedb.io/cluster=pg-b",
+            "kliocatalog.enterprisedb.io/tier2",
+            "!kliocatalog.enterprisedb.io/tier1",
+            "kliocatalog.enterprisedb.io/cluster in (pg-b,pg-c)",
+            "kliocatalog.enterprisedb.io/cluster notin (pg-a)",
+            "kliocatalog.enterprisedb.io/tier1=true,kliocatalog.enterprisedb.io/cluster=x",
+        ];
+        for s in no {
+            assert!(!LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_reported() {
+        for bad in ["a in b", "a in (b", "a=b c", "a>1", "=x", "a=b,", "a=-b-", "a/b/c=x", ",a"] {
+            assert!(LabelSelector::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert!(LabelSelector::parse("a=b,").is_err());
+    }
+}

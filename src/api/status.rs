@@ -86,19 +86,31 @@ impl ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "InternalError", message)
     }
 
-    pub fn into_response(self) -> Response {
-        let mut details = self.details.map(|d| *d);
+    /// A request that waited too long for this server to catch up (kube's 504 Timeout).
+    pub fn timeout(message: impl Into<String>) -> Self {
+        let mut err = Self::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", message);
+        err.retry_after_seconds = Some(1);
+        err
+    }
+
+    /// The `metav1.Status` body.
+    pub fn status(&self) -> Status {
+        let mut details = self.details.as_deref().cloned();
         if let Some(secs) = self.retry_after_seconds {
             details.get_or_insert_with(Default::default).retry_after_seconds = Some(secs as i32);
         }
-        let status = Status {
+        Status {
             status: Some("Failure".into()),
-            message: Some(self.message),
+            message: Some(self.message.clone()),
             reason: Some(self.reason.into()),
             details,
             code: Some(i32::from(self.code.as_u16())),
             ..Default::default()
-        };
+        }
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = self.status();
         let mut resp = Response::builder().status(self.code).content_type("application/json");
         if let Some(secs) = self.retry_after_seconds {
             resp = resp.header("Retry-After", secs.to_string());

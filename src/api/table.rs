@@ -132,14 +132,25 @@ pub fn pg_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-/// A compact duration like kubectl's: `45s`, `3m12s`, `2h5m`, `3d4h`.
+/// A duration as Kubernetes prints ages: precise when short, coarser as it grows
+/// (`45s`, `3m12s`, `12m`, `2h5m`, `20h`, `3d4h`, `40d`, `2y30d`).
 pub fn human_duration(seconds: i64) -> String {
-    let s = seconds.max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=3599 => format!("{}m{}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{}h", s / 86_400, (s % 86_400) / 3600),
+    if seconds < 0 {
+        return "0s".into();
+    }
+    let (s, m, h) = (seconds, seconds / 60, seconds / 3600);
+    let (d, y) = (h / 24, h / (24 * 365));
+    let pair = |a: i64, ua: &str, b: i64, ub: &str| if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua}{b}{ub}") };
+    match () {
+        _ if s < 120 => format!("{s}s"),
+        _ if m < 10 => pair(m, "m", s % 60, "s"),
+        _ if m < 180 => format!("{m}m"),
+        _ if h < 8 => pair(h, "h", m % 60, "m"),
+        _ if h < 48 => format!("{h}h"),
+        _ if h < 24 * 8 => pair(d, "d", h % 24, "h"),
+        _ if h < 24 * 365 * 2 => format!("{d}d"),
+        _ if h < 24 * 365 * 8 => pair(y, "y", d % 365, "d"),
+        _ => format!("{y}y"),
     }
 }
 
@@ -216,9 +227,22 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(human_duration(2), "2s");
-        assert_eq!(human_duration(192), "3m12s");
-        assert_eq!(human_duration(7500), "2h5m");
-        assert_eq!(human_duration(3 * 86_400 + 4 * 3600 + 5), "3d4h");
+        let cases = [
+            (2, "2s"),
+            (119, "119s"),
+            (192, "3m12s"),
+            (300, "5m"),
+            (754, "12m"),
+            (7500, "125m"),
+            (3 * 3600 + 300, "3h5m"),
+            (20 * 3600, "20h"),
+            (3 * 86_400 + 4 * 3600 + 5, "3d4h"),
+            (40 * 86_400, "40d"),
+            ((2 * 365 + 30) * 86_400, "2y30d"),
+            (9 * 365 * 86_400, "9y"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(human_duration(secs), text, "{secs}s");
+        }
     }
 }

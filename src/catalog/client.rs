@@ -23,7 +23,7 @@ pub struct ClientTls {
 
 impl ClientTls {
     /// Loads the files and checks the client certificate's CN against `snapshot_reader@<hostname>`.
-    pub fn load(args: &crate::config::KlioClientArgs) -> Result<Self> {
+    pub fn load(args: &crate::config::ResolvedServer) -> Result<Self> {
         let server_ca_pem = std::fs::read(&args.server_cert)
             .with_context(|| format!("reading the Klio server certificate {}", args.server_cert.display()))?;
         let certs = crate::tls::load_certs(&args.client_cert)?;
@@ -61,6 +61,7 @@ impl ClientTls {
 pub struct KlioClient {
     base_url: String,
     agent: ureq::Agent,
+    timeout: Duration,
 }
 
 /// The answer to a catalog read.
@@ -102,7 +103,11 @@ impl KlioClient {
             .user_agent(concat!("klio-api/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Ok(Self { base_url: base_url.trim_end_matches('/').to_string(), agent })
+        Ok(Self { base_url: base_url.trim_end_matches('/').to_string(), agent, timeout })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn base_url(&self) -> &str {

@@ -1,26 +1,30 @@
-//! The Klio catalog as the API serves it: one owner ([`Catalog`]) of the tier clients and of the
-//! last catalog read from each, producing immutable [`Snapshot`]s of `KlioBackup` objects.
+//! The Klio catalog as the API serves it. One owner, [`Catalog`], holds the sources (every
+//! configured Klio server, tier 1 and optionally tier 2), a background refresher that reads them
+//! conditionally (`If-None-Match`) on an interval, and the published [`Snapshot`]s: the current one
+//! and a short history for watches and `continue` tokens.
 //!
-//! Each read is conditional (`If-None-Match`), so an unchanged catalog costs one `304` per tier
-//! and no decoding; reads are serialized so concurrent requests share the work.
+//! Requests never wait on Klio when a snapshot exists. On a cold start, concurrent requests wait
+//! for the one refresh in flight. When a source fails, its last good records keep being served and
+//! [`Catalog::warnings`] says how stale they are and why.
 
 pub mod client;
 pub mod record;
 pub mod reference_server;
+pub mod snapshot;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
+use tokio::sync::{watch, Notify};
 
-use crate::model::{KlioBackup, KlioBackupSpec, KlioBackupStatus, TablespaceLayout};
 use client::{ClientTls, Fetched, KlioClient};
 use record::BackupRecord;
+pub use snapshot::{Event, EventType, ResourceVersion, Snapshot, TIER_ANNOTATIONS};
 
 /// Why the catalog could not be read. Callers branch on it: 503 versus 502.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CatalogError {
     #[error("the Klio server {server} cannot be reached: {reason}")]
     Unreachable { server: String, reason: String },
@@ -28,221 +32,338 @@ pub enum CatalogError {
     BadResponse { server: String, reason: String },
 }
 
-/// One consistent view of the catalog.
-#[derive(Debug, Default)]
-pub struct Snapshot {
-    /// The `resourceVersion` of lists read from this snapshot: the upstream revision(s).
-    pub resource_version: String,
-    /// Sorted by `metadata.name`.
-    pub backups: Vec<KlioBackup>,
-    /// Problems that did not prevent serving (a tier-2 server down, ...), sent as `Warning` headers.
-    pub warnings: Vec<String>,
+/// One Klio server of the configuration.
+pub struct ServerConfig {
+    /// Unique; a label and `status.server` on its objects.
+    pub name: String,
+    pub tier1: KlioClient,
+    pub tier2: Option<KlioClient>,
 }
 
-impl Snapshot {
-    pub fn get(&self, name: &str) -> Option<&KlioBackup> {
-        self.backups
-            .binary_search_by(|b| b.metadata.name.as_deref().unwrap_or_default().cmp(name))
-            .ok()
-            .map(|i| &self.backups[i])
+impl ServerConfig {
+    /// Loads the certificates and builds the clients of one configured server.
+    pub fn new(server: &crate::config::ResolvedServer) -> Result<Self> {
+        let tls = ClientTls::load(server)?;
+        let timeout = Duration::from_secs(server.timeout_seconds);
+        Ok(Self {
+            name: server.name.clone(),
+            tier1: KlioClient::new(&server.url, &tls, timeout)?,
+            tier2: server.tier2_url.as_deref().map(|u| KlioClient::new(u, &tls, timeout)).transpose()?,
+        })
+    }
+
+    /// Every configured server.
+    pub fn all_from_args(args: &crate::config::KlioClientArgs) -> Result<Vec<Self>> {
+        args.resolve()?.iter().map(Self::new).collect()
     }
 }
 
-/// The annotation marking the tier a backup was found on.
-pub const TIER_ANNOTATIONS: [&str; 2] = ["klio.io/tier1", "klio.io/tier2"];
-
-struct Tier {
-    index: usize,
-    client: Arc<KlioClient>,
+/// How the catalog refreshes and how much history it keeps.
+#[derive(Debug, Clone)]
+pub struct CatalogOptions {
+    pub refresh_interval: Duration,
+    /// Snapshots kept for watch replay and `continue` tokens (at least 1).
+    pub history: usize,
 }
 
-#[derive(Clone)]
-struct TierData {
-    etag: Option<String>,
-    revision: u64,
-    records: Arc<Vec<BackupRecord>>,
+impl CatalogOptions {
+    pub fn from_args(args: &crate::config::KlioClientArgs) -> Self {
+        Self { refresh_interval: Duration::from_secs(args.refresh_seconds), history: args.history }
+    }
+}
+
+/// One source: a server's tier.
+struct Source {
+    server: String,
+    tier: usize,
+    client: Arc<KlioClient>,
+    state: Mutex<SourceState>,
 }
 
 #[derive(Default)]
-struct State {
-    tiers: Vec<Option<TierData>>,
-    snapshot: Option<Arc<Snapshot>>,
+struct SourceState {
+    etag: Option<String>,
+    revision: u64,
+    records: Arc<Vec<BackupRecord>>,
+    read_once: bool,
+    last_success: Option<SystemTime>,
+    failing_since: Option<SystemTime>,
+    last_error: Option<CatalogError>,
+    attempts: u64,
+}
+
+/// What a probe or a client should know about one source.
+#[derive(Debug, Clone)]
+pub struct SourceHealth {
+    pub server: String,
+    pub tier: usize,
+    pub url: String,
+    pub last_success: Option<SystemTime>,
+    pub failing_since: Option<SystemTime>,
+    pub last_error: Option<CatalogError>,
 }
 
 pub struct Catalog {
-    tiers: Vec<Tier>,
-    state: tokio::sync::Mutex<State>,
-    ready: AtomicBool,
+    sources: Vec<Source>,
+    prefix_server: bool,
+    options: CatalogOptions,
+    /// The current snapshot; `None` until every source was tried once and one succeeded.
+    current: watch::Sender<Option<Arc<Snapshot>>>,
+    /// Counts finished refresh rounds, so cold-start waiters learn that a round failed.
+    rounds: watch::Sender<u64>,
+    history: RwLock<VecDeque<Arc<Snapshot>>>,
+    refresh_now: Notify,
     /// Revisions of our own for servers that do not send one.
-    fallback_revision: AtomicU64,
+    fallback_revision: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
-    pub fn new(args: &crate::config::KlioClientArgs) -> Result<Self> {
-        args.validate()?;
-        let tls = ClientTls::load(args)?;
-        let timeout = Duration::from_secs(args.timeout_seconds);
-        let mut tiers = vec![Tier { index: 0, client: Arc::new(KlioClient::new(&args.url, &tls, timeout)?) }];
-        if let Some(url) = &args.tier2_url {
-            tiers.push(Tier { index: 1, client: Arc::new(KlioClient::new(url, &tls, timeout)?) });
+    pub fn new(servers: Vec<ServerConfig>, options: CatalogOptions) -> Result<Self> {
+        anyhow::ensure!(!servers.is_empty(), "no Klio server configured");
+        let mut names = std::collections::HashSet::new();
+        for s in &servers {
+            anyhow::ensure!(names.insert(s.name.clone()), "the Klio server name {:?} is used twice", s.name);
         }
-        let state = State { tiers: vec![None; tiers.len()], snapshot: None };
+        let prefix_server = servers.len() > 1;
+        let mut sources = vec![];
+        for s in servers {
+            let name = s.name;
+            sources.push(Source {
+                server: name.clone(),
+                tier: 0,
+                client: Arc::new(s.tier1),
+                state: Default::default(),
+            });
+            if let Some(t2) = s.tier2 {
+                sources.push(Source { server: name, tier: 1, client: Arc::new(t2), state: Default::default() });
+            }
+        }
         Ok(Self {
-            tiers,
-            state: tokio::sync::Mutex::new(state),
-            ready: AtomicBool::new(false),
-            fallback_revision: AtomicU64::new(0),
+            sources,
+            prefix_server,
+            options: CatalogOptions { history: options.history.max(1), ..options },
+            current: watch::channel(None).0,
+            rounds: watch::channel(0).0,
+            history: RwLock::new(VecDeque::new()),
+            refresh_now: Notify::new(),
+            fallback_revision: Default::default(),
         })
     }
 
-    /// True once the catalog has been read successfully.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Number of sources (components of a resourceVersion).
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
     }
 
-    /// Reads the catalog (conditionally) and returns the current snapshot.
+    /// True once a snapshot exists.
+    pub fn is_ready(&self) -> bool {
+        self.current.borrow().is_some()
+    }
+
+    /// The current snapshot, if any, without waiting.
+    pub fn latest(&self) -> Option<Arc<Snapshot>> {
+        self.current.borrow().clone()
+    }
+
+    /// Notified whenever a new snapshot is published.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Snapshot>>> {
+        self.current.subscribe()
+    }
+
+    /// The current snapshot. On a cold start, waits for the refresh in flight (one upstream
+    /// request per source, shared by every waiting request); fails when it fails.
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>, CatalogError> {
-        let mut state = self.state.lock().await;
-        let fetches = self.tiers.iter().map(|tier| {
-            let client = tier.client.clone();
-            let etag = state.tiers[tier.index].as_ref().and_then(|t| t.etag.clone());
+        if let Some(s) = self.latest() {
+            return Ok(s);
+        }
+        let mut rounds = self.rounds.subscribe();
+        let seen = *rounds.borrow_and_update();
+        if seen > 0 {
+            // A round already failed: ask for another and wait for its outcome.
+            self.refresh_now.notify_one();
+        }
+        let deadline =
+            self.sources.iter().map(|s| s.client.timeout()).max().unwrap_or_default() + Duration::from_secs(2);
+        let _ = tokio::time::timeout(deadline, rounds.wait_for(|r| *r > seen)).await;
+        self.latest().ok_or_else(|| self.first_error())
+    }
+
+    fn first_error(&self) -> CatalogError {
+        self.sources.iter().find_map(|s| s.state.lock().expect("source state").last_error.clone()).unwrap_or_else(
+            || CatalogError::Unreachable {
+                server: self.sources[0].client.base_url().to_string(),
+                reason: "no answer yet".into(),
+            },
+        )
+    }
+
+    /// The snapshot with exactly this resourceVersion, if still kept.
+    pub fn at(&self, rv: &ResourceVersion) -> Option<Arc<Snapshot>> {
+        self.history.read().expect("history").iter().find(|s| &s.resource_version == rv).cloned()
+    }
+
+    /// The snapshots published after `rv`, oldest first; `None` when `rv` is no longer kept.
+    pub fn since(&self, rv: &ResourceVersion) -> Option<Vec<Arc<Snapshot>>> {
+        let history = self.history.read().expect("history");
+        let start = history.iter().position(|s| &s.resource_version == rv)?;
+        Some(history.iter().skip(start + 1).cloned().collect())
+    }
+
+    /// Waits (bounded) until the catalog covers `rv`, asking for an early refresh.
+    pub async fn wait_for(&self, rv: &ResourceVersion, limit: Duration) -> Option<Arc<Snapshot>> {
+        let mut rx = self.subscribe();
+        let covered = |s: &Option<Arc<Snapshot>>| s.as_ref().is_some_and(|s| s.resource_version.covers(rv));
+        if !covered(&rx.borrow_and_update()) {
+            self.refresh_now.notify_one();
+        }
+        let result = tokio::time::timeout(limit, rx.wait_for(covered)).await;
+        result.ok().and_then(|r| r.ok().and_then(|s| s.clone()))
+    }
+
+    pub fn health(&self) -> Vec<SourceHealth> {
+        self.sources
+            .iter()
+            .map(|s| {
+                let st = s.state.lock().expect("source state");
+                SourceHealth {
+                    server: s.server.clone(),
+                    tier: s.tier + 1,
+                    url: s.client.base_url().to_string(),
+                    last_success: st.last_success,
+                    failing_since: st.failing_since,
+                    last_error: st.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Problems to tell clients about (as `Warning` headers): sources whose last read failed.
+    pub fn warnings(&self) -> Vec<String> {
+        let now = SystemTime::now();
+        let ago = |t: SystemTime| now.duration_since(t).map(|d| format!("{}s ago", d.as_secs())).unwrap_or_default();
+        self.health()
+            .into_iter()
+            .filter_map(|h| {
+                let err = h.last_error?;
+                let stale = match h.last_success {
+                    Some(t) => format!("serving its catalog as last read {}", ago(t)),
+                    None => "its backups are missing".to_string(),
+                };
+                Some(format!(
+                    "Klio server {} (tier {}) failing since {}: {err}; {stale}",
+                    h.server,
+                    h.tier,
+                    h.failing_since.map(ago).unwrap_or_default()
+                ))
+            })
+            .collect()
+    }
+
+    /// Refreshes forever: immediately, then every interval or when asked.
+    pub async fn run_refresher(self: Arc<Self>) {
+        loop {
+            self.refresh().await;
+            let _ = tokio::time::timeout(self.options.refresh_interval, self.refresh_now.notified()).await;
+        }
+    }
+
+    /// One refresh round: every source read in parallel, a new snapshot published if anything changed.
+    pub async fn refresh(&self) {
+        let fetches = self.sources.iter().map(|source| {
+            let client = source.client.clone();
+            let etag = source.state.lock().expect("source state").etag.clone();
             tokio::task::spawn_blocking(move || client.fetch_all(etag.as_deref()))
         });
         let results = futures_util::future::join_all(fetches).await;
-
-        let mut changed = state.snapshot.is_none();
-        let mut warnings = vec![];
-        for (tier, result) in self.tiers.iter().zip(results) {
-            let result = result.unwrap_or_else(|join_err| {
-                Err(CatalogError::BadResponse {
-                    server: tier.client.base_url().to_string(),
-                    reason: join_err.to_string(),
-                })
+        let mut changed = false;
+        let now = SystemTime::now();
+        for (source, result) in self.sources.iter().zip(results) {
+            let result = result.unwrap_or_else(|e| {
+                Err(CatalogError::BadResponse { server: source.client.base_url().to_string(), reason: e.to_string() })
             });
+            let mut st = source.state.lock().expect("source state");
+            st.attempts += 1;
             match result {
-                Ok(Fetched::NotModified) if state.tiers[tier.index].is_some() => {}
+                Ok(Fetched::NotModified) if st.read_once => {
+                    st.last_success = Some(now);
+                    st.failing_since = None;
+                    st.last_error = None;
+                }
                 Ok(Fetched::NotModified) => {
-                    // A 304 to a request we made without an ETag: the server is confused.
-                    let err = CatalogError::BadResponse {
-                        server: tier.client.base_url().to_string(),
-                        reason: "304 Not Modified to an unconditional request".into(),
-                    };
-                    if tier.index == 0 {
-                        return Err(err);
-                    }
-                    warnings.push(err.to_string());
+                    self.failed(
+                        source,
+                        &mut st,
+                        now,
+                        CatalogError::BadResponse {
+                            server: source.client.base_url().to_string(),
+                            reason: "304 Not Modified to an unconditional request".into(),
+                        },
+                    );
                 }
                 Ok(Fetched::Catalog { revision, etag, records }) => {
                     let revision = revision.unwrap_or_else(|| {
-                        tracing::warn!(server = tier.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
-                        self.fallback_revision.fetch_add(1, Ordering::Relaxed) + 1
+                        tracing::warn!(server = source.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
+                        self.fallback_revision.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
                     });
-                    state.tiers[tier.index] = Some(TierData { etag, revision, records: Arc::new(records) });
-                    changed = true;
+                    if revision < st.revision {
+                        tracing::warn!(
+                            server = source.client.base_url(),
+                            revision,
+                            previous = st.revision,
+                            "the Klio catalog revision went back; keeping the newer one"
+                        );
+                    }
+                    changed |= !st.read_once || revision != st.revision || *st.records != records;
+                    st.revision = st.revision.max(revision);
+                    st.etag = etag;
+                    st.records = Arc::new(records);
+                    st.read_once = true;
+                    st.last_success = Some(now);
+                    st.failing_since = None;
+                    st.last_error = None;
                 }
-                Err(err) if tier.index == 0 => {
-                    tracing::warn!(error = %err, "reading the tier-1 catalog failed");
-                    return Err(err);
-                }
-                Err(err) => {
-                    // Tier 2 down is not a reason to hide tier 1; say so instead.
-                    tracing::warn!(error = %err, "reading the tier-2 catalog failed; serving tier 1 and the last tier-2 catalog read");
-                    warnings.push(format!("tier-2 backups may be missing or stale: {err}"));
-                }
+                Err(err) => self.failed(source, &mut st, now, err),
             }
         }
-        let snapshot = match (&state.snapshot, changed) {
-            (Some(snap), false) if snap.warnings == warnings => snap.clone(),
-            _ => Arc::new(build_snapshot(&state.tiers, warnings)),
-        };
-        state.snapshot = Some(snapshot.clone());
-        self.ready.store(true, Ordering::Relaxed);
-        Ok(snapshot)
+        let any_read = self.sources.iter().any(|s| s.state.lock().expect("source state").read_once);
+        if any_read && (changed || self.latest().is_none()) {
+            self.publish();
+        }
+        self.rounds.send_modify(|r| *r += 1);
     }
 
-    /// Reads the catalog until it succeeds once (readiness), backing off up to 5 s between tries.
-    pub async fn prime(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.snapshot().await {
-                Ok(snap) => {
-                    tracing::info!(backups = snap.backups.len(), resource_version = %snap.resource_version, "catalog read; ready");
-                    return;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "catalog not readable yet")
-                }
+    fn failed(&self, source: &Source, st: &mut SourceState, now: SystemTime, err: CatalogError) {
+        if st.last_error.as_ref() != Some(&err) {
+            tracing::warn!(server = %source.server, tier = source.tier + 1, error = %err, "reading the Klio catalog failed");
+        }
+        st.failing_since.get_or_insert(now);
+        st.last_error = Some(err);
+    }
+
+    fn publish(&self) {
+        let guards: Vec<_> = self.sources.iter().map(|s| s.state.lock().expect("source state")).collect();
+        let rv = ResourceVersion(guards.iter().map(|g| g.revision).collect());
+        let previous = self.latest();
+        if previous.as_ref().is_some_and(|p| p.resource_version == rv) {
+            return;
+        }
+        let records: Vec<snapshot::SourceRecords> = self
+            .sources
+            .iter()
+            .zip(&guards)
+            .map(|(s, g)| snapshot::SourceRecords { server: &s.server, tier: s.tier, records: &g.records })
+            .collect();
+        let snap = Arc::new(snapshot::build(previous.as_deref(), rv, &records, self.prefix_server));
+        drop(records);
+        drop(guards);
+        tracing::info!(resource_version = %snap.resource_version, backups = snap.backups.len(), changes = snap.events.len(), "catalog snapshot published");
+        {
+            let mut history = self.history.write().expect("history");
+            history.push_back(snap.clone());
+            while history.len() > self.options.history {
+                history.pop_front();
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
+        self.current.send_replace(Some(snap));
     }
-}
-
-fn build_snapshot(tiers: &[Option<TierData>], warnings: Vec<String>) -> Snapshot {
-    // (clusterName, backupID) -> (record, tiers holding it); the first tier's record wins.
-    let mut merged: BTreeMap<(&str, &str), (&BackupRecord, [bool; 2])> = BTreeMap::new();
-    for (index, tier) in tiers.iter().enumerate() {
-        for record in tier.iter().flat_map(|t| t.records.iter()) {
-            merged.entry((&record.cluster_name, &record.name)).or_insert((record, [false; 2])).1[index] = true;
-        }
-    }
-    let mut backups: Vec<KlioBackup> =
-        merged.values().filter_map(|(record, present)| to_kliobackup(record, *present)).collect();
-    backups.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    backups.dedup_by(|a, b| a.metadata.name == b.metadata.name);
-    let resource_version = tiers
-        .iter()
-        .map(|t| t.as_ref().map_or("0".to_string(), |t| t.revision.to_string()))
-        .collect::<Vec<_>>()
-        .join(".");
-    Snapshot { resource_version, backups, warnings }
-}
-
-fn time(seconds: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
-    jiff::Timestamp::from_second(seconds).ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
-}
-
-/// The mapping of `klio-catalog.md` §2. `None` (logged) for a record that cannot be shown.
-pub fn to_kliobackup(record: &BackupRecord, tiers: [bool; 2]) -> Option<KlioBackup> {
-    let (Some(started), Some(stopped)) = (time(record.started_at), time(record.stopped_at)) else {
-        tracing::warn!(cluster = %record.cluster_name, backup = %record.name, "skipping a backup record with an impossible timestamp");
-        return None;
-    };
-    let mut annotations = record.annotations.clone().unwrap_or_default();
-    for (marker, present) in TIER_ANNOTATIONS.iter().zip(tiers) {
-        if present {
-            annotations.insert(marker.to_string(), "present".into());
-        }
-    }
-    let tablespaces: Vec<TablespaceLayout> = record
-        .tablespaces
-        .iter()
-        .flatten()
-        .map(|t| TablespaceLayout {
-            name: t.name.clone(),
-            oid: Some(t.oid.clone()).filter(|s| !s.is_empty()),
-            path: Some(t.path.clone()).filter(|s| !s.is_empty()),
-            annotations: t.annotations.clone().filter(|a| !a.is_empty()),
-        })
-        .collect();
-    Some(KlioBackup {
-        api_version: crate::routes::GROUP_VERSION.to_string(),
-        kind: "KlioBackup".to_string(),
-        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-            name: Some(format!("{}.{}", record.cluster_name, record.name)),
-            ..Default::default()
-        },
-        spec: KlioBackupSpec { backup_id: record.name.clone(), cluster_name: record.cluster_name.clone() },
-        status: Some(KlioBackupStatus {
-            annotations: Some(annotations).filter(|a| !a.is_empty()),
-            start_lsn: Some(record.start_lsn),
-            end_lsn: Some(record.end_lsn),
-            start_wal: Some(record.start_wal.clone()),
-            end_wal: Some(record.end_wal.clone()),
-            started_at: Some(started),
-            stopped_at: Some(stopped),
-            tablespaces: Some(tablespaces).filter(|t| !t.is_empty()),
-        }),
-    })
 }

@@ -1,0 +1,257 @@
+//! Watch: a chunked stream of `{"type":..,"object":..}` lines, one per change, computed from
+//! snapshot differences. The differences are computed once per revision when the snapshot is
+//! built ([`crate::catalog::Snapshot::events`]); a watcher only filters and serializes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
+use poem::{Body, Response};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::negotiate::Representation;
+use super::resources::{table_content_type, with_warnings, Params};
+use super::selectors::Selectors;
+use super::status::ApiError;
+use super::table::{self, IncludeObject};
+use super::AppState;
+use crate::catalog::{EventType, ResourceVersion, Snapshot};
+use crate::model::KlioBackup;
+use crate::routes::GROUP_VERSION;
+
+/// kube-apiserver's default is 30 to 60 minutes; clients reconnect.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often a watcher that asked for bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+
+/// How events are written.
+#[derive(Clone, Copy)]
+struct Encoder {
+    repr: Representation,
+    include: IncludeObject,
+}
+
+#[derive(Serialize)]
+struct WatchLine<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    object: T,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BookmarkObject {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ObjectMeta,
+}
+
+impl Encoder {
+    fn line<T: Serialize>(kind: &str, object: T) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(&WatchLine { kind, object }).expect("watch events serialize");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    fn event(&self, kind: EventType, object: &KlioBackup) -> Vec<u8> {
+        match self.repr {
+            Representation::Json => Self::line(kind.as_str(), object),
+            Representation::Table(v) => {
+                let meta =
+                    ListMeta { resource_version: object.metadata.resource_version.clone(), ..Default::default() };
+                Self::line(kind.as_str(), table::render(v, std::iter::once(object), meta, self.include))
+            }
+        }
+    }
+
+    fn bookmark(&self, rv: &str, initial_events_end: bool) -> Vec<u8> {
+        let annotations = initial_events_end
+            .then(|| [("k8s.io/initial-events-end".to_string(), "true".to_string())].into_iter().collect());
+        let metadata = ObjectMeta { resource_version: Some(rv.to_string()), annotations, ..Default::default() };
+        match self.repr {
+            Representation::Json => {
+                Self::line("BOOKMARK", BookmarkObject { api_version: GROUP_VERSION, kind: "KlioBackup", metadata })
+            }
+            Representation::Table(v) => {
+                let meta = ListMeta { resource_version: Some(rv.to_string()), ..Default::default() };
+                Self::line("BOOKMARK", table::render(v, std::iter::empty(), meta, IncludeObject::None))
+            }
+        }
+    }
+
+    fn error(err: ApiError) -> Vec<u8> {
+        Self::line("ERROR", err.status())
+    }
+}
+
+/// The event a watcher with `selectors` sees for a change, if any: an object that starts or
+/// stops matching is ADDED or DELETED for it.
+fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<EventType> {
+    let now = selectors.matches(&e.object);
+    let before = e.previous.as_ref().is_some_and(|p| selectors.matches(p));
+    match (e.kind, before, now) {
+        (EventType::Added, _, true) => Some(EventType::Added),
+        (EventType::Modified, true, true) => Some(EventType::Modified),
+        (EventType::Modified, false, true) => Some(EventType::Added),
+        (EventType::Modified, true, false) => Some(EventType::Deleted),
+        (EventType::Deleted, true, _) => Some(EventType::Deleted),
+        _ => None,
+    }
+}
+
+/// Where the stream starts.
+enum Start {
+    /// Synthetic ADDED events for this snapshot, then its changes.
+    State(Arc<Snapshot>),
+    /// Changes after this resourceVersion.
+    After(ResourceVersion),
+}
+
+pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Representation) -> Result<Response, ApiError> {
+    let catalog = state.catalog.clone();
+    let mut updates = catalog.subscribe();
+    updates.borrow_and_update();
+    let current = catalog.snapshot().await?;
+    let encoder = Encoder { repr, include: params.include };
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
+
+    let start = match params.resource_version.as_deref().filter(|rv| *rv != "0") {
+        None => Start::State(current.clone()),
+        Some(text) => {
+            let rv = ResourceVersion::parse(text, catalog.source_count()).map_err(ApiError::bad_request)?;
+            if params.send_initial_events == Some(true) {
+                let snap = if current.resource_version.covers(&rv) {
+                    Some(current.clone())
+                } else {
+                    catalog.wait_for(&rv, Duration::from_secs(3)).await
+                };
+                Start::State(snap.ok_or_else(|| {
+                    ApiError::timeout(format!(
+                        "Too large resource version: {text}, current: {}",
+                        current.resource_version_text
+                    ))
+                })?)
+            } else if catalog.at(&rv).is_some() {
+                Start::After(rv)
+            } else if !current.resource_version.covers(&rv)
+                && catalog.wait_for(&rv, Duration::from_secs(3)).await.is_some()
+                && catalog.at(&rv).is_some()
+            {
+                Start::After(rv)
+            } else {
+                // Not replayable here: the client must list again (kube sends this as an event).
+                let gone =
+                    ApiError::gone(format!("too old resource version: {text} ({})", current.resource_version_text));
+                let _ = tx.send(Encoder::error(gone)).await;
+                Start::After(ResourceVersion::default())
+            }
+        }
+    };
+    let replayable = !matches!(&start, Start::After(rv) if rv.0.is_empty());
+    let timeout = params.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs).min(MAX_TIMEOUT);
+    let selectors = params.selectors.clone();
+    let bookmarks = params.allow_bookmarks;
+    let initial_end_bookmark = params.send_initial_events == Some(true) && bookmarks;
+    let mut shutdown = state.shutdown.clone();
+
+    let warnings_from = catalog.clone();
+    if replayable {
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut last = match start {
+                Start::State(snap) => {
+                    for b in snap.backups.iter().filter(|b| selectors.matches(b)) {
+                        if tx.send(encoder.event(EventType::Added, b)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if initial_end_bookmark
+                        && tx.send(encoder.bookmark(&snap.resource_version_text, true)).await.is_err()
+                    {
+                        return;
+                    }
+                    snap.resource_version.clone()
+                }
+                Start::After(rv) => rv,
+            };
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+            // Changes already published after `last` are replayed before waiting.
+            let mut pending = true;
+            loop {
+                if pending {
+                    pending = false;
+                    let Some(snaps) = catalog.since(&last) else {
+                        let gone = ApiError::gone(format!("too old resource version: {last}: the watch fell behind"));
+                        let _ = tx.send(Encoder::error(gone)).await;
+                        return;
+                    };
+                    for snap in snaps {
+                        for e in &snap.events {
+                            if let Some(kind) = filtered(&selectors, e) {
+                                if tx.send(encoder.event(kind, &e.object)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        last = snap.resource_version.clone();
+                    }
+                }
+                tokio::select! {
+                    changed = updates.changed() => {
+                        if changed.is_err() { return; }
+                        pending = true;
+                    }
+                    _ = tick.tick(), if bookmarks => {
+                        if tx.send(encoder.bookmark(&last.to_string(), false)).await.is_err() { return; }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => return,
+                    _ = crate::server::stopped(&mut shutdown) => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+    } else {
+        drop(tx);
+    }
+
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|bytes| (Ok::<_, std::io::Error>(bytes::Bytes::from(bytes)), rx))
+    });
+    let content_type = match repr {
+        Representation::Json => "application/json".to_string(),
+        Representation::Table(v) => table_content_type(v),
+    };
+    let resp = Response::builder().content_type(content_type).body(Body::from_bytes_stream(stream));
+    Ok(with_warnings(resp, &warnings_from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Event;
+
+    fn backup(cluster: &str) -> Arc<KlioBackup> {
+        let mut b = KlioBackup::default();
+        b.metadata.name = Some(format!("{cluster}.b"));
+        b.spec.cluster_name = cluster.into();
+        Arc::new(b)
+    }
+
+    #[test]
+    fn selectors_turn_changes_into_adds_and_deletes() {
+        let sel = Selectors {
+            fields: super::super::selectors::FieldSelector::parse("spec.clusterName=a").unwrap(),
+            ..Default::default()
+        };
+        let ev = |kind, object, previous| Event { kind, object, previous };
+        assert_eq!(filtered(&sel, &ev(EventType::Added, backup("a"), None)), Some(EventType::Added));
+        assert_eq!(filtered(&sel, &ev(EventType::Added, backup("b"), None)), None);
+        assert_eq!(filtered(&sel, &ev(EventType::Modified, backup("a"), Some(backup("a")))), Some(EventType::Modified));
+        assert_eq!(filtered(&sel, &ev(EventType::Modified, backup("a"), Some(backup("b")))), Some(EventType::Added));
+        assert_eq!(filtered(&sel, &ev(EventType::Modified, backup("b"), Some(backup("a")))), Some(EventType::Deleted));
+        assert_eq!(filtered(&sel, &ev(EventType::Deleted, backup("a"), Some(backup("a")))), Some(EventType::Deleted));
+        assert_eq!(filtered(&sel, &ev(EventType::Deleted, backup("b"), Some(backup("b")))), None);
+    }
+}
