@@ -22,6 +22,9 @@ pub struct ApiServer {
 impl ApiServer {
     /// Validates the configuration, loads the certificates and binds the port.
     pub async fn bind(args: &ApiServerArgs) -> Result<Self> {
+        if let Some(group) = &args.api_group {
+            crate::routes::configure_group(group)?;
+        }
         let (chain, key) = match (&args.tls_cert_file, &args.tls_private_key_file) {
             (Some(cert), Some(key)) => (tls::load_certs(cert)?, tls::load_key(key)?),
             _ => {

@@ -72,6 +72,11 @@ pub struct ApiServerArgs {
     #[arg(long, env = "KLIO_API_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
 
+    /// The API group to serve instead of kliocatalog.enterprisedb.io (for one service per Klio
+    /// server); the APIService must name the same group.
+    #[arg(long, env = "KLIO_API_GROUP")]
+    pub api_group: Option<String>,
+
     #[command(flatten)]
     pub klio: KlioClientArgs,
 }

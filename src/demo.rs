@@ -205,6 +205,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
         tls_cert_file: Some(pki.path("api-server.crt")),
         tls_private_key_file: Some(pki.path("api-server.key")),
         client_ca_file: Some(pki.path("ca.crt")),
+        api_group: None,
         klio: pki.klio_client_args(urls[0].clone(), Some(urls[1].clone())),
     };
     let api = ApiServer::bind(&api_args).await?;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::negotiate::{is_json, parse_accept};
 use super::status::ApiError;
-use crate::routes::{GROUP, GROUP_VERSION, RESOURCES, VERSION};
+use crate::routes::{group, group_version, RESOURCES, VERSION};
 
 /// One resource of the group, as discovery describes it.
 #[derive(Debug)]
@@ -73,12 +73,12 @@ fn aggregated(version: &str, items: Value) -> Response {
     json_response(&body, &format!("application/json;g=apidiscovery.k8s.io;v={version};as=APIGroupDiscoveryList"))
 }
 
-fn group_version() -> Value {
-    json!({ "groupVersion": GROUP_VERSION, "version": VERSION })
+fn group_version_entry() -> Value {
+    json!({ "groupVersion": group_version(), "version": VERSION })
 }
 
 fn api_group() -> Value {
-    json!({ "name": GROUP, "versions": [group_version()], "preferredVersion": group_version() })
+    json!({ "name": group(), "versions": [group_version_entry()], "preferredVersion": group_version_entry() })
 }
 
 /// `/api`: this server has no core group, but answers so that client discovery carries on.
@@ -109,7 +109,7 @@ pub fn api_group_list(headers: &HeaderMap) -> Result<Response, ApiError> {
                         "resource": r.name,
                         "singularResource": r.singular_name,
                         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
-                        "responseKind": { "group": GROUP, "version": VERSION, "kind": r.kind },
+                        "responseKind": { "group": group(), "version": VERSION, "kind": r.kind },
                         "verbs": r.verbs,
                         "shortNames": r.short_names,
                         "categories": r.categories,
@@ -117,7 +117,7 @@ pub fn api_group_list(headers: &HeaderMap) -> Result<Response, ApiError> {
                 })
                 .collect();
             let group = json!({
-                "metadata": { "name": GROUP },
+                "metadata": { "name": group() },
                 "versions": [{ "version": VERSION, "freshness": "Current", "resources": resources }],
             });
             aggregated(v, json!([group]))
@@ -153,8 +153,7 @@ pub fn api_resource_list(headers: &HeaderMap) -> Result<Response, ApiError> {
             })
         })
         .collect();
-    let body =
-        json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GROUP_VERSION, "resources": resources });
+    let body = json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(), "resources": resources });
     Ok(json_response(&body, "application/json"))
 }
 

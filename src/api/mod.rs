@@ -2,6 +2,7 @@
 //! authentication by client certificate, access logging, and Status bodies for every error.
 
 pub mod discovery;
+pub mod gnostic;
 pub mod negotiate;
 pub mod openapi;
 pub mod resources;
@@ -37,18 +38,18 @@ fn always_allowed(path: &str) -> bool {
 
 /// The whole application.
 pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
-    let group_path = format!("/apis/{}", crate::routes::GROUP);
-    let version_path = format!("/apis/{}", crate::routes::GROUP_VERSION);
-    let v3_group = format!("/openapi/v3/{}", *openapi::V3_GROUP_PATH);
+    let group_path = format!("/apis/{}", crate::routes::group());
+    let version_path = format!("/apis/{}", crate::routes::group_version());
+    let v3_group = format!("/openapi/v3/{}", openapi::PUBLISHED.v3_group_path);
     let route = Route::new()
         .at("/api", poem::get(discovery::api_versions))
         .at("/apis", poem::get(discovery::api_group_list))
         .at(group_path, poem::get(discovery::api_group_doc))
         .at(version_path, poem::get(discovery::api_resource_list))
         .at("/version", poem::get(discovery::server_version))
-        .at("/openapi/v2", poem::get(openapi::v2))
-        .at("/openapi/v3", poem::get(openapi::v3_index))
-        .at(v3_group, poem::get(openapi::v3_group))
+        .at("/openapi/v2", poem::get(openapi::serve_v2))
+        .at("/openapi/v3", poem::get(openapi::serve_v3_index))
+        .at(v3_group, poem::get(openapi::serve_v3_group))
         .at("/healthz", poem::get(healthz))
         .at("/livez", poem::get(healthz))
         .at("/readyz", poem::get(readyz));

@@ -17,7 +17,7 @@ use super::table::{self, IncludeObject};
 use super::AppState;
 use crate::catalog::{Catalog, ResourceVersion, Snapshot};
 use crate::model::KlioBackup;
-use crate::routes::{GROUP_VERSION, RESOURCES};
+use crate::routes::{group_version, RESOURCES};
 
 pub(crate) fn plural() -> &'static str {
     RESOURCES[0].name
@@ -246,7 +246,7 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
     }
     let resp = match repr {
         Representation::Json => json(
-            &ListBody { api_version: GROUP_VERSION, kind: RESOURCES[0].list_kind, metadata, items },
+            &ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items },
             "application/json",
         ),
         Representation::Table(v) => {

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
 use poem::http::StatusCode;
 use poem::Response;
 
-use crate::routes::GROUP;
+use crate::routes::group;
 
 /// A `Status` failure, ready to be sent.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ impl ApiError {
 
     fn about(mut self, resource: &str, name: Option<&str>) -> Self {
         self.details = Some(Box::new(StatusDetails {
-            group: Some(GROUP.to_string()),
+            group: Some(group().to_string()),
             kind: Some(resource.to_string()),
             name: name.map(str::to_string),
             retry_after_seconds: self.retry_after_seconds.map(|s| s as i32),
@@ -34,7 +34,7 @@ impl ApiError {
     }
 
     pub fn not_found(resource: &str, name: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{resource}.{GROUP} \"{name}\" not found"))
+        Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{resource}.{} \"{name}\" not found", group()))
             .about(resource, Some(name))
     }
 

@@ -18,7 +18,7 @@ use super::table::{self, IncludeObject};
 use super::AppState;
 use crate::catalog::{EventType, ResourceVersion, Snapshot};
 use crate::model::KlioBackup;
-use crate::routes::GROUP_VERSION;
+use crate::routes::group_version;
 
 /// kube-apiserver's default is 30 to 60 minutes; clients reconnect.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -72,7 +72,7 @@ impl Encoder {
         let metadata = ObjectMeta { resource_version: Some(rv.to_string()), annotations, ..Default::default() };
         match self.repr {
             Representation::Json => {
-                Self::line("BOOKMARK", BookmarkObject { api_version: GROUP_VERSION, kind: "KlioBackup", metadata })
+                Self::line("BOOKMARK", BookmarkObject { api_version: group_version(), kind: "KlioBackup", metadata })
             }
             Representation::Table(v) => {
                 let meta = ListMeta { resource_version: Some(rv.to_string()), ..Default::default() };

@@ -213,7 +213,7 @@ pub fn to_kliobackup(name: String, record: &BackupRecord, server: &str, tiers: [
         })
         .collect();
     Some(KlioBackup {
-        api_version: crate::routes::GROUP_VERSION.to_string(),
+        api_version: crate::routes::group_version().to_string(),
         kind: "KlioBackup".to_string(),
         metadata: ObjectMeta { name: Some(name), labels: Some(labels), ..Default::default() },
         spec: KlioBackupSpec { backup_id: record.name.clone(), cluster_name: record.cluster_name.clone() },
