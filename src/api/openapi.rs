@@ -40,7 +40,8 @@ pub struct Published {
 impl Published {
     /// The build-time documents, rewritten for `group` when it is not the document's.
     pub fn for_group(group: &str) -> Self {
-        let (v3_group, v2_json, v2_protobuf): (Cow<[u8]>, Cow<[u8]>, Cow<[u8]>) = if group == DOCUMENT_GROUP {
+        type Bytes = Cow<'static, [u8]>;
+        let (v3_group, v2_json, v2_protobuf): (Bytes, Bytes, Bytes) = if group == DOCUMENT_GROUP {
             (V3_GROUP_DOC.into(), V2_JSON.into(), V2_PROTOBUF.into())
         } else {
             let rewrite = |bytes: &[u8]| -> Vec<u8> {

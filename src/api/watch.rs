@@ -133,12 +133,12 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
                         current.resource_version_text
                     ))
                 })?)
-            } else if catalog.at(&rv).is_some() {
-                Start::After(rv)
-            } else if !current.resource_version.covers(&rv)
-                && catalog.wait_for(&rv, Duration::from_secs(3)).await.is_some()
-                && catalog.at(&rv).is_some()
+            } else if catalog.at(&rv).is_some()
+                || (!current.resource_version.covers(&rv)
+                    && catalog.wait_for(&rv, Duration::from_secs(3)).await.is_some()
+                    && catalog.at(&rv).is_some())
             {
+                // Kept here (possibly after catching up with a replica that was ahead): replay.
                 Start::After(rv)
             } else {
                 // Not replayable here: the client must list again (kube sends this as an event).
