@@ -1,0 +1,334 @@
+//! The built binary, configured the way the product document's Deployment configures it:
+//! `server api-server` with only the CLIENT_BASE_* environment variables.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use klio_api::demo::DemoPki;
+use klio_api::pki::{KeyPair, Usage};
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+use openssl::x509::{X509Builder, X509NameBuilder, X509};
+
+const BIN: &str = env!("CARGO_BIN_EXE_klio-api");
+
+/// A spawned process, killed and reaped when dropped; its output goes to a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawning klio-api");
+        Self { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The exit status, if the process ended within `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A temporary directory with the demo PKI and a reference catalog server over the sample catalog.
+struct Setup {
+    dir: tempfile::TempDir,
+    pki: DemoPki,
+    catalog: Upstream,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let (tier1, tier2) = (dir.path().join("tier1"), dir.path().join("tier2"));
+        std::fs::create_dir_all(&tier1).unwrap();
+        std::fs::create_dir_all(&tier2).unwrap();
+        klio_api::demo::write_sample_catalog(&tier1, &tier2).unwrap();
+        let catalog = Upstream::start(&pki, &tier1, 0, &Up::Reference).unwrap();
+        Self { dir, pki, catalog }
+    }
+
+    fn catalog_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.catalog.addr.port())
+    }
+
+    /// The product document's Deployment environment, pointing at this setup's files.
+    fn product_env(&self) -> Vec<(&'static str, String)> {
+        let p = |n: &str| self.pki.path(n).display().to_string();
+        vec![
+            ("CLIENT_BASE_HOSTNAME", "klio".into()),
+            ("CLIENT_BASE_URL", self.catalog_url()),
+            ("CLIENT_BASE_SERVER_CERT_PATH", p("ca.crt")),
+            ("CLIENT_BASE_API_SERVER_CERTFILE", p("api-server.crt")),
+            ("CLIENT_BASE_API_SERVER_KEYFILE", p("api-server.key")),
+            ("CLIENT_BASE_CLIENT_CERT_PATH", p("klio-client.crt")),
+            ("CLIENT_BASE_CLIENT_KEY_PATH", p("klio-client.key")),
+            ("TMPDIR", self.dir.path().display().to_string()),
+        ]
+    }
+
+    fn command(&self, env: &[(&str, String)], args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear().args(["server", "api-server"]).args(args).current_dir(self.dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts `server api-server` on a free port and waits (bounded) for `/readyz` 200. Retries
+    /// on another port if the one picked was taken in between.
+    fn start_ready(&self, env: &[(&str, String)], extra_args: &[&str]) -> (Proc, Client) {
+        let ca = std::fs::read(self.pki.path("ca.crt")).unwrap();
+        for attempt in 0..3 {
+            let port = free_port().to_string();
+            let log = self.dir.path().join(format!("api-server-{attempt}.log"));
+            let mut args = vec!["--secure-port", &port, "--bind-address", "127.0.0.1"];
+            args.extend_from_slice(extra_args);
+            let mut proc = Proc::spawn(&mut self.command(env, &args), log);
+            let client = Client::new(&format!("https://127.0.0.1:{port}"), &ca, None);
+            let deadline = Instant::now() + WAIT;
+            loop {
+                if let Some(status) = proc.exited() {
+                    let out = proc.output();
+                    if out.contains("listening on") && attempt < 2 {
+                        break; // the port was taken meanwhile: try another
+                    }
+                    panic!("klio-api exited with {status} before it was ready:\n{out}");
+                }
+                if let Ok(r) = client.try_request("GET", "/readyz", &[], None) {
+                    if r.status == 200 {
+                        return (proc, client);
+                    }
+                }
+                assert!(Instant::now() < deadline, "klio-api not ready within {WAIT:?}:\n{}", proc.output());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unreachable!()
+    }
+
+    /// Runs `server api-server` expecting it to refuse to start; returns its output.
+    fn expect_startup_failure(&self, env: &[(&str, String)]) -> String {
+        let port = free_port().to_string();
+        let log = self.dir.path().join("failing.log");
+        let mut proc =
+            Proc::spawn(&mut self.command(env, &["--secure-port", &port, "--bind-address", "127.0.0.1"]), log);
+        let status = proc.wait_exit(WAIT).unwrap_or_else(|| panic!("klio-api kept running:\n{}", proc.output()));
+        let out = proc.output();
+        assert!(!status.success(), "klio-api started although misconfigured:\n{out}");
+        // And it never served.
+        let ca = std::fs::read(self.pki.path("ca.crt")).unwrap();
+        let client = Client::new(&format!("https://127.0.0.1:{port}"), &ca, None);
+        assert!(client.try_request("GET", "/readyz", &[], None).is_err());
+        out
+    }
+
+    fn ca(&self) -> KeyPair {
+        let cert = X509::from_pem(&std::fs::read(self.pki.path("ca.crt")).unwrap()).unwrap();
+        let key = PKey::private_key_from_pem(&std::fs::read(self.pki.path("ca.key")).unwrap()).unwrap();
+        KeyPair { cert, key }
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+fn set(env: &mut [(&'static str, String)], key: &str, value: impl Into<String>) {
+    env.iter_mut().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("{key} not in the environment")).1 = value.into();
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn help_documents_flags_and_environment() {
+    let out = Command::new(BIN).env_clear().args(["server", "api-server", "--help"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "--secure-port",
+        "--bind-address",
+        "--client-ca-file",
+        "--tls-cert-file",
+        "--tls-private-key-file",
+        "CLIENT_BASE_URL",
+        "CLIENT_BASE_HOSTNAME",
+        "CLIENT_BASE_SERVER_CERT_PATH",
+        "CLIENT_BASE_API_SERVER_CERTFILE",
+        "CLIENT_BASE_API_SERVER_KEYFILE",
+        "CLIENT_BASE_CLIENT_CERT_PATH",
+        "CLIENT_BASE_CLIENT_KEY_PATH",
+    ] {
+        assert!(text.contains(needle), "--help does not mention {needle}:\n{text}");
+    }
+}
+
+#[test]
+fn starts_with_only_the_product_environment_and_stops_on_sigterm() {
+    let s = Setup::new();
+    let (mut proc, client) = s.start_ready(&s.product_env(), &[]);
+    // The client trusts only ca.crt: the handshake proves the CLIENT_BASE_API_SERVER_CERTFILE
+    // certificate is served (not a generated one).
+    for probe in ["/healthz", "/livez", "/readyz"] {
+        let r = client.get(probe);
+        assert_eq!(r.status, 200, "{probe}: {}", r.text());
+    }
+    // SIGTERM (what the kubelet sends) ends it cleanly.
+    let pid = proc.child.id().to_string();
+    let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(kill.success());
+    let status = proc
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running after SIGTERM:\n{}", proc.output()));
+    assert!(status.success(), "exit {status} after SIGTERM:\n{}", proc.output());
+}
+
+#[test]
+fn a_client_certificate_with_the_wrong_common_name_is_refused_at_startup() {
+    let s = Setup::new();
+    let wrong = s.ca().issue("snapshot_reader@elsewhere", &[], &[], Usage::Client).unwrap();
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_CLIENT_CERT_PATH", path_str(&s.write("wrong.crt", &wrong.cert_pem())));
+    set(&mut env, "CLIENT_BASE_CLIENT_KEY_PATH", path_str(&s.write("wrong.key", &wrong.key_pem())));
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains("snapshot_reader@klio"), "the message names the expected CN:\n{out}");
+    assert!(out.contains("snapshot_reader@elsewhere"), "the message names the CN found:\n{out}");
+
+    // The other way round: the default certificate, another hostname.
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_HOSTNAME", "klio-prod");
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains("snapshot_reader@klio-prod"), "the message names the expected CN:\n{out}");
+}
+
+#[test]
+fn a_matching_hostname_and_certificate_start() {
+    let s = Setup::new();
+    let other = s.ca().issue("snapshot_reader@klio-prod", &[], &[], Usage::Client).unwrap();
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_HOSTNAME", "klio-prod");
+    set(&mut env, "CLIENT_BASE_CLIENT_CERT_PATH", path_str(&s.write("prod.crt", &other.cert_pem())));
+    set(&mut env, "CLIENT_BASE_CLIENT_KEY_PATH", path_str(&s.write("prod.key", &other.key_pem())));
+    let (_proc, client) = s.start_ready(&env, &[]);
+    assert_eq!(client.get("/readyz").status, 200);
+}
+
+#[test]
+fn a_non_https_klio_url_is_refused() {
+    let s = Setup::new();
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_URL", format!("http://127.0.0.1:{}", s.catalog.addr.port()));
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains("CLIENT_BASE_URL"), "names the variable:\n{out}");
+    assert!(out.contains("https://"), "says what is expected:\n{out}");
+}
+
+#[test]
+fn a_client_key_that_does_not_match_the_certificate_is_refused() {
+    let s = Setup::new();
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_CLIENT_KEY_PATH", path_str(&s.pki.path("admin.key")));
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains("does not match"), "{out}");
+    assert!(out.contains("klio-client.crt"), "names the certificate file:\n{out}");
+}
+
+/// A client certificate for `snapshot_reader@klio` with an RSA key written as PKCS#1.
+fn rsa_pkcs1_client(ca: &KeyPair) -> (Vec<u8>, Vec<u8>) {
+    let rsa = Rsa::generate(2048).unwrap();
+    let key_pem = rsa.private_key_to_pem().unwrap();
+    let key = PKey::from_rsa(rsa).unwrap();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(127, MsbOption::MAYBE_ZERO, false).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, "snapshot_reader@klio").unwrap();
+    b.set_subject_name(&name.build()).unwrap();
+    b.set_issuer_name(ca.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    b.append_extension(BasicConstraints::new().critical().build().unwrap()).unwrap();
+    b.append_extension(KeyUsage::new().critical().digital_signature().key_encipherment().build().unwrap()).unwrap();
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap()).unwrap();
+    b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+    (b.build().to_pem().unwrap(), key_pem)
+}
+
+#[test]
+fn a_pkcs1_rsa_client_key_works() {
+    let s = Setup::new();
+    let (cert, key) = rsa_pkcs1_client(&s.ca());
+    assert!(String::from_utf8_lossy(&key).starts_with("-----BEGIN RSA PRIVATE KEY-----"), "the key really is PKCS#1");
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_CLIENT_CERT_PATH", path_str(&s.write("rsa.crt", &cert)));
+    set(&mut env, "CLIENT_BASE_CLIENT_KEY_PATH", path_str(&s.write("rsa.key", &key)));
+    // Ready means the catalog was read over mutual TLS with that key.
+    let (_proc, client) = s.start_ready(&env, &[]);
+    assert_eq!(client.get("/readyz").status, 200);
+}
+
+#[test]
+fn the_served_api_answers_kubectl_with_a_client_ca() {
+    // The product environment plus --client-ca-file: the whole path through the binary, as
+    // kube-aggregator (or kubectl) with a client certificate sees it.
+    let s = Setup::new();
+    let ca_file = path_str(&s.pki.path("ca.crt"));
+    let (_proc, anonymous) = s.start_ready(&s.product_env(), &["--client-ca-file", &ca_file]);
+    let ca = std::fs::read(s.pki.path("ca.crt")).unwrap();
+    let admin = Client::new(
+        &anonymous.base,
+        &ca,
+        Some((&std::fs::read(s.pki.path("admin.crt")).unwrap(), &std::fs::read(s.pki.path("admin.key")).unwrap())),
+    );
+    let r = admin.get_accept(&format!("{COLLECTION}?limit=500"), TABLE_ACCEPT);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.content_type(), TABLE_CONTENT_TYPE);
+    let t = r.json();
+    assert_eq!(Harness::names(&t), SAMPLE_TIER1);
+    assert_eq!(t["rows"][0]["cells"][2], "2025-11-13 09:31:37 +0000 UTC");
+    anonymous.get(COLLECTION).expect_status(401, "Unauthorized");
+}
