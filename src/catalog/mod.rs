@@ -301,10 +301,15 @@ impl Catalog {
                     );
                 }
                 Ok(Fetched::Catalog { revision, etag, records }) => {
-                    let revision = revision.unwrap_or_else(|| {
-                        tracing::warn!(server = source.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
-                        self.fallback_revision.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
-                    });
+                    let revision = match revision {
+                        Some(r) => r,
+                        // Our own revision, moved only when the content changes.
+                        None if st.read_once && *st.records == records => st.revision,
+                        None => {
+                            tracing::warn!(server = source.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
+                            self.fallback_revision.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                        }
+                    };
                     if revision < st.revision {
                         tracing::warn!(
                             server = source.client.base_url(),

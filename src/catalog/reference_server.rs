@@ -3,8 +3,10 @@
 //! The demo and the tests read it; a Klio installation without the contract can run it as a
 //! gateway beside its repository dump.
 //!
-//! The revision is the newest modification time (milliseconds) of the directory tree, so it
-//! grows with every change, deletions included, and survives restarts.
+//! The revision changes whenever the content changes (a digest of every record file and its
+//! path, so copies that keep old modification times and changes within one millisecond count):
+//! it becomes the current time in milliseconds, or the previous revision plus one if that is
+//! larger. So it only grows, also across restarts (the clock moves on), as the contract asks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,19 +36,10 @@ struct Identity {
     name: String,
 }
 
-fn scan(dir: &Path) -> std::io::Result<Listing> {
-    let mut revision = 0u64;
-    let mut records = vec![];
+fn scan(dir: &Path) -> std::io::Result<(openssl::sha::Sha256, Vec<(String, String, Box<RawValue>)>)> {
+    let mut files = vec![];
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let mtime = |p: &Path| -> u64 {
-            std::fs::metadata(p)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64)
-        };
-        revision = revision.max(mtime(&d));
         for entry in std::fs::read_dir(&d)? {
             let entry = entry?;
             let path = entry.path();
@@ -57,35 +50,62 @@ fn scan(dir: &Path) -> std::io::Result<Listing> {
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() && path.extension().is_some_and(|e| e == "json") {
-                revision = revision.max(mtime(&path));
-                let text = match std::fs::read_to_string(&path) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
-                        continue;
-                    }
-                };
-                // Anything that is JSON is served as is (clients decide what they understand).
-                match serde_json::from_str::<Box<RawValue>>(&text) {
-                    Ok(raw) => {
-                        let id: Identity = serde_json::from_str(raw.get())
-                            .unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
-                        records.push((id.cluster_name, id.name, raw));
-                    }
-                    Err(e) => tracing::warn!(file = %path.display(), error = %e, "record file is not JSON; not served"),
-                }
+                files.push(path);
             }
         }
     }
+    files.sort();
+    let mut digest = openssl::sha::Sha256::new();
+    let mut records = vec![];
+    for path in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
+                continue;
+            }
+        };
+        digest.update(path.to_string_lossy().as_bytes());
+        digest.update(&[0]);
+        digest.update(text.as_bytes());
+        digest.update(&[0]);
+        // Anything that is JSON is served as is (clients decide what they understand).
+        match serde_json::from_str::<Box<RawValue>>(&text) {
+            Ok(raw) => {
+                let id: Identity = serde_json::from_str(raw.get())
+                    .unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
+                records.push((id.cluster_name, id.name, raw));
+            }
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "record file is not JSON; not served"),
+        }
+    }
     records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    Ok(Listing { revision, records })
+    Ok((digest, records))
 }
 
-struct CatalogDir(PathBuf);
+/// The catalog directory and the revision of its last content.
+struct CatalogDir {
+    dir: PathBuf,
+    /// (digest of the content, its revision)
+    seen: std::sync::Mutex<([u8; 32], u64)>,
+}
+
+impl CatalogDir {
+    fn listing(&self) -> std::io::Result<Listing> {
+        let (digest, records) = scan(&self.dir)?;
+        let digest = digest.finish();
+        let mut seen = self.seen.lock().expect("catalog revision");
+        if seen.0 != digest || seen.1 == 0 {
+            let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            *seen = (digest, now.max(seen.1 + 1));
+        }
+        Ok(Listing { revision: seen.1, records })
+    }
+}
 
 async fn listing(dir: &Arc<CatalogDir>) -> Result<Listing, Response> {
     let dir = dir.clone();
-    tokio::task::spawn_blocking(move || scan(&dir.0))
+    tokio::task::spawn_blocking(move || dir.listing())
         .await
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &format!("reading the catalog directory: {e}")))
@@ -111,7 +131,7 @@ async fn list(req: &poem::Request, Data(dir): Data<&Arc<CatalogDir>>, Query(q): 
         Err(resp) => return resp,
     };
     // The ETag covers the whole catalog; filtered answers are not cached.
-    let etag = q.cluster_name.is_none().then(|| format!("\"{}-{}\"", listing.revision, listing.records.len()));
+    let etag = q.cluster_name.is_none().then(|| format!("\"{}\"", listing.revision));
     if let Some(etag) = &etag {
         if req.header("if-none-match") == Some(etag.as_str()) {
             return StatusCode::NOT_MODIFIED.with_header("ETag", etag.clone()).into_response();
@@ -148,7 +168,7 @@ pub fn app(dir: PathBuf) -> impl poem::Endpoint {
     Route::new()
         .at("/catalog/v1/backups", poem::get(list))
         .at("/catalog/v1/backups/:cluster/:name", poem::get(get))
-        .data(Arc::new(CatalogDir(dir)))
+        .data(Arc::new(CatalogDir { dir, seen: Default::default() }))
         .catch_error(|_: poem::error::NotFoundError| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .catch_error(|_: poem::error::MethodNotAllowedError| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "the catalog is read-only")

@@ -230,12 +230,15 @@ impl Harness {
         let (tx, rx) = watch::channel(false);
         let mut klio = pki.klio_client_args(url(tier_ports[0]), tier_ports.get(1).map(|p| url(*p)));
         klio.timeout_seconds = opts.klio_timeout_seconds;
+        // Tests change the catalog and look again: refresh often.
+        klio.refresh_seconds = 1;
         let args = ApiServerArgs {
             bind_address: Ipv4Addr::LOCALHOST.into(),
             secure_port: 0,
             tls_cert_file: Some(pki.path("api-server.crt")),
             tls_private_key_file: Some(pki.path("api-server.key")),
             client_ca_file: Some(pki.path("ca.crt")),
+            api_group: None,
             klio,
         };
         let addr = rt.block_on(async move {
