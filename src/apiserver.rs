@@ -1,67 +1,224 @@
-//! `klio-api server api-server`: the production entry point.
+//! `klio-api server api-server`: the production entry point. Wires the configuration to its
+//! owners: the catalog, the trust store and the delegated authenticator/authorizer, the TLS
+//! acceptor (reloaded when the serving certificate files or the trusted CAs change).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use openssl::pkey::{PKey, Private};
+use openssl::x509::X509;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Limits};
+use crate::auth::authz::{Authorizer, AuthzOptions};
+use crate::auth::trust::{TrustSources, TrustStore};
+use crate::auth::{Authenticator, AuthnOptions};
 use crate::catalog::{Catalog, CatalogOptions, ServerConfig};
-use crate::config::ApiServerArgs;
+use crate::config::{ApiServerArgs, AuthArgs};
+use crate::kube::KubeClient;
 use crate::pki::KeyPair;
 use crate::server::HttpsServer;
-use crate::tls::{self, ClientAuth};
+use crate::tls::{self, AcceptorHandle, ClientAuth};
+
+/// How often the serving certificate files are checked for renewal (cert-manager rewrites them).
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
+const KUBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the serving certificate comes from.
+enum ServingCert {
+    Files { cert: PathBuf, key: PathBuf },
+    InMemory { chain: Vec<X509>, key: PKey<Private> },
+}
+
+impl ServingCert {
+    /// The certificate chain and key, and the file contents they were read from (to notice changes).
+    fn load(&self) -> Result<(Vec<X509>, PKey<Private>, Vec<u8>)> {
+        match self {
+            Self::Files { cert, key } => {
+                let bytes = [std::fs::read(cert)?, std::fs::read(key)?].concat();
+                Ok((tls::load_certs(cert)?, tls::load_key(key)?, bytes))
+            }
+            Self::InMemory { chain, key } => Ok((chain.clone(), key.clone(), vec![])),
+        }
+    }
+}
 
 /// A bound, not yet serving, API service.
 pub struct ApiServer {
     server: HttpsServer,
-    catalog: Arc<Catalog>,
+    state: Arc<AppState>,
+    trust: Arc<TrustStore>,
+    serving: ServingCert,
+    trust_refresh: Duration,
+}
+
+fn kube_client(explicit: Option<&PathBuf>) -> Result<Option<Arc<KubeClient>>> {
+    let client = match explicit {
+        Some(path) => Some(KubeClient::from_kubeconfig(path, KUBE_TIMEOUT)?),
+        None => KubeClient::in_cluster(KUBE_TIMEOUT)?,
+    };
+    Ok(client.map(Arc::new))
+}
+
+fn build_acceptor(serving: &ServingCert, trust: &TrustStore) -> Result<(openssl::ssl::SslAcceptor, Vec<u8>)> {
+    let (chain, key, bytes) = serving.load()?;
+    let acceptor = tls::acceptor(&chain, &key, ClientAuth::Optional(trust.current().all_cas()))?;
+    Ok((acceptor, bytes))
 }
 
 impl ApiServer {
-    /// Validates the configuration, loads the certificates and binds the port.
+    /// Validates the configuration, loads certificates and trust, and binds the port.
     pub async fn bind(args: &ApiServerArgs) -> Result<Self> {
         if let Some(group) = &args.api_group {
             crate::routes::configure_group(group)?;
         }
-        let (chain, key) = match (&args.tls_cert_file, &args.tls_private_key_file) {
-            (Some(cert), Some(key)) => (tls::load_certs(cert)?, tls::load_key(key)?),
+        let serving = match (&args.tls_cert_file, &args.tls_private_key_file) {
+            (Some(cert), Some(key)) => ServingCert::Files { cert: cert.clone(), key: key.clone() },
             _ => {
                 tracing::warn!("no serving certificate given (CLIENT_BASE_API_SERVER_CERTFILE / --tls-cert-file): using a self-signed one generated in memory");
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
                 let pair = KeyPair::new_self_signed_server("klio-api", &["localhost", "127.0.0.1", "::1", &host])?;
-                (vec![pair.cert], pair.key)
+                ServingCert::InMemory { chain: vec![pair.cert], key: pair.key }
             }
         };
-        let client_auth = match &args.client_ca_file {
-            Some(path) => ClientAuth::Optional(tls::load_certs(path)?),
-            None => {
-                tracing::warn!(
-                    "no --client-ca-file: no client can authenticate, every API request will be answered 401"
-                );
-                ClientAuth::None
-            }
+        let auth = &args.auth;
+        let authn_kube = kube_client(auth.authentication_kubeconfig.as_ref().or(auth.kubeconfig.as_ref()))
+            .context("configuring the kube-apiserver client for authentication")?;
+        let authz_kube = kube_client(auth.authorization_kubeconfig.as_ref().or(auth.kubeconfig.as_ref()))
+            .context("configuring the kube-apiserver client for authorization")?;
+        match &authn_kube {
+            Some(k) => tracing::info!(server = k.server(), "delegating authentication and authorization to the kube-apiserver"),
+            None => tracing::warn!("no kube-apiserver configured (not in a cluster, no --kubeconfig): only client certificates authenticate and every authenticated user is authorized"),
+        }
+        let sources = trust_sources(args, authn_kube.is_some());
+        let trust = {
+            let kube = authn_kube.clone();
+            tokio::task::spawn_blocking(move || TrustStore::load(sources, kube)).await??
         };
-        let acceptor = tls::acceptor(&chain, &key, client_auth).context("building the TLS configuration")?;
+        if trust.current().client_ca.is_none() && trust.current().request_header.is_none() && authn_kube.is_none() {
+            tracing::warn!("no client CA (--client-ca-file) and no kube-apiserver: no client can authenticate, every API request will be answered 401");
+        }
+        let (acceptor, _) = build_acceptor(&serving, &trust).context("building the TLS configuration")?;
+
+        let anonymous = auth.anonymous_auth.unwrap_or(authn_kube.is_some());
+        let authenticator = Arc::new(Authenticator::new(
+            trust.clone(),
+            authn_kube,
+            AuthnOptions {
+                anonymous,
+                token_cache_ttl: Duration::from_secs(auth.authentication_token_webhook_cache_ttl_seconds),
+            },
+        ));
+        let authorizer = Arc::new(Authorizer::new(authz_kube, authz_options(auth)));
+
         let servers = ServerConfig::all_from_args(&args.klio)?;
         let catalog = Arc::new(Catalog::new(servers, CatalogOptions::from_args(&args.klio))?);
         let server = HttpsServer::bind(SocketAddr::new(args.bind_address, args.secure_port), acceptor).await?;
-        Ok(Self { server, catalog })
+        anyhow::ensure!(args.max_requests_inflight > 0, "--max-requests-inflight must be at least 1");
+        let limits = Limits {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_requests_inflight)),
+            request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
+        };
+        // The shutdown receiver is replaced in `serve`.
+        let state =
+            Arc::new(AppState { catalog, authenticator, authorizer, limits, shutdown: watch::channel(false).1 });
+        Ok(Self {
+            server,
+            state,
+            trust,
+            serving,
+            trust_refresh: Duration::from_secs(auth.authentication_config_refresh_seconds.max(1)),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
-    /// Refreshes the catalog in the background and serves until `shutdown`.
+    /// Refreshes the catalog and the trust in the background and serves until `shutdown`.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) -> Result<()> {
-        let refresher = tokio::spawn(self.catalog.clone().run_refresher());
+        let state = Arc::try_unwrap(self.state).ok().expect("the state is not shared before serving");
+        let state = Arc::new(AppState { shutdown: shutdown.clone(), ..state });
+        let tasks = [
+            tokio::spawn(state.catalog.clone().run_refresher()),
+            tokio::spawn(self.trust.clone().run_refresher(self.trust_refresh)),
+            tokio::spawn(reload_acceptor(self.server.acceptor(), self.serving, self.trust.clone())),
+        ];
         tracing::info!(address = %self.server.local_addr(), "API service listening");
-        let state = Arc::new(AppState { catalog: self.catalog, shutdown: shutdown.clone() });
         let result = self.server.serve(api::app(state), shutdown).await;
-        refresher.abort();
+        for t in tasks {
+            t.abort();
+        }
         result
+    }
+}
+
+fn trust_sources(args: &ApiServerArgs, have_kube: bool) -> TrustSources {
+    let auth = &args.auth;
+    TrustSources {
+        client_ca_file: args.client_ca_file.clone(),
+        requestheader_client_ca_file: auth.requestheader_client_ca_file.clone(),
+        requestheader_allowed_names: auth.requestheader_allowed_names.clone(),
+        requestheader_username_headers: auth.requestheader_username_headers.clone(),
+        requestheader_group_headers: auth.requestheader_group_headers.clone(),
+        requestheader_extra_headers_prefix: auth.requestheader_extra_headers_prefix.clone(),
+        lookup_configmap: have_kube && !auth.authentication_skip_lookup,
+    }
+}
+
+fn authz_options(auth: &AuthArgs) -> AuthzOptions {
+    AuthzOptions {
+        allowed_ttl: Duration::from_secs(auth.authorization_webhook_cache_authorized_ttl_seconds),
+        denied_ttl: Duration::from_secs(auth.authorization_webhook_cache_unauthorized_ttl_seconds),
+        always_allow_paths: auth.authorization_always_allow_paths.clone(),
+    }
+}
+
+/// Rebuilds the TLS configuration when the serving certificate files change on disk or the
+/// trusted client CAs change. Established connections keep the configuration they started with.
+async fn reload_acceptor(handle: AcceptorHandle, serving: ServingCert, trust: Arc<TrustStore>) {
+    let mut trust_changes = trust.subscribe();
+    let mut last = serving.load().map(|(_, _, bytes)| bytes).unwrap_or_default();
+    loop {
+        let trust_changed = tokio::select! {
+            _ = tokio::time::sleep(CERT_CHECK_EVERY) => false,
+            changed = trust_changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                true
+            }
+        };
+        let current = match serving.load() {
+            Ok((_, _, bytes)) => bytes,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reading the serving certificate failed; keeping the current one"
+                );
+                continue;
+            }
+        };
+        if current == last && !trust_changed {
+            continue;
+        }
+        match build_acceptor(&serving, &trust) {
+            Ok((acceptor, bytes)) => {
+                handle.replace(acceptor);
+                if bytes != last {
+                    tracing::info!("serving certificate reloaded");
+                }
+                last = bytes;
+            }
+            // A half-written pair (certificate renewed, key not yet) is retried at the next tick.
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "the new serving certificate is not usable yet; keeping the current one"
+            ),
+        }
     }
 }
 

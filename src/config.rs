@@ -72,6 +72,16 @@ pub struct ApiServerArgs {
     #[arg(long, env = "KLIO_API_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    /// Requests served at once (watches excepted); more are answered 429 with Retry-After.
+    #[arg(long, env = "KLIO_API_MAX_REQUESTS_INFLIGHT", default_value_t = 400)]
+    pub max_requests_inflight: usize,
+    /// A request (other than a watch) taking longer is answered 504.
+    #[arg(long, env = "KLIO_API_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub request_timeout_seconds: u64,
+
     /// The API group to serve instead of kliocatalog.enterprisedb.io (for one service per Klio
     /// server); the APIService must name the same group.
     #[arg(long, env = "KLIO_API_GROUP")]
@@ -79,6 +89,62 @@ pub struct ApiServerArgs {
 
     #[command(flatten)]
     pub klio: KlioClientArgs,
+}
+
+/// Delegated authentication and authorization, named as in k8s.io/apiserver. With a
+/// kube-apiserver (in-cluster service account, or a kubeconfig), client CAs come from the
+/// `kube-system/extension-apiserver-authentication` ConfigMap, tokens are checked with
+/// TokenReview and every request with SubjectAccessReview. Without one, only client
+/// certificates authenticate and every authenticated user is allowed.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// kubeconfig for the kube-apiserver used for both delegations (default: in-cluster).
+    #[arg(long, env = "KLIO_API_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// kubeconfig for TokenReview and the authentication ConfigMap (default: --kubeconfig).
+    #[arg(long)]
+    pub authentication_kubeconfig: Option<PathBuf>,
+    /// kubeconfig for SubjectAccessReview (default: --kubeconfig).
+    #[arg(long)]
+    pub authorization_kubeconfig: Option<PathBuf>,
+    /// Do not read the extension-apiserver-authentication ConfigMap.
+    #[arg(long)]
+    pub authentication_skip_lookup: bool,
+    /// How often the client CAs (ConfigMap and files) are re-read, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub authentication_config_refresh_seconds: u64,
+    /// How long TokenReview answers are cached, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub authentication_token_webhook_cache_ttl_seconds: u64,
+    /// How long an allowed SubjectAccessReview is cached, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub authorization_webhook_cache_authorized_ttl_seconds: u64,
+    /// How long a denied SubjectAccessReview is cached, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub authorization_webhook_cache_unauthorized_ttl_seconds: u64,
+    /// Paths anyone may GET without authorization (`prefix*` allowed).
+    #[arg(long, value_delimiter = ',', default_value = "/healthz,/livez,/readyz")]
+    pub authorization_always_allow_paths: Vec<String>,
+    /// Let requests without credentials through as system:anonymous (then authorization
+    /// decides). Default: true with a kube-apiserver (as kube), false without one.
+    #[arg(long, env = "KLIO_API_ANONYMOUS_AUTH")]
+    pub anonymous_auth: Option<bool>,
+    /// CA bundle verifying front proxies (the aggregation layer) allowed to name the user in
+    /// request headers; overrides the ConfigMap's.
+    #[arg(long, env = "KLIO_API_REQUESTHEADER_CLIENT_CA_FILE")]
+    pub requestheader_client_ca_file: Option<PathBuf>,
+    /// Common names a front proxy certificate may have (empty: any signed by that CA).
+    #[arg(long, value_delimiter = ',')]
+    pub requestheader_allowed_names: Vec<String>,
+    /// Headers naming the user, first non-empty wins.
+    #[arg(long, value_delimiter = ',', default_value = "X-Remote-User")]
+    pub requestheader_username_headers: Vec<String>,
+    /// Headers naming the groups.
+    #[arg(long, value_delimiter = ',', default_value = "X-Remote-Group")]
+    pub requestheader_group_headers: Vec<String>,
+    /// Prefixes of headers carrying extra user attributes.
+    #[arg(long, value_delimiter = ',', default_value = "X-Remote-Extra-")]
+    pub requestheader_extra_headers_prefix: Vec<String>,
 }
 
 /// How to reach the Klio server(s); names follow the product document's Deployment. The
@@ -223,6 +289,29 @@ pub struct DemoArgs {
     /// HTTPS port of the API service (0 picks a free one).
     #[arg(long, default_value_t = 6443)]
     pub port: u16,
+}
+
+impl AuthArgs {
+    /// No kube-apiserver: client certificates from `--client-ca-file` only (the demo, tests).
+    pub fn standalone() -> Self {
+        Self {
+            kubeconfig: None,
+            authentication_kubeconfig: None,
+            authorization_kubeconfig: None,
+            authentication_skip_lookup: true,
+            authentication_config_refresh_seconds: 30,
+            authentication_token_webhook_cache_ttl_seconds: 10,
+            authorization_webhook_cache_authorized_ttl_seconds: 10,
+            authorization_webhook_cache_unauthorized_ttl_seconds: 10,
+            authorization_always_allow_paths: vec!["/healthz".into(), "/livez".into(), "/readyz".into()],
+            anonymous_auth: None,
+            requestheader_client_ca_file: None,
+            requestheader_allowed_names: vec![],
+            requestheader_username_headers: vec!["X-Remote-User".into()],
+            requestheader_group_headers: vec!["X-Remote-Group".into()],
+            requestheader_extra_headers_prefix: vec!["X-Remote-Extra-".into()],
+        }
+    }
 }
 
 impl KlioClientArgs {

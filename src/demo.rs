@@ -206,6 +206,9 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
         tls_private_key_file: Some(pki.path("api-server.key")),
         client_ca_file: Some(pki.path("ca.crt")),
         api_group: None,
+        auth: crate::config::AuthArgs::standalone(),
+        max_requests_inflight: 400,
+        request_timeout_seconds: 60,
         klio: pki.klio_client_args(urls[0].clone(), Some(urls[1].clone())),
     };
     let api = ApiServer::bind(&api_args).await?;

@@ -6,14 +6,17 @@
 //! * [`catalog`]: the Klio catalog client, the merged snapshot, and the reference catalog server;
 //! * [`api`]: discovery, the resource handlers, Tables, Status errors, OpenAPI publishing;
 //! * [`model`] and [`routes`]: generated from `openapi/` by build.rs;
+//! * [`auth`] and [`kube`]: delegated authentication and authorization, the kube-apiserver client;
 //! * [`tls`], [`pki`], [`server`]: TLS serving, certificates, the HTTPS accept loop;
 //! * [`apiserver`] and [`demo`]: the entry points.
 
 pub mod api;
 pub mod apiserver;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod demo;
+pub mod kube;
 pub mod logging;
 pub mod model;
 pub mod pki;

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_openssl::SslStream;
 
-use crate::tls::PeerIdentity;
+use crate::tls::{AcceptorHandle, PeerCertificates};
 
 /// A slow or silent client cannot hold a connection open in the handshake for longer than this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,13 +27,18 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A bound HTTPS listener, ready to serve.
 pub struct HttpsServer {
     listener: TcpListener,
-    acceptor: Arc<SslAcceptor>,
+    acceptor: AcceptorHandle,
 }
 
 impl HttpsServer {
     pub async fn bind(addr: SocketAddr, acceptor: SslAcceptor) -> Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
-        Ok(Self { listener, acceptor: Arc::new(acceptor) })
+        Ok(Self { listener, acceptor: AcceptorHandle::new(acceptor) })
+    }
+
+    /// Swaps the TLS configuration for new connections.
+    pub fn acceptor(&self) -> AcceptorHandle {
+        self.acceptor.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -62,7 +67,7 @@ impl HttpsServer {
                 _ = stopped(&mut shutdown) => return Ok(()),
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
+            let acceptor = self.acceptor.current();
             let endpoint = endpoint.clone();
             tokio::spawn(async move {
                 if let Err(err) = serve_connection(tcp, local, remote, acceptor, endpoint).await {
@@ -98,7 +103,7 @@ async fn serve_connection(
         .await
         .context("TLS handshake timed out")?
         .context("TLS handshake failed")?;
-    let peer = Arc::new(PeerIdentity::from_ssl(stream.ssl()));
+    let peer = Arc::new(PeerCertificates::from_ssl(stream.ssl()));
 
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let endpoint = endpoint.clone();

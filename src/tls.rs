@@ -53,6 +53,7 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
         ClientAuth::Optional(cas) => (cas, SslVerifyMode::PEER),
         ClientAuth::Required(cas) => (cas, SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT),
     };
+    let mode = if cas.is_empty() { SslVerifyMode::NONE } else { mode };
     for ca in cas {
         b.add_client_ca(&ca)?;
         b.cert_store_mut().add_cert(ca)?;
@@ -64,25 +65,49 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
     Ok(b.build())
 }
 
-/// The client identity established by the TLS handshake, attached to every request of the
-/// connection. Only a certificate that verified against the client CA yields a user.
+/// The client certificate chain a connection presented (leaf first), verified by the handshake
+/// against the union of the trusted CAs. Authentication re-verifies it against each CA pool, so
+/// it knows which one vouches for it. Attached to every request of the connection.
 #[derive(Debug, Clone, Default)]
-pub struct PeerIdentity {
-    pub user: Option<String>,
-    pub groups: Vec<String>,
+pub struct PeerCertificates {
+    pub chain: Vec<X509>,
+    pub intermediates: Vec<X509>,
 }
 
-impl PeerIdentity {
-    /// Reads the verified peer certificate of a finished handshake.
+impl PeerCertificates {
+    /// Reads the peer chain of a finished handshake; nothing when verification failed.
     pub fn from_ssl(ssl: &SslRef) -> Self {
         if ssl.verify_result() != openssl::x509::X509VerifyResult::OK {
             return Self::default();
         }
-        let Some(cert) = ssl.peer_certificate() else { return Self::default() };
-        Self {
-            user: name_entries(&cert, Nid::COMMONNAME).into_iter().next(),
-            groups: name_entries(&cert, Nid::ORGANIZATIONNAME),
-        }
+        let Some(leaf) = ssl.peer_certificate() else { return Self::default() };
+        // On the server side the peer chain does not include the leaf.
+        let intermediates: Vec<X509> =
+            ssl.peer_cert_chain().map(|c| c.iter().map(|x| x.to_owned()).collect()).unwrap_or_default();
+        Self { chain: vec![leaf], intermediates }
+    }
+
+    pub fn leaf(&self) -> Option<&X509> {
+        self.chain.first()
+    }
+}
+
+/// The serving configuration in force, swapped without dropping established connections when the
+/// certificate files or the trusted client CAs change.
+#[derive(Clone)]
+pub struct AcceptorHandle(std::sync::Arc<std::sync::RwLock<std::sync::Arc<SslAcceptor>>>);
+
+impl AcceptorHandle {
+    pub fn new(acceptor: SslAcceptor) -> Self {
+        Self(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(acceptor))))
+    }
+
+    pub fn current(&self) -> std::sync::Arc<SslAcceptor> {
+        self.0.read().expect("acceptor").clone()
+    }
+
+    pub fn replace(&self, acceptor: SslAcceptor) {
+        *self.0.write().expect("acceptor") = std::sync::Arc::new(acceptor);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The API service's HTTP surface: routes (the resource routes come from the OpenAPI document),
-//! authentication by client certificate, access logging, and Status bodies for every error.
+//! the request guard (in-flight cap, timeout, authentication, authorization), access logging,
+//! and Status bodies for every error.
 
 pub mod discovery;
 pub mod gnostic;
@@ -12,28 +13,34 @@ pub mod table;
 pub mod watch;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{handler, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 
+use crate::auth::authz::{Attributes, Authorizer, Decision};
+use crate::auth::{Authenticator, Identity};
 use crate::catalog::Catalog;
-use crate::tls::PeerIdentity;
+use crate::tls::PeerCertificates;
 use status::ApiError;
 
 /// What the handlers share.
 pub struct AppState {
     pub catalog: Arc<Catalog>,
+    pub authenticator: Arc<Authenticator>,
+    pub authorizer: Arc<Authorizer>,
+    pub limits: Limits,
     /// Turns true when the process shuts down; long-running watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Paths served to anyone, authenticated or not (probes).
-const ALWAYS_ALLOWED: &[&str] = &["/healthz", "/livez", "/readyz"];
-
-fn always_allowed(path: &str) -> bool {
-    ALWAYS_ALLOWED.iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+/// Bounds on what clients can make the server hold.
+pub struct Limits {
+    /// Requests served at once (watches excluded, as kube-apiserver excludes long-running ones).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// A request that takes longer is answered 504.
+    pub request_timeout: Duration,
 }
 
 /// The whole application.
@@ -53,9 +60,10 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/healthz", poem::get(healthz))
         .at("/livez", poem::get(healthz))
         .at("/readyz", poem::get(readyz));
+    let guard_state = state.clone();
     crate::routes::resource_routes(route)
         .data(state)
-        .around(authenticate)
+        .around(move |next, req| guard(next, req, guard_state.clone()))
         .catch_all_error(|err: poem::Error| async move {
             if let Some(api_err) = err.downcast_ref::<ApiError>() {
                 api_err.clone().into_response()
@@ -74,24 +82,96 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .around(access_log)
 }
 
-/// Only a client certificate verified against the client CA yields an identity; without one,
-/// everything but the probes answers 401.
-async fn authenticate<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
-    let user = req.data::<Arc<PeerIdentity>>().and_then(|p| p.user.clone());
-    if user.is_none() && !always_allowed(req.uri().path()) {
-        return Ok(ApiError::unauthorized().into_response());
+fn note_user(req: &Request, identity: &Identity) {
+    if let Some(slot) = req.data::<Arc<UserSlot>>() {
+        let _ = slot.set(identity.user.clone());
     }
-    next.call(req).await.map(IntoResponse::into_response)
 }
+
+fn is_watch(req: &Request) -> bool {
+    form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
+}
+
+/// Every request passes here: the in-flight cap (429), authentication (401), authorization
+/// (403), and the request timeout (504). Probes on always-allowed paths skip authentication.
+async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
+    let long_running = is_watch(&req);
+    let _permit = if long_running {
+        None
+    } else {
+        match state.limits.in_flight.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    "Too many requests, please try again later.",
+                );
+                err.retry_after_seconds = Some(1);
+                return Ok(err.into_response());
+            }
+        }
+    };
+    let path = req.uri().path().to_string();
+    if !(req.method() == poem::http::Method::GET && state.authorizer.always_allowed(&path)) {
+        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
+        let identity = match state.authenticator.authenticate(&peer, req.headers()).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::info!(target: "access", path, reason = %e, "unauthenticated request");
+                return Ok(ApiError::unauthorized().into_response());
+            }
+        };
+        let attributes = Attributes::of(req.method().as_str(), &path, req.uri().query());
+        match state.authorizer.authorize(&identity, &attributes).await {
+            Ok(Decision::Allow) => {}
+            Ok(Decision::Deny(reason)) => {
+                let message = attributes.forbidden_message(&identity.user, &reason);
+                let err = match &attributes {
+                    Attributes::Resource { resource, name, .. } => {
+                        ApiError::forbidden(message, Some((resource, name.as_deref())))
+                    }
+                    Attributes::NonResource { .. } => ApiError::forbidden(message, None),
+                };
+                note_user(&req, &identity);
+                return Ok(err.into_response());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "authorization failed");
+                return Ok(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("Internal error occurred: authorization failed: {e}"),
+                )
+                .into_response());
+            }
+        }
+        note_user(&req, &identity);
+        req.set_data(identity);
+    }
+    if long_running {
+        return next.call(req).await.map(IntoResponse::into_response);
+    }
+    match tokio::time::timeout(state.limits.request_timeout, next.call(req)).await {
+        Ok(resp) => resp.map(IntoResponse::into_response),
+        Err(_) => Ok(ApiError::timeout("the request did not finish in time").into_response()),
+    }
+}
+
+/// Where the guard leaves the user's name for the access log.
+type UserSlot = std::sync::OnceLock<String>;
 
 /// One line per request: who, what, answer, how long. Never a header value.
 async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let user =
-        req.data::<Arc<PeerIdentity>>().and_then(|p| p.user.clone()).unwrap_or_else(|| "system:anonymous".into());
+    let user_slot = Arc::new(UserSlot::default());
+    let mut req = req;
+    req.set_data(user_slot.clone());
     let resp = next.call(req).await.map(IntoResponse::into_response)?;
+    let user = user_slot.get().map_or("-", String::as_str);
     tracing::info!(
         target: "access",
         %method,

@@ -67,6 +67,14 @@ impl ApiError {
         )
     }
 
+    pub fn forbidden(message: String, resource: Option<(&str, Option<&str>)>) -> Self {
+        let err = Self::new(StatusCode::FORBIDDEN, "Forbidden", message);
+        match resource {
+            Some((resource, name)) => err.about(resource, name),
+            None => err,
+        }
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
