@@ -44,7 +44,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve kliobackups.kliocatalog.enterprisedb.io/v1alpha1 over HTTPS.
-    ApiServer(ApiServerArgs),
+    ApiServer(Box<ApiServerArgs>),
 }
 
 #[derive(Debug, Subcommand)]

@@ -81,7 +81,7 @@ impl RequestHeaderConfig {
         if !self.allowed_names.is_empty() {
             let cn =
                 crate::tls::name_entries(leaf, openssl::nid::Nid::COMMONNAME).into_iter().next().unwrap_or_default();
-            if !self.allowed_names.iter().any(|n| *n == cn) {
+            if !self.allowed_names.contains(&cn) {
                 return Err(format!("request-header client certificate CN {cn:?} is not allowed"));
             }
         }

@@ -36,7 +36,10 @@ struct Identity {
     name: String,
 }
 
-fn scan(dir: &Path) -> std::io::Result<(openssl::sha::Sha256, Vec<(String, String, Box<RawValue>)>)> {
+/// (clusterName, name, raw record)
+type Records = Vec<(String, String, Box<RawValue>)>;
+
+fn scan(dir: &Path) -> std::io::Result<(openssl::sha::Sha256, Records)> {
     let mut files = vec![];
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
