@@ -49,10 +49,13 @@ impl ServingCert {
 /// A bound, not yet serving, API service.
 pub struct ApiServer {
     server: HttpsServer,
-    state: Arc<AppState>,
+    /// Completed in `serve` with the shutdown channel.
+    state: AppState,
     trust: Arc<TrustStore>,
     serving: ServingCert,
     trust_refresh: Duration,
+    shutdown_delay: Duration,
+    shutdown_grace: Duration,
 }
 
 fn kube_client(explicit: Option<&PathBuf>) -> Result<Option<Arc<KubeClient>>> {
@@ -123,14 +126,22 @@ impl ApiServer {
             request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
         };
         // The shutdown receiver is replaced in `serve`.
-        let state =
-            Arc::new(AppState { catalog, authenticator, authorizer, limits, shutdown: watch::channel(false).1 });
+        let state = AppState {
+            catalog,
+            authenticator,
+            authorizer,
+            limits,
+            shutdown: watch::channel(false).1,
+            draining: Default::default(),
+        };
         Ok(Self {
             server,
             state,
             trust,
             serving,
             trust_refresh: Duration::from_secs(auth.authentication_config_refresh_seconds.max(1)),
+            shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         })
     }
 
@@ -139,16 +150,28 @@ impl ApiServer {
     }
 
     /// Refreshes the catalog and the trust in the background and serves until `shutdown`.
-    pub async fn serve(self, shutdown: watch::Receiver<bool>) -> Result<()> {
-        let state = Arc::try_unwrap(self.state).ok().expect("the state is not shared before serving");
-        let state = Arc::new(AppState { shutdown: shutdown.clone(), ..state });
+    /// On `shutdown`: /readyz turns unready, after the shutdown delay the server stops accepting,
+    /// open requests and watches end within the grace period, then this returns.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let (stop_tx, stop) = watch::channel(false);
+        let state = Arc::new(AppState { shutdown: stop.clone(), ..self.state });
+        let drain_state = state.clone();
+        let delay = self.shutdown_delay;
+        let drain = tokio::spawn(async move {
+            crate::server::stopped(&mut shutdown).await;
+            drain_state.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(delay_seconds = delay.as_secs(), "shutting down: unready now, stopping after the delay");
+            tokio::time::sleep(delay).await;
+            let _ = stop_tx.send(true);
+        });
         let tasks = [
+            drain,
             tokio::spawn(state.catalog.clone().run_refresher()),
             tokio::spawn(self.trust.clone().run_refresher(self.trust_refresh)),
             tokio::spawn(reload_acceptor(self.server.acceptor(), self.serving, self.trust.clone())),
         ];
         tracing::info!(address = %self.server.local_addr(), "API service listening");
-        let result = self.server.serve(api::app(state), shutdown).await;
+        let result = self.server.serve_with_grace(api::app(state), stop, self.shutdown_grace).await;
         for t in tasks {
             t.abort();
         }

@@ -81,6 +81,13 @@ pub struct ApiServerArgs {
     /// A request (other than a watch) taking longer is answered 504.
     #[arg(long, env = "KLIO_API_REQUEST_TIMEOUT_SECONDS", default_value_t = 60)]
     pub request_timeout_seconds: u64,
+    /// On SIGTERM, how long /readyz reports unready before the server stops accepting (lets
+    /// endpoints and the aggregation layer move traffic away first).
+    #[arg(long, env = "KLIO_API_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
+    /// Then how long open requests and watches get to finish before the process exits.
+    #[arg(long, env = "KLIO_API_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
 
     /// The API group to serve instead of kliocatalog.enterprisedb.io (for one service per Klio
     /// server); the APIService must name the same group.

@@ -209,6 +209,8 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
         auth: crate::config::AuthArgs::standalone(),
         max_requests_inflight: 400,
         request_timeout_seconds: 60,
+        shutdown_delay_seconds: 0,
+        shutdown_grace_seconds: 5,
         klio: pki.klio_client_args(urls[0].clone(), Some(urls[1].clone())),
     };
     let api = ApiServer::bind(&api_args).await?;

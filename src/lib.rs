@@ -18,6 +18,7 @@ pub mod config;
 pub mod demo;
 pub mod kube;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod routes;

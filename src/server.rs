@@ -45,8 +45,23 @@ impl HttpsServer {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` turns true; connections already open finish their requests.
-    pub async fn serve<E>(self, endpoint: E, mut shutdown: watch::Receiver<bool>) -> Result<()>
+    /// Serves until `shutdown` turns true, then stops accepting, lets open connections finish
+    /// the requests they are serving (HTTP/2 GOAWAY, HTTP/1.1 close after the response), and
+    /// returns when they are done or after `grace`.
+    pub async fn serve<E>(self, endpoint: E, shutdown: watch::Receiver<bool>) -> Result<()>
+    where
+        E: IntoEndpoint,
+        E::Endpoint: 'static,
+    {
+        self.serve_with_grace(endpoint, shutdown, Duration::from_secs(30)).await
+    }
+
+    pub async fn serve_with_grace<E>(
+        self,
+        endpoint: E,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> Result<()>
     where
         E: IntoEndpoint,
         E::Endpoint: 'static,
@@ -54,6 +69,7 @@ impl HttpsServer {
         let endpoint: Arc<BoxEndpoint<'static, poem::Response>> =
             Arc::new(endpoint.into_endpoint().map_to_response().boxed());
         let local = self.local_addr();
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -64,17 +80,30 @@ impl HttpsServer {
                         continue;
                     }
                 },
-                _ = stopped(&mut shutdown) => return Ok(()),
+                _ = stopped(&mut shutdown) => break,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = self.acceptor.current();
             let endpoint = endpoint.clone();
-            tokio::spawn(async move {
-                if let Err(err) = serve_connection(tcp, local, remote, acceptor, endpoint).await {
+            let conn_shutdown = shutdown.clone();
+            connections.spawn(async move {
+                if let Err(err) = serve_connection(tcp, local, remote, acceptor, endpoint, conn_shutdown).await {
                     tracing::debug!(%remote, error = %err, "connection ended with an error");
                 }
             });
+            // Reap finished connections as we go.
+            while connections.try_join_next().is_some() {}
         }
+        drop(self.listener);
+        let open = connections.len();
+        if open > 0 {
+            tracing::info!(open, grace_seconds = grace.as_secs(), "waiting for open connections to finish");
+        }
+        if tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await.is_err() {
+            tracing::warn!(left = connections.len(), "connections still open after the grace period; closing them");
+            connections.abort_all();
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +125,7 @@ async fn serve_connection(
     remote: SocketAddr,
     acceptor: Arc<SslAcceptor>,
     endpoint: Arc<BoxEndpoint<'static, poem::Response>>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let ssl = Ssl::new(acceptor.context())?;
     let mut stream = SslStream::new(ssl, tcp)?;
@@ -129,5 +159,12 @@ async fn serve_connection(
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024);
     builder.http2().max_header_list_size(64 * 1024).max_concurrent_streams(250);
-    builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await.map_err(|e| anyhow::anyhow!(e))
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        done = conn.as_mut() => return done.map_err(|e| anyhow::anyhow!(e)),
+        _ = stopped(&mut shutdown) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await.map_err(|e| anyhow::anyhow!(e))
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Turns true when the process shuts down; long-running watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// True from the shutdown signal on: /readyz answers 503 so traffic moves away.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Bounds on what clients can make the server hold.
@@ -59,7 +61,8 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at(v3_group, poem::get(openapi::serve_v3_group))
         .at("/healthz", poem::get(healthz))
         .at("/livez", poem::get(healthz))
-        .at("/readyz", poem::get(readyz));
+        .at("/readyz", poem::get(readyz))
+        .at("/metrics", poem::get(metrics));
     let guard_state = state.clone();
     crate::routes::resource_routes(route)
         .data(state)
@@ -97,6 +100,19 @@ fn is_watch(req: &Request) -> bool {
 /// (403), and the request timeout (504). Probes on always-allowed paths skip authentication.
 async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
     let long_running = is_watch(&req);
+    // Watches are counted by the watch itself, for as long as the stream lasts.
+    let gauge = (!long_running).then(|| {
+        let labels = crate::metrics::InflightLabels { request_kind: "readOnly".into() };
+        crate::metrics::metrics().inflight.get_or_create(&labels).clone()
+    });
+    if let Some(g) = &gauge {
+        g.inc();
+    }
+    let _in_flight = scopeguard(move || {
+        if let Some(g) = gauge {
+            g.dec();
+        }
+    });
     let _permit = if long_running {
         None
     } else {
@@ -159,6 +175,19 @@ async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> 
     }
 }
 
+/// Runs `f` when dropped (the request ended, however it ended).
+pub(crate) fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// Where the guard leaves the user's name for the access log.
 type UserSlot = std::sync::OnceLock<String>;
 
@@ -170,8 +199,10 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
     let user_slot = Arc::new(UserSlot::default());
     let mut req = req;
     req.set_data(user_slot.clone());
+    let attributes = Attributes::of(method.as_str(), &path, req.uri().query());
     let resp = next.call(req).await.map(IntoResponse::into_response)?;
     let user = user_slot.get().map_or("-", String::as_str);
+    record(&attributes, resp.status().as_u16(), start.elapsed());
     tracing::info!(
         target: "access",
         %method,
@@ -184,6 +215,36 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
     Ok(resp)
 }
 
+/// Request metrics, labelled as kube-apiserver labels them (only known resources, to bound cardinality).
+fn record(attributes: &Attributes, code: u16, took: Duration) {
+    let (verb, group, resource) = match attributes {
+        Attributes::Resource { verb, group, resource, .. } => {
+            let known = crate::routes::RESOURCES.iter().any(|r| r.name == resource);
+            (verb.to_ascii_uppercase(), group.clone(), if known { resource.clone() } else { "unknown".into() })
+        }
+        Attributes::NonResource { verb, .. } => (verb.to_ascii_uppercase(), String::new(), String::new()),
+    };
+    let m = crate::metrics::metrics();
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            verb: verb.clone(),
+            group: group.clone(),
+            resource: resource.clone(),
+            code: code.to_string(),
+        })
+        .inc();
+    m.request_duration
+        .get_or_create(&crate::metrics::DurationLabels { verb, group, resource })
+        .observe(took.as_secs_f64());
+}
+
+#[handler]
+fn metrics() -> Response {
+    Response::builder()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(crate::metrics::metrics().render())
+}
+
 #[handler]
 fn healthz() -> &'static str {
     "ok"
@@ -193,6 +254,10 @@ fn healthz() -> &'static str {
 /// so an unavailable Klio never makes the APIService unavailable). The body lists every source.
 #[handler]
 fn readyz(Data(state): Data<&Arc<AppState>>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "[-]shutdown: the server is shutting down\nreadyz check failed\n")
+            .into_response();
+    }
     let mut body = String::new();
     for h in state.catalog.health() {
         let line = match (&h.last_error, h.last_success) {

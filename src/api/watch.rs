@@ -159,6 +159,13 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
     let warnings_from = catalog.clone();
     if replayable {
         tokio::spawn(async move {
+            let m = crate::metrics::metrics();
+            let open =
+                m.inflight.get_or_create(&crate::metrics::InflightLabels { request_kind: "watch".into() }).clone();
+            open.inc();
+            let _open = super::scopeguard(move || {
+                open.dec();
+            });
             let deadline = tokio::time::Instant::now() + timeout;
             let mut last = match start {
                 Start::State(snap) => {

@@ -92,6 +92,12 @@ struct SourceState {
     attempts: u64,
 }
 
+impl Source {
+    fn labels(&self) -> crate::metrics::SourceLabels {
+        crate::metrics::SourceLabels { server: self.server.clone(), tier: (self.tier + 1).to_string() }
+    }
+}
+
 /// What a probe or a client should know about one source.
 #[derive(Debug, Clone)]
 pub struct SourceHealth {
@@ -272,7 +278,16 @@ impl Catalog {
         let fetches = self.sources.iter().map(|source| {
             let client = source.client.clone();
             let etag = source.state.lock().expect("source state").etag.clone();
-            tokio::task::spawn_blocking(move || client.fetch_all(etag.as_deref()))
+            let labels = source.labels();
+            tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let result = client.fetch_all(etag.as_deref());
+                crate::metrics::metrics()
+                    .fetch_duration
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                result
+            })
         });
         let results = futures_util::future::join_all(fetches).await;
         let mut changed = false;
@@ -283,6 +298,24 @@ impl Catalog {
             });
             let mut st = source.state.lock().expect("source state");
             st.attempts += 1;
+            let outcome = match &result {
+                Ok(Fetched::NotModified) => "not_modified",
+                Ok(Fetched::Catalog { .. }) => "ok",
+                Err(_) => "error",
+            };
+            let labels = source.labels();
+            let m = crate::metrics::metrics();
+            m.fetches
+                .get_or_create(&crate::metrics::FetchLabels {
+                    server: labels.server.clone(),
+                    tier: labels.tier.clone(),
+                    result: outcome.into(),
+                })
+                .inc();
+            if outcome != "error" {
+                let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                m.last_success.get_or_create(&labels).set(unix);
+            }
             match result {
                 Ok(Fetched::NotModified) if st.read_once => {
                     st.last_success = Some(now);
@@ -369,6 +402,9 @@ impl Catalog {
                 history.pop_front();
             }
         }
+        let m = crate::metrics::metrics();
+        m.backups.set(snap.backups.len() as i64);
+        m.snapshots.inc();
         self.current.send_replace(Some(snap));
     }
 }

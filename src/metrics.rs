@@ -1,0 +1,138 @@
+//! Prometheus metrics, named after kube-apiserver's where they mean the same thing, plus the
+//! catalog's own. One process-wide registry; `/metrics` renders it (behind authorization).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InflightLabels {
+    pub request_kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub server: String,
+    pub tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    pub server: String,
+    pub tier: String,
+    /// `ok` (200), `not_modified` (304) or `error`.
+    pub result: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<DurationLabels, Histogram>,
+    pub inflight: Family<InflightLabels, Gauge>,
+    pub fetches: Family<FetchLabels, Counter>,
+    pub fetch_duration: Family<SourceLabels, Histogram>,
+    pub last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    pub backups: Gauge,
+    pub snapshots: Counter,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0].into_iter()
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "apiserver_request",
+            "Counter of apiserver requests broken out for each verb, API resource and HTTP response code",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<DurationLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "apiserver_request_duration_seconds",
+            "Response latency distribution in seconds for each verb and resource (watches: until the stream starts)",
+            request_duration.clone(),
+        );
+        let inflight = Family::<InflightLabels, Gauge>::default();
+        registry.register(
+            "apiserver_current_inflight_requests",
+            "Number of requests being served (readOnly) and watches open (watch)",
+            inflight.clone(),
+        );
+        let fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "klio_catalog_fetches",
+            "Reads of a Klio catalog by server, tier and result",
+            fetches.clone(),
+        );
+        let fetch_duration =
+            Family::<SourceLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "klio_catalog_fetch_duration_seconds",
+            "Duration of one read of a Klio catalog",
+            fetch_duration.clone(),
+        );
+        let last_success = Family::<SourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "klio_catalog_last_success_timestamp_seconds",
+            "Unix time of the last successful read of a Klio catalog (the snapshot age is now minus this)",
+            last_success.clone(),
+        );
+        let backups = Gauge::default();
+        registry.register("klio_catalog_backups", "Number of KlioBackups in the current snapshot", backups.clone());
+        let snapshots = Counter::default();
+        registry.register(
+            "klio_catalog_snapshots",
+            "Catalog snapshots published (catalog changes seen)",
+            snapshots.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            request_duration,
+            inflight,
+            fetches,
+            fetch_duration,
+            last_success,
+            backups,
+            snapshots,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
