@@ -133,6 +133,7 @@ impl ApiServer {
             limits,
             shutdown: watch::channel(false).1,
             draining: Default::default(),
+            renders: Default::default(),
         };
         Ok(Self {
             server,

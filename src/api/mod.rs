@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod gnostic;
 pub mod negotiate;
 pub mod openapi;
+pub mod render_cache;
 pub mod resources;
 pub mod selectors;
 pub mod status;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// True from the shutdown signal on: /readyz answers 503 so traffic moves away.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Rendered whole lists of the current revision.
+    pub renders: render_cache::RenderCache,
 }
 
 /// Bounds on what clients can make the server hold.

@@ -228,6 +228,18 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
         },
         None => 0,
     };
+    // A whole list (no selector, no page) is the same bytes for everyone at this revision.
+    let whole = params.selectors.is_empty() && params.limit.is_none() && params.continue_token.is_none();
+    let key = super::render_cache::RenderKey { repr, include: params.include };
+    let content_type = match repr {
+        Representation::Json => "application/json".to_string(),
+        Representation::Table(v) => table_content_type(v),
+    };
+    if whole {
+        if let Some(body) = state.renders.get(&snapshot.resource_version_text, key) {
+            return Ok(with_warnings(Response::builder().content_type(content_type).body(body), catalog));
+        }
+    }
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
     let items: Vec<&KlioBackup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
     let mut metadata =
@@ -244,16 +256,22 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
             metadata.remaining_item_count = params.selectors.is_empty().then_some(remaining as i64);
         }
     }
-    let resp = match repr {
-        Representation::Json => json(
-            &ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items },
-            "application/json",
-        ),
-        Representation::Table(v) => {
-            json(&table::render(v, items.into_iter(), metadata, params.include), &table_content_type(v))
+    let body = bytes::Bytes::from(
+        match repr {
+            Representation::Json => {
+                let list = ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items };
+                serde_json::to_vec(&list)
+            }
+            Representation::Table(v) => {
+                serde_json::to_vec(&table::render(v, items.into_iter(), metadata, params.include))
+            }
         }
-    };
-    Ok(with_warnings(resp, catalog))
+        .expect("API objects serialize"),
+    );
+    if whole {
+        state.renders.put(&snapshot.resource_version_text, key, body.clone());
+    }
+    Ok(with_warnings(Response::builder().content_type(content_type).body(body), catalog))
 }
 
 /// Names that cannot be any object's name are a client error; well-formed unknown names are 404.
