@@ -251,33 +251,36 @@ fn healthz() -> &'static str {
 }
 
 /// Ready once a catalog snapshot exists (then stale data keeps being served while Klio is down,
-/// so an unavailable Klio never makes the APIService unavailable). The body lists every source.
+/// so an unavailable Klio never makes the APIService unavailable). Answers `ok` like
+/// kube-apiserver; `?verbose` lists the checks by name only (the probe is open to anyone, so
+/// addresses and errors stay in the logs and metrics).
 #[handler]
-fn readyz(Data(state): Data<&Arc<AppState>>) -> Response {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "[-]shutdown: the server is shutting down\nreadyz check failed\n")
-            .into_response();
-    }
+fn readyz(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
+    let verbose = req.uri().query().is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "verbose"));
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = state.catalog.is_ready() && !draining;
     let mut body = String::new();
-    for h in state.catalog.health() {
-        let line = match (&h.last_error, h.last_success) {
-            (None, Some(_)) => format!("[+]klio {} tier {} ({}) ok\n", h.server, h.tier, h.url),
-            (Some(err), Some(_)) => {
-                format!(
-                    "[+]klio {} tier {} ({}) stale, serving the last catalog read: {err}\n",
-                    h.server, h.tier, h.url
-                )
-            }
-            (Some(err), None) => format!("[-]klio {} tier {} ({}) never read: {err}\n", h.server, h.tier, h.url),
-            (None, None) => format!("[-]klio {} tier {} ({}) not read yet\n", h.server, h.tier, h.url),
-        };
-        body.push_str(&line);
+    if verbose {
+        body.push_str(if draining { "[-]shutdown failed: shutting down\n" } else { "[+]shutdown ok\n" });
+        for h in state.catalog.health() {
+            let check = format!("catalog-{}-tier{}", h.server, h.tier);
+            body.push_str(&match (&h.last_error, h.last_success) {
+                (None, Some(_)) => format!("[+]{check} ok\n"),
+                (Some(_), Some(_)) => format!("[+]{check} ok (stale: serving the last catalog read)\n"),
+                _ => format!("[-]{check} failed: not read\n"),
+            });
+        }
+        body.push_str(if state.catalog.is_ready() {
+            "[+]catalog-snapshot ok\n"
+        } else {
+            "[-]catalog-snapshot failed: no catalog read yet\n"
+        });
     }
-    if state.catalog.is_ready() {
-        body.push_str("readyz check passed\n");
+    if ready {
+        body.push_str(if verbose { "readyz check passed\n" } else { "ok" });
         body.into_response()
     } else {
-        body.push_str("[-]catalog failed: no catalog snapshot yet\nreadyz check failed\n");
+        body.push_str("readyz check failed\n");
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

@@ -238,6 +238,11 @@ impl Harness {
             tls_cert_file: Some(pki.path("api-server.crt")),
             tls_private_key_file: Some(pki.path("api-server.key")),
             client_ca_file: Some(pki.path("ca.crt")),
+            auth: klio_api::config::AuthArgs::standalone(),
+            max_requests_inflight: 400,
+            request_timeout_seconds: 60,
+            shutdown_delay_seconds: 0,
+            shutdown_grace_seconds: 5,
             api_group: None,
             klio,
         };
