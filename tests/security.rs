@@ -764,7 +764,6 @@ fn denials_are_worded_like_kube_apiserver() {
 }
 
 #[test]
-#[ignore = "server bug: authorization attributes come from the raw (percent-encoded) path while routing decodes it, so an object is served under a name that was never authorized"]
 fn authorization_is_asked_about_the_object_that_is_served() {
     let s = Stack::start();
     // An authorizer that denies one object by name (a webhook authorizer may answer denied).

@@ -96,10 +96,32 @@ fn is_watch(req: &Request) -> bool {
         .any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
 }
 
-/// Every request passes here: the in-flight cap (429), authentication (401), authorization
-/// (403), and the request timeout (504). Probes on always-allowed paths skip authentication.
+/// Every request passes here, in kube-apiserver's order: authentication (401), the in-flight
+/// cap (429; probes and system:masters exempt), authorization (403), the request timeout (504).
+/// Probes on always-allowed paths need no credentials.
 async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
     let long_running = is_watch(&req);
+    // Routing sees the decoded path; so must authorization, or an escaped name would be
+    // authorized under one name and served under another.
+    let path = match percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() {
+        Ok(p) => p.into_owned(),
+        Err(_) => return Ok(ApiError::bad_request("the request path is not valid UTF-8 once decoded").into_response()),
+    };
+    let probe = req.method() == poem::http::Method::GET && state.authorizer.always_allowed(&path);
+    let identity = if probe {
+        None
+    } else {
+        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
+        match state.authenticator.authenticate(&peer, req.headers()).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::info!(target: "access", path, reason = %e, "unauthenticated request");
+                return Ok(ApiError::unauthorized().into_response());
+            }
+        }
+    };
+    let exempt =
+        probe || long_running || identity.as_ref().is_some_and(|i| i.groups.iter().any(|g| g == "system:masters"));
     // Watches are counted by the watch itself, for as long as the stream lasts.
     let gauge = (!long_running).then(|| {
         let labels = crate::metrics::InflightLabels { request_kind: "readOnly".into() };
@@ -113,7 +135,7 @@ async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> 
             g.dec();
         }
     });
-    let _permit = if long_running {
+    let _permit = if exempt {
         None
     } else {
         match state.limits.in_flight.clone().try_acquire_owned() {
@@ -129,16 +151,7 @@ async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> 
             }
         }
     };
-    let path = req.uri().path().to_string();
-    if !(req.method() == poem::http::Method::GET && state.authorizer.always_allowed(&path)) {
-        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
-        let identity = match state.authenticator.authenticate(&peer, req.headers()).await {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::info!(target: "access", path, reason = %e, "unauthenticated request");
-                return Ok(ApiError::unauthorized().into_response());
-            }
-        };
+    if let Some(identity) = identity {
         let attributes = Attributes::of(req.method().as_str(), &path, req.uri().query());
         match state.authorizer.authorize(&identity, &attributes).await {
             Ok(Decision::Allow) => {}
