@@ -964,7 +964,6 @@ fn the_in_flight_cap_answers_429_with_retry_after() {
 }
 
 #[test]
-#[ignore = "server divergence: the in-flight cap also refuses /livez and /readyz (kube-apiserver exempts probes through APF's exempt 'probes' FlowSchema), so a saturated server fails its liveness probe"]
 fn probes_are_not_refused_by_the_in_flight_cap() {
     with_the_only_slot_taken(|s| {
         for probe in ["/livez", "/readyz", "/healthz"] {
@@ -975,7 +974,6 @@ fn probes_are_not_refused_by_the_in_flight_cap() {
 }
 
 #[test]
-#[ignore = "server divergence: the in-flight cap is applied before authentication, so system:masters is refused too (kube-apiserver's WithMaxInFlightLimit lets system:masters through)"]
 fn system_masters_is_not_refused_by_the_in_flight_cap() {
     with_the_only_slot_taken(|s| {
         let r = s.get(Some(&s.user("root", &["system:masters"])), COLLECTION, &[]);
