@@ -14,6 +14,8 @@
 # Other knobs:
 #   JOBS=N              kubectl versions run in parallel (default: number of CPUs, at least 2)
 #   KEEP_TMP=1          keep the temporary directory (demo log, every captured output)
+#   WATCH_WAIT=S        the longest wait for each step of the watch phase (default 10)
+#   WATCH_VERBOSE=1     print how long each step of the watch phase took
 #   UPDATE_EXPECTED=1   rewrite conformance/expected/ from one kubectl (UPDATE_FROM, default the
 #                       highest kubectl.1.NN) before comparing. Review the diff before committing:
 #                       the golden files are the specification, not a snapshot of whatever the
@@ -23,7 +25,26 @@
 # turning non-breaking spaces into spaces (documented cosmetic differences between kubectl
 # versions: explain prints an extra blank line in 1.30+; Go's protobuf errors sometimes use
 # U+00A0). Everything else (columns, widths, values, field order, messages) must match exactly.
-# `-o json` is compared as parsed JSON. Any unexpected stderr (warnings included) is a failure.
+# `-o json` (one document or a stream of watch events) is compared as parsed JSON. Any unexpected
+# stderr (warnings included) is a failure.
+#
+# resourceVersions are catalog revisions (timestamps), new on every run. Each captured output has
+# its resourceVersion values replaced by <RV1>, <RV2>, ... numbered in increasing revision order
+# (the raw output is kept as *.raw): the field must still be there, well-formed, and distinct
+# versions must stay distinct and ordered (a watch's ADDED then DELETED come after the listing).
+# Request traces (-v=6) are reduced to "VERB path?query status" lines for our resource, continue
+# tokens numbered <TOKEN1>, <TOKEN2>, ...
+#
+# Two phases:
+#   1. every kubectl runs the command script (JOBS versions at a time); nothing changes the
+#      catalog meanwhile.
+#   2. watch: every kubectl starts its watches at once (`get -w` and `-w -o json
+#      --output-watch-events`, bounded by `timeout`); once all have printed the listing, the suite
+#      adds ONE record to the demo catalog (a copy of a demo record under a new cluster and backup
+#      ID), waits until every watch printed it, deletes it, waits until every watch printed that,
+#      then stops the watches. Each wait polls the outputs (at most WATCH_WAIT seconds, default 10;
+#      the demo re-reads its catalog every 2 s). One change for everybody keeps the outputs exact.
+#      A watch must still be running when the suite stops it (exit code "watching").
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -105,21 +126,35 @@ JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 # ---------------------------------------------------------------------------------------------
 # The script of commands. Each case: id, expected exit code, how stdout is compared (text|json),
 # the basename of its golden files (expected/<base>.out, expected/<base>.err; a missing file
-# means "must be empty"), then the kubectl arguments.
+# means "must be empty"; "<out-base>,<err-base>" when they differ), then the kubectl arguments.
+#   def       phase 1, run in order
+#   def_bg    phase 1, run in the background beside the others (a slow command, e.g. a watch
+#             that ends by itself)
+#   def_watch phase 2 (the watch around one catalog change); expected exit code "watching"
+# `trace ID` reduces the case's stderr to its request lines (use with -v=6).
 
 NAME=cluster-example.backup-20251113093137
 CASES=()
-declare -A C_RC C_MODE C_EXP C_ARGS
+declare -A C_RC C_MODE C_OUT C_ERR C_ARGS C_KIND C_FILTER
 def() {
     local id=$1 rc=$2 mode=$3 exp=$4
     shift 4
     CASES+=("$id")
     C_RC[$id]=$rc
     C_MODE[$id]=$mode
-    C_EXP[$id]=$exp
+    C_OUT[$id]=${exp%%,*}
+    C_ERR[$id]=${exp##*,}
     C_ARGS[$id]=$(printf "%q " "$@")
     C_ARGS[$id]=${C_ARGS[$id]% }
+    C_KIND[$id]=${KIND:-seq}
 }
+def_bg() { KIND=bg def "$@"; }
+def_watch() {
+    local id=$1 mode=$2 exp=$3
+    shift 3
+    KIND=watch def "$id" watching "$mode" "$exp" "$@"
+}
+trace() { C_FILTER[$1]=requests; }
 def api-resources           0 text api-resources            api-resources
 def api-versions            0 text api-versions             api-versions
 def get                     0 text get                      get kliobackups
@@ -140,23 +175,184 @@ def explain-status-recursive 0 text explain-status-recursive explain kliobackup.
 def get-not-found           1 text get-not-found            get kliobackup nonexistent
 def delete-not-allowed      1 text delete-not-allowed       delete kliobackup "$NAME"
 def field-selector-unsupported 1 text field-selector-unsupported get kliobackups --field-selector status.phase=x
+# Labels (kliocatalog.enterprisedb.io/cluster, /server, /tier1, /tier2), filtered by the server.
+def get-label-equals        0 text get-label-equals         get kliobackups -l kliocatalog.enterprisedb.io/cluster=pg-analytics
+def get-label-exists        0 text get-label-exists         get kliobackups -l kliocatalog.enterprisedb.io/tier2
+def get-label-in            0 text get-label-in             get kliobackups -l 'kliocatalog.enterprisedb.io/cluster in (pg-orders,pg-analytics)'
+def get-show-labels         0 text get-show-labels          get kliobackups --show-labels
+def get-label-columns       0 text get-label-columns        get kliobackups -L kliocatalog.enterprisedb.io/cluster
+def bad-label-selector      1 text bad-label-selector       get kliobackups -l 'a in b'
+# Paging: the same rows as a plain get, each exactly once; the trace proves the pages were asked
+# for (limit=2, then continue tokens, and no request after the last page).
+def get-chunk-size          0 text get                      get kliobackups --chunk-size=2
+def get-chunk-size-name     0 text get-chunk-size-name      get kliobackups --chunk-size=1 -o name
+def get-chunk-size-trace    0 text get,get-chunk-size-trace get kliobackups --chunk-size=2 -v=6
+trace get-chunk-size-trace
+# A watch that the client ends (--request-timeout): the listing, then a clean exit 0.
+def_bg watch-request-timeout 0 text get                     get kliobackups -w --request-timeout=3s
+# Phase 2: the listing, then the added record, then the same record deleted.
+def_watch watch             text watch                      get kliobackups -w
+def_watch watch-json        json watch-json                 get kliobackups -w -o json --output-watch-events
 
 # ---------------------------------------------------------------------------------------------
 # The demo.
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/klio-kubectl-conformance.XXXXXX")
+HELPER=$TMP/helper.py
+cat >"$HELPER" <<'EOF'
+"""The suite's output processing: normalizing resourceVersions and request traces, comparing
+JSON, writing the watch record, and polling the watch outputs."""
+import difflib, json, os, re, sys, time
+
+RV = re.compile(r'("resourceVersion"\s*:\s*"|resourceVersion:\s*"?)(\d+(?:\.\d+)*)')
+
+
+def rewrite(path, text, new):
+    if new != text:
+        os.replace(path, path + ".raw")
+        with open(path, "w") as f:
+            f.write(new)
+
+
+def rv(path):
+    """resourceVersion values -> <RV1>, <RV2>, ... in increasing revision order."""
+    text = open(path).read()
+    values = sorted({m.group(2) for m in RV.finditer(text)}, key=lambda v: [int(p) for p in v.split(".")])
+    names = {v: f"<RV{i + 1}>" for i, v in enumerate(values)}
+    rewrite(path, text, RV.sub(lambda m: m.group(1) + names[m.group(2)], text))
+
+
+KLOG = re.compile(r"^[IWEF]\d{4} ")
+URL = re.compile(r"https?://[^/\s\"]+(/[^\s\"]*)")
+TOKEN = re.compile(r"(continue=)([^&\s\"]+)")
+
+
+def requests(path):
+    """A -v=6 stderr -> "VERB path?query status" per request for our resource; other klog lines
+    dropped, anything else (warnings, errors) kept as is."""
+    text = open(path).read()
+    out, tokens = [], {}
+    for line in text.splitlines():
+        if not KLOG.match(line):
+            out.append(line)
+            continue
+        url = URL.search(line)
+        if not url or "/kliobackups" not in url.group(1):
+            continue
+        verb = re.search(r'verb="(\w+)"', line) or re.search(r"\] (\w+) https?://", line)
+        status = re.search(r'status="(\d+)', line) or re.search(r" (\d{3}) [A-Z]", line)
+        target = TOKEN.sub(lambda m: m.group(1) + tokens.setdefault(m.group(2), f"<TOKEN{len(tokens) + 1}>"), url.group(1))
+        out.append(f"{verb.group(1) if verb else '?'} {target} {status.group(1) if status else '?'}")
+    rewrite(path, text, "".join(l + "\n" for l in out))
+
+
+def documents(text):
+    """Every JSON document in text (one, or a stream of watch events)."""
+    decoder, docs, i = json.JSONDecoder(), [], 0
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i == len(text):
+            return docs
+        doc, i = decoder.raw_decode(text, i)
+        docs.append(doc)
+
+
+def compare_json(expected, actual, label):
+    def load(path):
+        try:
+            with open(path) as f:
+                docs = documents(f.read())
+            return (docs[0] if len(docs) == 1 else docs), None
+        except FileNotFoundError:
+            return None, "(missing)"
+        except ValueError as e:
+            return None, f"(not JSON: {e})\n" + open(path).read()
+    (exp, exp_err), (act, act_err) = load(expected), load(actual)
+    if exp_err is None and act_err is None and exp == act:
+        return
+    show = lambda v, err: (err if err else json.dumps(v, indent=2, sort_keys=True)).splitlines()
+    sys.stdout.write("\n".join(difflib.unified_diff(show(exp, exp_err), show(act, act_err), label, "actual", lineterm="")) + "\n")
+
+
+def record(src, dest, cluster, backup):
+    """A copy of a demo record as another cluster's backup, written atomically (the catalog
+    server skips dot files, so it never reads half a file)."""
+    with open(src) as f:
+        r = json.load(f)
+    r["clusterName"], r["name"] = cluster, backup
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(dest), ".writing")
+    with open(tmp, "w") as f:
+        json.dump(r, f)
+    os.replace(tmp, dest)
+
+
+def events(path):
+    """The complete watch events printed so far as (type, name)."""
+    out = []
+    for line in open(path).read().splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue  # not complete yet
+        if isinstance(e, dict):
+            out.append((e.get("type"), ((e.get("object") or {}).get("metadata") or {}).get("name")))
+    return out
+
+
+def poll(stage, limit, name, initial, *watches):
+    """Waits (at most limit seconds) until every running watch printed what `stage` needs."""
+    def done(kind, path):
+        if kind == "text":
+            lines = [l for l in open(path).read().splitlines() if l.strip()]
+            rows = sum(1 for l in lines if l.split()[0] == name)
+            return {"initial": len(lines) >= 1 + initial, "added": rows >= 1, "deleted": rows >= 2}[stage]
+        ev = events(path)
+        return {
+            "initial": len(ev) >= initial,
+            "added": ("ADDED", name) in ev,
+            "deleted": ("DELETED", name) in ev,
+        }[stage]
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    deadline, initial = time.monotonic() + float(limit), int(initial)
+    pending = [w.split(":", 2) for w in watches]
+    while True:
+        pending = [(k, pid, p) for k, pid, p in pending if alive(int(pid)) and not done(k, p)]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for k, pid, p in pending:
+        print(f"kubectl.sh: watch phase: {stage}: still waiting after {limit}s for {p}", file=sys.stderr)
+    if os.environ.get("WATCH_VERBOSE"):
+        print(f"kubectl.sh: watch phase: {stage} took {time.monotonic() - deadline + float(limit):.1f}s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    globals()[sys.argv[1].replace("-", "_")](*sys.argv[2:])
+EOF
 DEMO_PID=
-WORKERS=() # the kubectl runs in progress (subshells of this script)
+WORKERS=()  # the kubectl runs in progress (subshells of this script)
+WATCHERS=() # the phase-2 watches (`timeout` processes, children of this script)
 cleanup() {
     local rc=$? w kids
-    # Interrupted mid-run: stop each worker, end the kubectl it is running (timeout passes the
-    # signal on), then the worker itself.
+    # Interrupted mid-run: stop each worker, end the kubectls it is running (timeout passes the
+    # signal on to its process group), then the worker itself.
     for w in "${WORKERS[@]}"; do
         kill -0 "$w" 2>/dev/null || continue
         kill -STOP "$w" 2>/dev/null || true
         kids=$(pgrep -P "$w" || true)
         [[ -z $kids ]] || kill -TERM $kids 2>/dev/null || true
         kill -KILL "$w" 2>/dev/null || true
+        wait "$w" 2>/dev/null || true
+    done
+    for w in "${WATCHERS[@]}"; do
+        kill -TERM "$w" 2>/dev/null || true
         wait "$w" 2>/dev/null || true
     done
     if [[ -n $DEMO_PID ]] && kill -0 "$DEMO_PID" 2>/dev/null; then
@@ -207,7 +403,8 @@ while time.monotonic() < deadline:
         ctx = ssl.create_default_context(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
         with urllib.request.urlopen(cluster["server"] + "/readyz", context=ctx, timeout=2) as resp:
             body = resp.read().decode().strip()
-            if resp.status == 200 and body == "ok":
+            # "ok", or kube-apiserver's verbose form ("[+]check ok" lines, then "readyz check passed").
+            if resp.status == 200 and (body == "ok" or body.endswith("readyz check passed")):
                 sys.exit(0)
             last = f"/readyz answered {resp.status}: {body!r}"
     except FileNotFoundError:
@@ -226,14 +423,35 @@ export KUBECONFIG="$TMP/demo/kubeconfig"
 # ---------------------------------------------------------------------------------------------
 # Running one kubectl: every case in order, with its own fresh HOME and --cache-dir.
 
+# After a case ran: resourceVersions numbered, request traces reduced (raw outputs kept as *.raw).
+postprocess() {
+    local dir=$1 id=$2
+    if grep -q resourceVersion "$dir/$id.out" 2>/dev/null; then
+        python3 "$HELPER" rv "$dir/$id.out"
+    fi
+    if [[ ${C_FILTER[$id]:-} == requests ]]; then
+        python3 "$HELPER" requests "$dir/$id.err"
+    fi
+}
+
 run_version() {
-    local label=$1 kubectl=$2 dir=$TMP/runs/$1 id args
+    local label=$1 kubectl=$2 dir=$TMP/runs/$1 id args pids=() bg=()
     mkdir -p "$dir/home" "$dir/cache"
     # The client version, for the report (the gcloud dispatcher picks its kubectl by the
     # server's minor version, so this is asked of the server too).
     HOME="$dir/home" timeout 20 "$kubectl" --cache-dir "$dir/cache-version" version -o json \
         >"$dir/version.json" 2>/dev/null || true
+    # Background cases first (direct children, so an interrupted run ends them too).
     for id in "${CASES[@]}"; do
+        [[ ${C_KIND[$id]} == bg ]] || continue
+        eval "args=(${C_ARGS[$id]})"
+        HOME="$dir/home" timeout 30 "$kubectl" --cache-dir "$dir/cache-$id" "${args[@]}" \
+            >"$dir/$id.out" 2>"$dir/$id.err" </dev/null &
+        pids+=($!)
+        bg+=("$id")
+    done
+    for id in "${CASES[@]}"; do
+        [[ ${C_KIND[$id]} == seq ]] || continue
         eval "args=(${C_ARGS[$id]})"
         if HOME="$dir/home" timeout 30 "$kubectl" --cache-dir "$dir/cache" "${args[@]}" \
             >"$dir/$id.out" 2>"$dir/$id.err" </dev/null; then
@@ -241,10 +459,19 @@ run_version() {
         else
             echo $? >"$dir/$id.rc"
         fi
+        postprocess "$dir" "$id"
+    done
+    for i in "${!bg[@]}"; do
+        if wait "${pids[$i]}"; then
+            echo 0 >"$dir/${bg[$i]}.rc"
+        else
+            echo $? >"$dir/${bg[$i]}.rc"
+        fi
+        postprocess "$dir" "${bg[$i]}"
     done
 }
 
-# JOBS kubectl versions at a time (each one's commands run in order).
+# Phase 1: JOBS kubectl versions at a time (each one's commands run in order).
 for i in "${!LABELS[@]}"; do
     run_version "${LABELS[$i]}" "${PATHS[$i]}" &
     WORKERS+=($!)
@@ -254,6 +481,62 @@ for i in "${!LABELS[@]}"; do
     fi
 done
 
+# Phase 2: every watch at once around one catalog change.
+WATCH_IDS=()
+for id in "${CASES[@]}"; do
+    if [[ ${C_KIND[$id]} == watch ]]; then WATCH_IDS+=("$id"); fi
+done
+if ((${#WATCH_IDS[@]} > 0)); then
+    WATCH_WAIT=${WATCH_WAIT:-10}
+    CATALOG=$TMP/demo/catalog/tier1
+    WATCH_SOURCE=$CATALOG/cluster-example/backup-20251113093137.json
+    WATCH_CLUSTER=pg-watch
+    WATCH_BACKUP=backup-20251125120000
+    WATCH_RECORD=$CATALOG/$WATCH_CLUSTER/$WATCH_BACKUP.json
+    [[ -f $WATCH_SOURCE ]] || die "the demo has no $WATCH_SOURCE to copy for the watch test (did the demo's sample catalog change?)"
+    # Rows of the listing (the golden plain get, less its header).
+    WATCH_INITIAL=$(($(grep -c . "$EXPECTED/get.out") - 1))
+    WATCH_SPECS=()
+    declare -A WATCH_PID
+    for i in "${!LABELS[@]}"; do
+        label=${LABELS[$i]}
+        dir=$TMP/runs/$label
+        for id in "${WATCH_IDS[@]}"; do
+            eval "args=(${C_ARGS[$id]})"
+            HOME="$dir/home" timeout 90 "${PATHS[$i]}" --cache-dir "$dir/cache" "${args[@]}" \
+                >"$dir/$id.out" 2>"$dir/$id.err" </dev/null &
+            WATCHERS+=($!)
+            WATCH_PID[$label/$id]=$!
+            WATCH_SPECS+=("${C_MODE[$id]}:$!:$dir/$id.out")
+        done
+    done
+    python3 "$HELPER" poll initial "$WATCH_WAIT" "$WATCH_CLUSTER.$WATCH_BACKUP" "$WATCH_INITIAL" "${WATCH_SPECS[@]}"
+    python3 "$HELPER" record "$WATCH_SOURCE" "$WATCH_RECORD" "$WATCH_CLUSTER" "$WATCH_BACKUP"
+    python3 "$HELPER" poll added "$WATCH_WAIT" "$WATCH_CLUSTER.$WATCH_BACKUP" "$WATCH_INITIAL" "${WATCH_SPECS[@]}"
+    # Only the file: removing its directory could race with the catalog server's directory scan.
+    rm "$WATCH_RECORD"
+    python3 "$HELPER" poll deleted "$WATCH_WAIT" "$WATCH_CLUSTER.$WATCH_BACKUP" "$WATCH_INITIAL" "${WATCH_SPECS[@]}"
+    # Stop them: a watch still running is what is expected ("watching"); one that ended by
+    # itself reports its own exit code.
+    for label in "${LABELS[@]}"; do
+        dir=$TMP/runs/$label
+        for id in "${WATCH_IDS[@]}"; do
+            pid=${WATCH_PID[$label/$id]}
+            if kill -0 "$pid" 2>/dev/null; then
+                kill -TERM "$pid" 2>/dev/null || true
+                wait "$pid" 2>/dev/null || true
+                echo watching >"$dir/$id.rc"
+            elif wait "$pid"; then
+                echo 0 >"$dir/$id.rc"
+            else
+                echo $? >"$dir/$id.rc"
+            fi
+            postprocess "$dir" "$id"
+        done
+    done
+    WATCHERS=()
+fi
+
 # ---------------------------------------------------------------------------------------------
 # Regenerating the golden files (explicit request only).
 
@@ -262,9 +545,9 @@ if [[ ${UPDATE_EXPECTED:-} == 1 ]]; then
     [[ -d $TMP/runs/$from ]] || die "UPDATE_FROM=$from is not in the kubectl set (${LABELS[*]})"
     mkdir -p "$EXPECTED"
     for id in "${CASES[@]}"; do
-        base=${C_EXP[$id]}
-        [[ $base == "$id" ]] || continue # shared golden files are written by their own case
         for stream in out err; do
+            if [[ $stream == out ]]; then base=${C_OUT[$id]}; else base=${C_ERR[$id]}; fi
+            [[ $base == "$id" ]] || continue # shared golden files are written by their own case
             if [[ -s $TMP/runs/$from/$id.$stream ]]; then
                 cp "$TMP/runs/$from/$id.$stream" "$EXPECTED/$base.$stream"
             else
@@ -293,23 +576,7 @@ compare_text() {
 }
 
 compare_json() {
-    local expected=$1 actual=$2
-    python3 - "$expected" "$actual" "expected ${expected#"$ROOT"/}" <<'EOF'
-import difflib, json, sys
-def load(path):
-    try:
-        with open(path) as f:
-            return json.load(f), None
-    except FileNotFoundError:
-        return None, "(missing)"
-    except ValueError as e:
-        return None, f"(not JSON: {e})\n" + open(path).read()
-(exp, exp_err), (act, act_err) = load(sys.argv[1]), load(sys.argv[2])
-if exp_err is None and act_err is None and exp == act:
-    sys.exit(0)
-show = lambda v, err: (err if err else json.dumps(v, indent=2, sort_keys=True)).splitlines()
-sys.stdout.write("\n".join(difflib.unified_diff(show(exp, exp_err), show(act, act_err), sys.argv[3], "actual", lineterm="")) + "\n")
-EOF
+    python3 "$HELPER" compare-json "$1" "$2" "expected ${1#"$ROOT"/}"
 }
 
 declare -A RESULT SEEN
@@ -321,19 +588,18 @@ for i in "${!LABELS[@]}"; do
     label=${LABELS[$i]}
     dir=$TMP/runs/$label
     for id in "${CASES[@]}"; do
-        base=$EXPECTED/${C_EXP[$id]}
         problems=""
         rc=$(cat "$dir/$id.rc" 2>/dev/null || echo "none")
         if [[ $rc != "${C_RC[$id]}" ]]; then
             problems+="exit code: expected ${C_RC[$id]}, got $rc"$'\n'
         fi
         if [[ ${C_MODE[$id]} == json ]]; then
-            d=$(compare_json "$base.out" "$dir/$id.out")
+            d=$(compare_json "$EXPECTED/${C_OUT[$id]}.out" "$dir/$id.out")
         else
-            d=$(compare_text "$base.out" "$dir/$id.out")
+            d=$(compare_text "$EXPECTED/${C_OUT[$id]}.out" "$dir/$id.out")
         fi
         [[ -z $d ]] || problems+="stdout differs:"$'\n'"$d"$'\n'
-        d=$(compare_text "$base.err" "$dir/$id.err")
+        d=$(compare_text "$EXPECTED/${C_ERR[$id]}.err" "$dir/$id.err")
         [[ -z $d ]] || problems+="stderr differs:"$'\n'"$d"$'\n'
         if [[ -z $problems ]]; then
             RESULT[$label/$id]=PASS

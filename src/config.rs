@@ -331,6 +331,15 @@ impl KlioClientArgs {
             anyhow::bail!("--catalog-refresh-seconds must be at least 1");
         }
         let mut specs = self.servers.clone();
+        for (name, url) in
+            [("CLIENT_BASE_URL (--klio-url)", &self.url), ("CLIENT_BASE_TIER2_URL (--klio-tier2-url)", &self.tier2_url)]
+        {
+            if let Some(url) = url.as_ref().filter(|u| !u.starts_with("https://")) {
+                anyhow::bail!(
+                    "{name} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS"
+                );
+            }
+        }
         if let Some(url) = &self.url {
             if !is_label_value(&self.hostname) {
                 anyhow::bail!("CLIENT_BASE_HOSTNAME {:?} must be a valid label value", self.hostname);

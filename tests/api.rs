@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -23,12 +24,19 @@ fn item<'a>(list: &'a Value, name: &str) -> &'a Value {
 }
 
 /// The product document's `kubectl get kliobackups cluster-example.backup-20251113093137 -o yaml`,
-/// plus the tier marker.
+/// plus what the service adds: the tier marker, the labels on every object, and the server.
 fn product_example() -> Value {
     json!({
         "apiVersion": "kliocatalog.enterprisedb.io/v1alpha1",
         "kind": "KlioBackup",
-        "metadata": { "name": "cluster-example.backup-20251113093137" },
+        "metadata": {
+            "name": "cluster-example.backup-20251113093137",
+            "labels": {
+                "kliocatalog.enterprisedb.io/cluster": "cluster-example",
+                "kliocatalog.enterprisedb.io/server": "klio",
+                "kliocatalog.enterprisedb.io/tier1": "true"
+            }
+        },
         "spec": { "backupID": "backup-20251113093137", "clusterName": "cluster-example" },
         "status": {
             "annotations": {
@@ -38,6 +46,7 @@ fn product_example() -> Value {
             },
             "endLSN": 117440800,
             "endWAL": "000000010000000000000007",
+            "server": "klio",
             "startLSN": 117440552,
             "startWAL": "000000010000000000000007",
             "startedAt": "2025-11-13T09:31:37Z",
@@ -46,13 +55,14 @@ fn product_example() -> Value {
     })
 }
 
-/// Field for field as in the product document; the annotations exactly; nothing empty sent.
+/// Exactly the `-o yaml` shape of the product document plus the service's additions: the same
+/// fields and nothing else (nothing empty sent), and `metadata.resourceVersion`, a non-empty
+/// string (its value depends on the catalog's revision).
 fn assert_product_example(obj: &Value) {
-    let expected = product_example();
-    assert_subset(&expected, obj, "KlioBackup");
-    assert_eq!(obj["spec"], expected["spec"], "spec");
-    assert_eq!(obj["status"]["annotations"], expected["status"]["annotations"], "status.annotations");
-    assert!(obj["status"].get("tablespaces").is_none(), "tablespaces omitted when empty: {obj}");
+    let mut obj = obj.clone();
+    let rv = obj["metadata"].as_object_mut().and_then(|m| m.remove("resourceVersion"));
+    assert!(rv.as_ref().and_then(Value::as_str).is_some_and(|rv| !rv.is_empty()), "metadata.resourceVersion: {rv:?}");
+    assert_eq!(obj, product_example());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -211,6 +221,18 @@ fn list_json_shape_and_product_example() {
         assert_eq!(i["apiVersion"], GROUP_VERSION);
         assert_eq!(i["status"]["annotations"]["klio.io/tier1"], "present");
         assert!(i["status"]["annotations"].get("klio.io/tier2").is_none(), "no tier 2 configured: {i}");
+        // Nothing changed since the first snapshot: every object carries its resourceVersion.
+        assert_eq!(i["metadata"]["resourceVersion"], rv, "{i}");
+        assert_eq!(i["status"]["server"], "klio", "{i}");
+        assert_eq!(
+            i["metadata"]["labels"],
+            json!({
+                "kliocatalog.enterprisedb.io/cluster": i["spec"]["clusterName"],
+                "kliocatalog.enterprisedb.io/server": "klio",
+                "kliocatalog.enterprisedb.io/tier1": "true"
+            }),
+            "the labels the service puts on every object"
+        );
     }
     assert_product_example(item(&list, EXAMPLE));
 
@@ -516,25 +538,41 @@ fn chunked_listing_like_kubectl_chunk_size() {
     }
 }
 
-/// kubectl sends `labelSelector` for `get -l`. KlioBackups carry no labels, so kube semantics are:
-/// `a=b` and `a` match nothing, `a!=b` and `!a` match everything.
+/// kubectl sends `labelSelector` for `get -l`. Every KlioBackup carries the service's labels
+/// (cluster, server, tier1/tier2 = "true") and no other: kube semantics on those, so `a=b` and `a`
+/// match nothing for a label no object has, `a!=b` and `!a` match everything.
 #[test]
-#[ignore = "server bug: labelSelector is refused with 400 BadRequest instead of being evaluated against the (empty) labels, so `kubectl get kliobackups -l x=y` fails"]
 fn label_selectors_follow_kube_semantics() {
     let h = Harness::sample();
+    let all = SAMPLE_TIER1.to_vec();
     for (selector, expected) in [
         ("some%3Dlabel", vec![]),
         ("some", vec![]),
-        ("some!%3Dlabel", SAMPLE_TIER1.to_vec()),
-        ("!some", SAMPLE_TIER1.to_vec()),
+        ("some!%3Dlabel", all.clone()),
+        ("!some", all.clone()),
         ("env+in+(a,b)", vec![]),
+        ("env+notin+(a,b)", all.clone()),
+        ("kliocatalog.enterprisedb.io/cluster%3Dpg-orders", vec!["pg-orders.backup-20251122003000"]),
+        ("kliocatalog.enterprisedb.io/server%3Dklio,kliocatalog.enterprisedb.io/tier1", all.clone()),
+        ("kliocatalog.enterprisedb.io/tier2", vec![]),
     ] {
-        let r = h.admin.get_accept(&format!("{COLLECTION}?labelSelector={selector}&limit=500"), TABLE_ACCEPT);
-        assert_eq!(r.status, 200, "{selector}: {}", r.text());
-        assert_eq!(Harness::names(&r.json()), expected, "{selector}");
+        for accept in [TABLE_ACCEPT, "application/json"] {
+            let r = h.admin.get_accept(&format!("{COLLECTION}?labelSelector={selector}&limit=500"), accept);
+            assert_eq!(r.status, 200, "{selector}: {}", r.text());
+            assert_eq!(Harness::names(&r.json()), expected, "{selector} ({accept})");
+        }
     }
-    let r = h.admin.get_accept(&format!("{COLLECTION}?labelSelector=%3D%3D%3D"), TABLE_ACCEPT);
-    r.expect_status(400, "BadRequest");
+    // `kubectl get --show-labels` reads the labels from the Table rows' objects.
+    let t = h.admin.get_accept(&format!("{COLLECTION}?labelSelector=kliocatalog.enterprisedb.io/tier1"), TABLE_ACCEPT);
+    let t = t.json();
+    assert_eq!(
+        row(&t, EXAMPLE)["object"]["metadata"]["labels"]["kliocatalog.enterprisedb.io/cluster"],
+        "cluster-example"
+    );
+    for bad in ["%3D%3D%3D", "a+in+b", "a+in+(b", "a%3Eb", "kliocatalog.enterprisedb.io/cluster%3D-x-"] {
+        let r = h.admin.get_accept(&format!("{COLLECTION}?labelSelector={bad}"), TABLE_ACCEPT);
+        r.expect_status(400, "BadRequest");
+    }
 }
 
 #[test]
@@ -718,11 +756,15 @@ fn tier2_going_down_and_coming_back() {
     let before = Harness::names(&h.list_json());
     assert!(before.iter().any(|n| n == SAMPLE_TIER2_ONLY));
     h.stop_upstream(1);
-    let r = h.admin.get_accept(COLLECTION, "application/json");
-    assert_eq!(r.status, 200, "{}", r.text());
+    // The next refresh finds it down: from then on every answer carries the warning.
+    let r = poll("the warning about tier 2", WAIT, || {
+        let r = h.admin.get_accept(COLLECTION, "application/json");
+        assert_eq!(r.status, 200, "{}", r.text());
+        (!r.header_all("warning").is_empty()).then_some(r)
+    });
     assert_warning(&r, &h.tier_url(1));
-    let after = r.json();
-    assert!(Harness::names(&after).iter().any(|n| n == SAMPLE_TIER1[0]), "tier 1 still served");
+    // Its backups as last read are still served: the catalog is stale, not gone.
+    assert_eq!(Harness::names(&r.json()), before);
     // Back up: the warning goes away.
     h.start_upstream(1, &Up::Reference);
     let r = poll("the warning to clear", WAIT, || {
@@ -742,6 +784,13 @@ fn tier1_unreachable_is_service_unavailable_until_it_answers() {
     let tier1 = h.tier_url(0);
     let r = h.anonymous.get("/readyz");
     assert_eq!(r.status, 503, "not ready before the catalog is read: {}", r.text());
+    let r = poll("/readyz to report the failed read", WAIT, || {
+        let r = h.anonymous.get("/readyz?verbose");
+        r.text().contains("[-]catalog-klio-tier1 failed").then_some(r)
+    });
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("[-]catalog-snapshot failed"), "/readyz says why it is not ready: {}", r.text());
+    assert!(!r.text().contains(&tier1), "the open probe does not reveal upstream addresses: {}", r.text());
     assert_eq!(h.anonymous.get("/healthz").status, 200, "alive all the same");
     assert_eq!(h.anonymous.get("/livez").status, 200);
     for (path, accept) in [
@@ -851,76 +900,49 @@ fn undecodable_records_are_skipped_and_unknown_fields_ignored() {
     r.expect_status(404, "NotFound");
 }
 
+/// The catalog is read again in the background (every second in these tests): a change shows up
+/// with the next refresh, under a new resourceVersion, and never partially.
 #[test]
-fn catalog_changes_show_up_in_the_next_list() {
+fn catalog_changes_show_up_after_the_next_refresh() {
     let h = Harness::sample();
     let first = h.list_json();
-    let rv1 = first["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let rv1 = rv_of(&first);
     // Nothing changed: same resourceVersion.
-    assert_eq!(h.list_json()["metadata"]["resourceVersion"], rv1.as_str());
+    assert_eq!(rv_of(&h.list_json()), rv1);
 
-    // The reference server's revision is the newest modification time in milliseconds: keep two
-    // changes in different milliseconds (see `a_change_with_preserved_mtimes_changes_the_resource_version`).
-    next_millisecond(&h.tier1_dir);
     let added = "pg-orders.backup-20251123003000";
     put_record(
         &h.tier1_dir,
         &klio_api::demo::sample_record("pg-orders", "backup-20251123003000", 1_763_857_800, 40, 0x12, false),
     );
-    let second = h.list_json();
-    let rv2 = second["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let second = h.list_until("the new record", |l| Harness::names(l).iter().any(|n| n == added));
+    let rv2 = rv_of(&second);
     let mut expected: Vec<&str> = SAMPLE_TIER1.iter().copied().chain([added]).collect();
     expected.sort();
-    assert_eq!(Harness::names(&second), expected, "the new record is in the very next list");
+    assert_eq!(Harness::names(&second), expected, "the new record, and nothing else changed");
     assert_ne!(rv2, rv1, "a changed catalog has a new resourceVersion");
     let r = h.admin.get(&format!("{COLLECTION}/{added}"));
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rv_of(&r.json()), rv2, "a changed object carries the resourceVersion it changed in");
+    // An unchanged object keeps the resourceVersion it last changed in.
+    assert_eq!(rv_of(item(&second, EXAMPLE)), rv1);
 
-    next_millisecond(&h.tier1_dir);
     std::fs::remove_file(h.tier1_dir.join("cluster-example/backup-20251113093137.json")).unwrap();
-    let third = h.list_json();
-    let rv3 = third["metadata"]["resourceVersion"].as_str().unwrap().to_string();
-    assert!(!Harness::names(&third).iter().any(|n| n == EXAMPLE), "a removed record is gone");
+    let third = h.list_until("the removed record to go", |l| !Harness::names(l).iter().any(|n| n == EXAMPLE));
+    let rv3 = rv_of(&third);
     assert_eq!(Harness::names(&third).len(), SAMPLE_TIER1.len());
     assert_ne!(rv3, rv2);
     assert_ne!(rv3, rv1);
     h.admin.get(&format!("{COLLECTION}/{EXAMPLE}")).expect_status(404, "NotFound");
 }
 
-fn millis(t: std::time::SystemTime) -> u128 {
-    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
-}
-
-/// The newest modification time under `dir` (files and directories), in milliseconds.
-fn newest_mtime(dir: &std::path::Path) -> u128 {
-    let mut newest = millis(std::fs::metadata(dir).unwrap().modified().unwrap());
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        newest = newest.max(if entry.file_type().unwrap().is_dir() {
-            newest_mtime(&entry.path())
-        } else {
-            millis(entry.metadata().unwrap().modified().unwrap())
-        });
-    }
-    newest
-}
-
-/// Returns once the wall clock is past the newest modification under `dir` (a millisecond or two).
-fn next_millisecond(dir: &std::path::Path) {
-    let newest = newest_mtime(dir);
-    poll("the next millisecond", Duration::from_secs(1), || {
-        (millis(std::time::SystemTime::now()) > newest).then_some(())
-    });
-}
-
 /// `rsync -a`, `cp -p` and `tar x` keep the source's modification times, of files and folders.
-/// A record copied in that way changes the catalog, so the revision (and resourceVersion) must change.
+/// A record copied in that way changes the catalog, so the revision (and resourceVersion) must
+/// change; so must a record rewritten in place with its old modification time.
 #[test]
-#[ignore = "server bug: the reference catalog server's revision is the newest mtime in ms, so a change that keeps older mtimes (rsync -a, cp -p, tar x), or two changes in one millisecond, yields a new list under the same resourceVersion"]
 fn a_change_with_preserved_mtimes_changes_the_resource_version() {
     let h = Harness::sample();
-    let first = h.list_json();
-    let rv1 = first["metadata"]["resourceVersion"].clone();
+    let rv1 = rv_of(&h.list_json());
     let cluster_dir = h.tier1_dir.join("cluster-example");
     let dir_mtime = std::fs::metadata(&cluster_dir).unwrap().modified().unwrap();
     let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -931,9 +953,18 @@ fn a_change_with_preserved_mtimes_changes_the_resource_version() {
     std::fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
     std::fs::File::open(&cluster_dir).unwrap().set_modified(dir_mtime).unwrap();
 
-    let second = h.list_json();
-    assert_eq!(Harness::names(&second).len(), SAMPLE_TIER1.len() + 1, "the copied record is listed");
-    assert_ne!(second["metadata"]["resourceVersion"], rv1, "a different list under the same resourceVersion");
+    let second = h.list_until("the copied record", |l| Harness::names(l).len() == SAMPLE_TIER1.len() + 1);
+    let rv2 = rv_of(&second);
+    assert_ne!(rv2, rv1, "a different list under the same resourceVersion");
+
+    // Rewritten, same size, the old modification times again.
+    let end = item(&second, "cluster-example.backup-20231114221320")["status"]["endLSN"].as_u64().unwrap();
+    rewrite(&file, |r| r["endLsn"] = json!(end + 1));
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(old).unwrap();
+    std::fs::File::open(&cluster_dir).unwrap().set_modified(dir_mtime).unwrap();
+    let name = "cluster-example.backup-20231114221320";
+    let third = h.list_until("the rewritten record", |l| item(l, name)["status"]["endLSN"] == end + 1);
+    assert_ne!(rv_of(&third), rv2, "a different object under the same resourceVersion");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1167,15 +1198,44 @@ fn a_catalog_without_revision_is_accepted() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-/// The fallback revision for a gateway without `revision` should still identify a catalog state:
-/// the same catalog, the same resourceVersion.
+static NO_REVISION_READS: AtomicUsize = AtomicUsize::new(0);
+static NO_REVISION_MORE: AtomicBool = AtomicBool::new(false);
+
+/// An older gateway (no `revision`, no `ETag`) counting its reads; a second record once
+/// `NO_REVISION_MORE` is set.
+fn no_revision_counted() -> BoxEndpoint<'static, poem::Response> {
+    poem::endpoint::make_sync(|_| {
+        NO_REVISION_READS.fetch_add(1, Ordering::SeqCst);
+        let mut items =
+            vec![klio_api::demo::sample_record("pg-old", "backup-20251206000000", 1_764_979_200, 5, 3, false)];
+        if NO_REVISION_MORE.load(Ordering::SeqCst) {
+            items.push(klio_api::demo::sample_record("pg-old", "backup-20251207000000", 1_765_065_600, 5, 4, false));
+        }
+        poem::Response::builder().content_type("application/json").body(json!({ "items": items }).to_string())
+    })
+    .map_to_response()
+    .boxed()
+}
+
+/// The fallback revision for a gateway without `revision` still identifies a catalog state: the
+/// same catalog keeps its resourceVersion over refreshes; a changed one gets a new one.
 #[test]
-#[ignore = "server bug: without an upstream revision every list bumps resourceVersion (\"2\", \"3\", \"4\", ...) although the catalog did not change"]
 fn without_revision_an_unchanged_catalog_keeps_its_resource_version() {
-    let h = Harness::start(Options { tier1: Up::Custom(no_revision), ..Default::default() });
-    let rvs: Vec<Value> = (0..3).map(|_| h.list_json()["metadata"]["resourceVersion"].clone()).collect();
-    assert_eq!(rvs[0], rvs[1], "{rvs:?}");
-    assert_eq!(rvs[1], rvs[2], "{rvs:?}");
+    let h = Harness::start(Options { tier1: Up::Custom(no_revision_counted), ..Default::default() });
+    // Waits for two more full reads of the gateway (refreshes), never for a fixed time.
+    let two_more_reads = || {
+        let seen = NO_REVISION_READS.load(Ordering::SeqCst);
+        poll("two more catalog reads", WAIT, || (NO_REVISION_READS.load(Ordering::SeqCst) >= seen + 2).then_some(()));
+    };
+    let rv1 = rv_of(&h.list_json());
+    two_more_reads();
+    assert_eq!(rv_of(&h.list_json()), rv1, "the same catalog read again");
+
+    NO_REVISION_MORE.store(true, Ordering::SeqCst);
+    let changed = h.list_until("the second record", |l| Harness::names(l).len() == 2);
+    assert_ne!(rv_of(&changed), rv1, "a changed catalog has a new resourceVersion");
+    two_more_reads();
+    assert_eq!(rv_of(&h.list_json()), rv_of(&changed));
 }
 
 #[test]

@@ -332,3 +332,105 @@ fn the_served_api_answers_kubectl_with_a_client_ca() {
     assert_eq!(t["rows"][0]["cells"][2], "2025-11-13 09:31:37 +0000 UTC");
     anonymous.get(COLLECTION).expect_status(401, "Unauthorized");
 }
+
+/// `--api-group` (one API service per Klio server, as the product document's Limitations
+/// section suggests): discovery, paths, objects, errors and the OpenAPI documents all name the
+/// configured group, and the default group is not served at all. The group is chosen once per
+/// process, so this runs the binary.
+#[test]
+fn a_configured_api_group_is_served_instead_of_the_default() {
+    const CUSTOM: &str = "klio-east.example.com";
+    let s = Setup::new();
+    let ca_file = path_str(&s.pki.path("ca.crt"));
+    let (_proc, anonymous) = s.start_ready(&s.product_env(), &["--client-ca-file", &ca_file, "--api-group", CUSTOM]);
+    let ca = std::fs::read(s.pki.path("ca.crt")).unwrap();
+    let admin = Client::new(
+        &anonymous.base,
+        &ca,
+        Some((&std::fs::read(s.pki.path("admin.crt")).unwrap(), &std::fs::read(s.pki.path("admin.key")).unwrap())),
+    );
+    let gv = format!("{CUSTOM}/v1alpha1");
+    let collection = format!("/apis/{gv}/kliobackups");
+
+    // Discovery, legacy and aggregated.
+    let groups = admin.get_accept("/apis", "application/json").json();
+    assert_eq!(groups["groups"][0]["name"], CUSTOM, "{groups}");
+    assert_eq!(groups["groups"][0]["preferredVersion"]["groupVersion"], gv.as_str());
+    assert_eq!(groups["groups"].as_array().unwrap().len(), 1, "only the configured group: {groups}");
+    let agg = admin.get_accept("/apis", "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+    assert_eq!(agg.status, 200, "{}", agg.text());
+    let agg = agg.json();
+    assert_eq!(agg["items"][0]["metadata"]["name"], CUSTOM);
+    assert_eq!(agg["items"][0]["versions"][0]["resources"][0]["responseKind"]["group"], CUSTOM);
+    let resources = admin.get_accept(&format!("/apis/{gv}"), "application/json, */*");
+    assert_eq!(resources.status, 200, "{}", resources.text());
+    assert_eq!(resources.json()["groupVersion"], gv.as_str());
+    assert_eq!(admin.get(&format!("/apis/{CUSTOM}")).json()["name"], CUSTOM);
+
+    // The resource under the new path; objects and lists carry the new apiVersion.
+    let list = admin.get_accept(&collection, "application/json");
+    assert_eq!(list.status, 200, "{}", list.text());
+    let list = list.json();
+    assert_eq!(list["apiVersion"], gv.as_str());
+    assert_eq!(Harness::names(&list), SAMPLE_TIER1);
+    assert!(list["items"].as_array().unwrap().iter().all(|i| i["apiVersion"] == gv.as_str()), "{list}");
+    let one = admin.get(&format!("{collection}/{EXAMPLE}"));
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.json()["apiVersion"], gv.as_str());
+    let t = admin.get_accept(&collection, TABLE_ACCEPT);
+    assert_eq!((t.status, t.content_type()), (200, TABLE_CONTENT_TYPE));
+    let missing = admin.get(&format!("{collection}/nope.x")).expect_status(404, "NotFound");
+    assert_eq!(missing["message"], format!("kliobackups.{CUSTOM} \"nope.x\" not found"));
+    assert_eq!(missing["details"]["group"], CUSTOM);
+    let mut w = admin.watch(&format!("{collection}?watch=true&timeoutSeconds=5"), "application/json");
+    assert_eq!(w.status, 200);
+    assert_eq!(w.event(Duration::from_secs(10))["object"]["apiVersion"], gv.as_str());
+
+    // OpenAPI v3: the index key and the document follow the group.
+    let index = admin.get_accept("/openapi/v3", "application/json, */*").json();
+    let paths = index["paths"].as_object().expect("paths");
+    let key = format!("apis/{gv}");
+    assert!(paths.contains_key(&key), "{index}");
+    assert!(!paths.contains_key("apis/kliocatalog.enterprisedb.io/v1alpha1"), "{index}");
+    let url = paths[&key]["serverRelativeURL"].as_str().unwrap();
+    assert!(url.starts_with(&format!("/openapi/v3/{key}?hash=")), "{url}");
+    let doc = admin.get_accept(url, "application/json");
+    assert_eq!(doc.status, 200, "{}", doc.text());
+    let doc = doc.json();
+    let gvk = serde_json::json!({ "group": CUSTOM, "version": "v1alpha1", "kind": "KlioBackup" });
+    assert_eq!(
+        doc["paths"][collection.as_str()]["get"]["x-kubernetes-group-version-kind"],
+        gvk,
+        "kubectl explain maps the resource through paths"
+    );
+    assert!(!doc.to_string().contains("kliocatalog.enterprisedb.io/v1alpha1"), "no trace of the default group's paths");
+    let v2 = admin.get_accept("/openapi/v2", "application/json").json();
+    assert!(
+        v2["definitions"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|d| d["x-kubernetes-group-version-kind"].as_array().is_some_and(|a| a.contains(&gvk))),
+        "the v2 document names the configured group"
+    );
+
+    // The default group is not served.
+    for path in [
+        "/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups".to_string(),
+        format!("/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups/{EXAMPLE}"),
+        "/apis/kliocatalog.enterprisedb.io/v1alpha1".to_string(),
+        "/apis/kliocatalog.enterprisedb.io".to_string(),
+        "/openapi/v3/apis/kliocatalog.enterprisedb.io/v1alpha1".to_string(),
+    ] {
+        admin.get_accept(&path, "application/json").expect_status(404, "NotFound");
+    }
+}
+
+#[test]
+fn an_invalid_api_group_is_refused_at_startup() {
+    let s = Setup::new();
+    let mut env = s.product_env();
+    env.push(("KLIO_API_GROUP", "Not_A_Group".into()));
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains("Not_A_Group") && out.contains("API group"), "{out}");
+}

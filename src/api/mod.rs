@@ -99,10 +99,32 @@ fn is_watch(req: &Request) -> bool {
         .any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
 }
 
-/// Every request passes here: the in-flight cap (429), authentication (401), authorization
-/// (403), and the request timeout (504). Probes on always-allowed paths skip authentication.
+/// Every request passes here, in kube-apiserver's order: authentication (401), the in-flight
+/// cap (429; probes and system:masters exempt), authorization (403), the request timeout (504).
+/// Probes on always-allowed paths need no credentials.
 async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
     let long_running = is_watch(&req);
+    // Routing sees the decoded path; so must authorization, or an escaped name would be
+    // authorized under one name and served under another.
+    let path = match percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() {
+        Ok(p) => p.into_owned(),
+        Err(_) => return Ok(ApiError::bad_request("the request path is not valid UTF-8 once decoded").into_response()),
+    };
+    let probe = req.method() == poem::http::Method::GET && state.authorizer.always_allowed(&path);
+    let identity = if probe {
+        None
+    } else {
+        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
+        match state.authenticator.authenticate(&peer, req.headers()).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                tracing::info!(target: "access", path, reason = %e, "unauthenticated request");
+                return Ok(ApiError::unauthorized().into_response());
+            }
+        }
+    };
+    let exempt =
+        probe || long_running || identity.as_ref().is_some_and(|i| i.groups.iter().any(|g| g == "system:masters"));
     // Watches are counted by the watch itself, for as long as the stream lasts.
     let gauge = (!long_running).then(|| {
         let labels = crate::metrics::InflightLabels { request_kind: "readOnly".into() };
@@ -116,7 +138,7 @@ async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> 
             g.dec();
         }
     });
-    let _permit = if long_running {
+    let _permit = if exempt {
         None
     } else {
         match state.limits.in_flight.clone().try_acquire_owned() {
@@ -132,16 +154,7 @@ async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> 
             }
         }
     };
-    let path = req.uri().path().to_string();
-    if !(req.method() == poem::http::Method::GET && state.authorizer.always_allowed(&path)) {
-        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
-        let identity = match state.authenticator.authenticate(&peer, req.headers()).await {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::info!(target: "access", path, reason = %e, "unauthenticated request");
-                return Ok(ApiError::unauthorized().into_response());
-            }
-        };
+    if let Some(identity) = identity {
         let attributes = Attributes::of(req.method().as_str(), &path, req.uri().query());
         match state.authorizer.authorize(&identity, &attributes).await {
             Ok(Decision::Allow) => {}
@@ -254,33 +267,36 @@ fn healthz() -> &'static str {
 }
 
 /// Ready once a catalog snapshot exists (then stale data keeps being served while Klio is down,
-/// so an unavailable Klio never makes the APIService unavailable). The body lists every source.
+/// so an unavailable Klio never makes the APIService unavailable). Answers `ok` like
+/// kube-apiserver; `?verbose` lists the checks by name only (the probe is open to anyone, so
+/// addresses and errors stay in the logs and metrics).
 #[handler]
-fn readyz(Data(state): Data<&Arc<AppState>>) -> Response {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "[-]shutdown: the server is shutting down\nreadyz check failed\n")
-            .into_response();
-    }
+fn readyz(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
+    let verbose = req.uri().query().is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "verbose"));
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = state.catalog.is_ready() && !draining;
     let mut body = String::new();
-    for h in state.catalog.health() {
-        let line = match (&h.last_error, h.last_success) {
-            (None, Some(_)) => format!("[+]klio {} tier {} ({}) ok\n", h.server, h.tier, h.url),
-            (Some(err), Some(_)) => {
-                format!(
-                    "[+]klio {} tier {} ({}) stale, serving the last catalog read: {err}\n",
-                    h.server, h.tier, h.url
-                )
-            }
-            (Some(err), None) => format!("[-]klio {} tier {} ({}) never read: {err}\n", h.server, h.tier, h.url),
-            (None, None) => format!("[-]klio {} tier {} ({}) not read yet\n", h.server, h.tier, h.url),
-        };
-        body.push_str(&line);
+    if verbose {
+        body.push_str(if draining { "[-]shutdown failed: shutting down\n" } else { "[+]shutdown ok\n" });
+        for h in state.catalog.health() {
+            let check = format!("catalog-{}-tier{}", h.server, h.tier);
+            body.push_str(&match (&h.last_error, h.last_success) {
+                (None, Some(_)) => format!("[+]{check} ok\n"),
+                (Some(_), Some(_)) => format!("[+]{check} ok (stale: serving the last catalog read)\n"),
+                _ => format!("[-]{check} failed: not read\n"),
+            });
+        }
+        body.push_str(if state.catalog.is_ready() {
+            "[+]catalog-snapshot ok\n"
+        } else {
+            "[-]catalog-snapshot failed: no catalog read yet\n"
+        });
     }
-    if state.catalog.is_ready() {
-        body.push_str("readyz check passed\n");
+    if ready {
+        body.push_str(if verbose { "readyz check passed\n" } else { "ok" });
         body.into_response()
     } else {
-        body.push_str("[-]catalog failed: no catalog snapshot yet\nreadyz check failed\n");
+        body.push_str("readyz check failed\n");
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

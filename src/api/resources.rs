@@ -186,6 +186,11 @@ fn too_old(rv: &str, current: &Snapshot) -> ApiError {
 async fn list_snapshot(catalog: &Catalog, p: &Params) -> Result<Arc<Snapshot>, ApiError> {
     if let Some(token) = &p.continue_token {
         let rv = parse_rv(catalog, &token.rv)?;
+        // A token minted by a replica ahead of this one: catch up first.
+        let current = catalog.snapshot().await?;
+        if catalog.at(&rv).is_none() && !current.resource_version.covers(&rv) {
+            catalog.wait_for(&rv, CATCH_UP).await;
+        }
         return catalog.at(&rv).ok_or_else(|| {
             ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
         });

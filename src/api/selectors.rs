@@ -169,7 +169,7 @@ fn check_value(value: &str) -> Result<(), String> {
 impl LabelSelector {
     /// Parses kube's selector syntax: `a=b`, `a==b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let fail = |why: String| format!("unable to parse requirement: {why} (in labelSelector {text:?})");
+        let fail = |why: String| format!("unable to parse requirement: {why}");
         let mut c = Cursor { text, pos: 0 };
         let mut requirements = vec![];
         let mut after_comma = false;
@@ -213,7 +213,8 @@ impl LabelSelector {
                     };
                     c.skip_ws();
                     if !c.eat("(") {
-                        return Err(fail(format!("expected '(' after {op}")));
+                        let found = c.word(|ch| !ch.is_whitespace() && ch != ',');
+                        return Err(fail(format!("found '{found}', expected: '('")));
                     }
                     let mut values = vec![];
                     loop {

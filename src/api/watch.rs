@@ -86,17 +86,22 @@ impl Encoder {
     }
 }
 
-/// The event a watcher with `selectors` sees for a change, if any: an object that starts or
-/// stops matching is ADDED or DELETED for it.
-fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<EventType> {
+/// The event a watcher with `selectors` sees for a change, if any: an object that starts
+/// matching is ADDED for it; one that stops matching is DELETED, carrying its last matching
+/// state with the change's resourceVersion (as kube-apiserver's watch cache does).
+fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventType, Arc<KlioBackup>)> {
     let now = selectors.matches(&e.object);
-    let before = e.previous.as_ref().is_some_and(|p| selectors.matches(p));
+    let before = e.previous.as_ref().filter(|p| selectors.matches(p));
     match (e.kind, before, now) {
-        (EventType::Added, _, true) => Some(EventType::Added),
-        (EventType::Modified, true, true) => Some(EventType::Modified),
-        (EventType::Modified, false, true) => Some(EventType::Added),
-        (EventType::Modified, true, false) => Some(EventType::Deleted),
-        (EventType::Deleted, true, _) => Some(EventType::Deleted),
+        (EventType::Added, _, true) => Some((EventType::Added, e.object.clone())),
+        (EventType::Modified, Some(_), true) => Some((EventType::Modified, e.object.clone())),
+        (EventType::Modified, None, true) => Some((EventType::Added, e.object.clone())),
+        (EventType::Modified, Some(previous), false) => {
+            let mut last = KlioBackup::clone(previous);
+            last.metadata.resource_version = e.object.metadata.resource_version.clone();
+            Some((EventType::Deleted, Arc::new(last)))
+        }
+        (EventType::Deleted, Some(_), _) => Some((EventType::Deleted, e.object.clone())),
         _ => None,
     }
 }
@@ -133,13 +138,27 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
                         current.resource_version_text
                     ))
                 })?)
-            } else if catalog.at(&rv).is_some()
-                || (!current.resource_version.covers(&rv)
-                    && catalog.wait_for(&rv, Duration::from_secs(3)).await.is_some()
-                    && catalog.at(&rv).is_some())
-            {
-                // Kept here (possibly after catching up with a replica that was ahead): replay.
+            } else if catalog.at(&rv).is_some() {
                 Start::After(rv)
+            } else if !current.resource_version.covers(&rv) {
+                // A replica (or the upstream) ahead of this one: catch up, or say it is too large.
+                match catalog.wait_for(&rv, Duration::from_secs(3)).await {
+                    Some(_) if catalog.at(&rv).is_some() => Start::After(rv),
+                    Some(_) => {
+                        let gone = ApiError::gone(format!(
+                            "too old resource version: {text} ({})",
+                            current.resource_version_text
+                        ));
+                        let _ = tx.send(Encoder::error(gone)).await;
+                        Start::After(ResourceVersion::default())
+                    }
+                    None => {
+                        return Err(ApiError::timeout(format!(
+                            "Too large resource version: {text}, current: {}",
+                            current.resource_version_text
+                        )))
+                    }
+                }
             } else {
                 // Not replayable here: the client must list again (kube sends this as an event).
                 let gone =
@@ -196,8 +215,8 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
                     };
                     for snap in snaps {
                         for e in &snap.events {
-                            if let Some(kind) = filtered(&selectors, e) {
-                                if tx.send(encoder.event(kind, &e.object)).await.is_err() {
+                            if let Some((kind, object)) = filtered(&selectors, e) {
+                                if tx.send(encoder.event(kind, &object)).await.is_err() {
                                     return;
                                 }
                             }
@@ -253,12 +272,19 @@ mod tests {
             ..Default::default()
         };
         let ev = |kind, object, previous| Event { kind, object, previous };
-        assert_eq!(filtered(&sel, &ev(EventType::Added, backup("a"), None)), Some(EventType::Added));
-        assert_eq!(filtered(&sel, &ev(EventType::Added, backup("b"), None)), None);
-        assert_eq!(filtered(&sel, &ev(EventType::Modified, backup("a"), Some(backup("a")))), Some(EventType::Modified));
-        assert_eq!(filtered(&sel, &ev(EventType::Modified, backup("a"), Some(backup("b")))), Some(EventType::Added));
-        assert_eq!(filtered(&sel, &ev(EventType::Modified, backup("b"), Some(backup("a")))), Some(EventType::Deleted));
-        assert_eq!(filtered(&sel, &ev(EventType::Deleted, backup("a"), Some(backup("a")))), Some(EventType::Deleted));
-        assert_eq!(filtered(&sel, &ev(EventType::Deleted, backup("b"), Some(backup("b")))), None);
+        let kind = |e: &Event| filtered(&sel, e).map(|(k, _)| k);
+        assert_eq!(kind(&ev(EventType::Added, backup("a"), None)), Some(EventType::Added));
+        assert_eq!(kind(&ev(EventType::Added, backup("b"), None)), None);
+        assert_eq!(kind(&ev(EventType::Modified, backup("a"), Some(backup("a")))), Some(EventType::Modified));
+        assert_eq!(kind(&ev(EventType::Modified, backup("a"), Some(backup("b")))), Some(EventType::Added));
+        assert_eq!(kind(&ev(EventType::Deleted, backup("a"), Some(backup("a")))), Some(EventType::Deleted));
+        assert_eq!(kind(&ev(EventType::Deleted, backup("b"), Some(backup("b")))), None);
+        // Leaving the selector: DELETED with the last matching state and the change's version.
+        let mut moved = KlioBackup::clone(&backup("b"));
+        moved.metadata.resource_version = Some("7".into());
+        let (k, object) = filtered(&sel, &ev(EventType::Modified, Arc::new(moved), Some(backup("a")))).unwrap();
+        assert_eq!(k, EventType::Deleted);
+        assert_eq!(object.spec.cluster_name, "a");
+        assert_eq!(object.metadata.resource_version.as_deref(), Some("7"));
     }
 }

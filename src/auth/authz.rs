@@ -29,9 +29,16 @@ impl Attributes {
         };
         let mut parts = rest.splitn(2, '/');
         let resource = parts.next().unwrap_or_default().to_string();
-        let name = parts.next().filter(|n| !n.is_empty()).map(str::to_string);
-        let watch = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
+        let mut name = parts.next().filter(|n| !n.is_empty()).map(str::to_string);
+        let query: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let watch = query.iter().any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
+        // As kube-apiserver: a list or watch of one name (`kubectl get NAME -w`) is authorized for
+        // that name, so RBAC resourceNames work.
+        if name.is_none() {
+            name = query.iter().find(|(k, _)| k == "fieldSelector").and_then(|(_, v)| single_name(v));
+        }
         let verb = match (lower.as_str(), &name) {
             ("get" | "head", None) if watch => "watch",
             ("get" | "head", None) => "list",
@@ -69,6 +76,13 @@ impl Attributes {
             }
         }
     }
+}
+
+/// `metadata.name=X` (or `==`) as the whole field selector.
+fn single_name(selector: &str) -> Option<String> {
+    let (field, value) = selector.split_once("==").or_else(|| selector.split_once('='))?;
+    (field.trim() == "metadata.name" && !value.contains(',') && !value.trim().is_empty())
+        .then(|| value.trim().to_string())
 }
 
 /// The verdict.
@@ -191,6 +205,13 @@ mod tests {
         assert_eq!(verb("POST", c, None), "create");
         assert_eq!(verb("PATCH", &format!("{c}/a.b"), None), "patch");
         assert_eq!(verb("GET", "/apis", None), "nonresource:get");
+        let named = |q: &str| match Attributes::of("GET", c, Some(q)) {
+            Attributes::Resource { name, .. } => name,
+            _ => None,
+        };
+        assert_eq!(named("watch=true&fieldSelector=metadata.name%3Da.b"), Some("a.b".into()));
+        assert_eq!(named("fieldSelector=metadata.name%3Da.b%2Cspec.clusterName%3Dx"), None);
+        assert_eq!(named("fieldSelector=spec.clusterName%3Dx"), None);
         assert_eq!(verb("GET", "/apis/kliocatalog.enterprisedb.io/v1alpha1", None), "nonresource:get");
     }
 

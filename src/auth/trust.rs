@@ -104,7 +104,10 @@ impl RequestHeaderConfig {
             for prefix in &self.extra_headers_prefixes {
                 let prefix = prefix.to_ascii_lowercase();
                 if let Some(key) = name.strip_prefix(&prefix).filter(|k| !k.is_empty()) {
-                    let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy().to_lowercase();
+                    // Lower-cased, then unescaped, as kube does.
+                    let key = percent_encoding::percent_decode_str(&key.to_ascii_lowercase())
+                        .decode_utf8_lossy()
+                        .into_owned();
                     if let Ok(v) = value.to_str() {
                         extra.entry(key).or_default().push(v.to_string());
                     }

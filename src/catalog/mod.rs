@@ -147,7 +147,8 @@ impl Catalog {
         Ok(Self {
             sources,
             prefix_server,
-            options: CatalogOptions { history: options.history.max(1), ..options },
+            // A watcher needs the revision it last sent and the next one.
+            options: CatalogOptions { history: options.history.max(2), ..options },
             current: watch::channel(None).0,
             rounds: watch::channel(0).0,
             history: RwLock::new(VecDeque::new()),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use klio_api::apiserver::ApiServer;
-use klio_api::config::ApiServerArgs;
+use klio_api::config::{ApiServerArgs, KlioClientArgs, ServerSpec};
 use klio_api::demo::DemoPki;
 use poem::endpoint::BoxEndpoint;
 use serde_json::Value;
@@ -68,12 +68,20 @@ pub fn free_port() -> u16 {
 // ---------------------------------------------------------------------------------------------
 // Catalog files
 
+/// Writes `bytes` to `file` at once: through a hidden temporary file renamed into place, so a
+/// catalog server scanning the directory meanwhile never reads a half-written record.
+pub fn write_atomically(file: &Path, bytes: &[u8]) {
+    let tmp = file.with_file_name(format!(".{}.tmp", file.file_name().unwrap().to_string_lossy()));
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 /// Writes one record as `<dir>/<clusterName>/<name>.json`.
 pub fn put_record(dir: &Path, record: &Value) -> PathBuf {
     let cluster = dir.join(record["clusterName"].as_str().expect("record with a clusterName"));
     std::fs::create_dir_all(&cluster).unwrap();
     let file = cluster.join(format!("{}.json", record["name"].as_str().expect("record with a name")));
-    std::fs::write(&file, serde_json::to_vec_pretty(record).unwrap()).unwrap();
+    write_atomically(&file, &serde_json::to_vec_pretty(record).unwrap());
     file
 }
 
@@ -81,8 +89,15 @@ pub fn put_record(dir: &Path, record: &Value) -> PathBuf {
 pub fn put_raw(dir: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
     let file = dir.join(rel);
     std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-    std::fs::write(&file, bytes).unwrap();
+    write_atomically(&file, bytes);
     file
+}
+
+/// Rewrites a record file in place (atomically).
+pub fn rewrite(file: &Path, change: impl FnOnce(&mut Value)) {
+    let mut record: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    change(&mut record);
+    write_atomically(file, &serde_json::to_vec_pretty(&record).unwrap());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,6 +114,19 @@ pub enum Up {
     Custom(fn() -> BoxEndpoint<'static, poem::Response>),
 }
 
+/// A catalog answer as the contract describes it (`revision`, `ETag`, `304` on a matching
+/// `If-None-Match`), for `Up::Custom` endpoints that serve a catalog of their own.
+pub fn catalog_response(req: &poem::Request, revision: u64, items: &[Value]) -> poem::Response {
+    let etag = format!("\"{revision}\"");
+    if req.header("if-none-match") == Some(etag.as_str()) {
+        return poem::Response::builder().status(poem::http::StatusCode::NOT_MODIFIED).header("ETag", etag).finish();
+    }
+    poem::Response::builder()
+        .content_type("application/json")
+        .header("ETag", etag)
+        .body(serde_json::json!({ "revision": revision, "items": items }).to_string())
+}
+
 /// One upstream server on its own runtime; dropping it closes its listener and connections.
 pub struct Upstream {
     rt: Option<Runtime>,
@@ -107,6 +135,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// Starts `up` over `dir` on `port` (0: any). A port just released by a stopped server may
+    /// take a moment to be free again: binding is retried, bounded.
     pub fn start(pki: &DemoPki, dir: &Path, port: u16, up: &Up) -> Option<Self> {
         if matches!(up, Up::Down) {
             return None;
@@ -117,7 +147,17 @@ impl Upstream {
         let (tx, rx) = watch::channel(false);
         let up = up.clone();
         let addr = rt.block_on(async move {
-            let server = klio_api::catalog::reference_server::bind(&args).await.expect("binding a catalog server");
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let server = loop {
+                match klio_api::catalog::reference_server::bind(&args).await {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("binding a catalog server on port {port}: {e:#}"),
+                }
+            };
             let addr = server.local_addr();
             match up {
                 Up::Reference => {
@@ -146,41 +186,155 @@ impl Drop for Upstream {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The harness
+// The API service
 
-pub struct Options {
-    pub tier1: Up,
-    /// `None`: no tier-2 server configured.
-    pub tier2: Option<Up>,
-    /// Write `write_sample_catalog` into the tier directories.
-    pub sample: bool,
-    /// Wait for `/readyz` before returning.
-    pub wait_ready: bool,
-    /// The API service's timeout for one request to a Klio server.
-    pub klio_timeout_seconds: u64,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self { tier1: Up::Reference, tier2: None, sample: true, wait_ready: true, klio_timeout_seconds: 10 }
-    }
-}
-
-pub struct Harness {
-    pub dir: tempfile::TempDir,
-    pub pki: DemoPki,
-    pub tier1_dir: PathBuf,
-    pub tier2_dir: PathBuf,
-    /// The ports of the tier servers (reserved even when nothing listens).
-    pub tier_ports: Vec<u16>,
-    pub upstreams: Vec<Option<Upstream>>,
+/// One API service (the harness's, or another replica) on a runtime of its own.
+pub struct ApiService {
+    rt: Option<Runtime>,
+    shutdown: Option<watch::Sender<bool>>,
     pub base: String,
     /// A client presenting the admin certificate (CN demo-admin, O system:masters).
     pub admin: Client,
     /// A client that trusts the CA but presents no certificate.
     pub anonymous: Client,
-    rt: Option<Runtime>,
-    shutdown: Option<watch::Sender<bool>>,
+}
+
+impl ApiService {
+    pub fn start(pki: &DemoPki, klio: KlioClientArgs) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let args = ApiServerArgs {
+            bind_address: Ipv4Addr::LOCALHOST.into(),
+            secure_port: 0,
+            tls_cert_file: Some(pki.path("api-server.crt")),
+            tls_private_key_file: Some(pki.path("api-server.key")),
+            client_ca_file: Some(pki.path("ca.crt")),
+            auth: klio_api::config::AuthArgs::standalone(),
+            max_requests_inflight: 400,
+            request_timeout_seconds: 60,
+            shutdown_delay_seconds: 0,
+            shutdown_grace_seconds: 5,
+            api_group: None,
+            klio,
+        };
+        let addr = rt.block_on(async move {
+            let api = ApiServer::bind(&args).await.expect("binding the API service");
+            let addr = api.local_addr();
+            tokio::spawn(api.serve(rx));
+            addr
+        });
+        let base = format!("https://127.0.0.1:{}", addr.port());
+        let ca = std::fs::read(pki.path("ca.crt")).unwrap();
+        let admin_cert = std::fs::read(pki.path("admin.crt")).unwrap();
+        let admin_key = std::fs::read(pki.path("admin.key")).unwrap();
+        let admin = Client::new(&base, &ca, Some((&admin_cert, &admin_key)));
+        let anonymous = Client::new(&base, &ca, None);
+        Self { rt: Some(rt), shutdown: Some(tx), base, admin, anonymous }
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200.
+    pub fn wait_ready(&self) {
+        poll("/readyz to answer 200", WAIT, || (self.anonymous.get("/readyz").status == 200).then_some(()));
+    }
+
+    /// The list as JSON (asserting 200).
+    pub fn list_json(&self) -> Value {
+        let r = self.admin.get_accept(COLLECTION, "application/json");
+        assert_eq!(r.status, 200, "list: {}", r.text());
+        r.json()
+    }
+
+    /// Polls the list (bounded) until `done` holds for it; returns that list. For changes that
+    /// show up with the next catalog refresh.
+    pub fn list_until(&self, what: &str, mut done: impl FnMut(&Value) -> bool) -> Value {
+        poll(what, WAIT, || {
+            let list = self.list_json();
+            done(&list).then_some(list)
+        })
+    }
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness
+
+/// One Klio server given with `--klio-server`.
+#[derive(Clone)]
+pub struct ServerOpt {
+    pub name: &'static str,
+    pub tier1: Up,
+    pub tier2: Option<Up>,
+}
+
+pub struct Options {
+    pub tier1: Up,
+    /// `None`: no tier-2 server configured.
+    pub tier2: Option<Up>,
+    /// When not empty, the API service is configured with these servers only (`--klio-server`
+    /// entries, no CLIENT_BASE_URL) and `tier1`/`tier2` are ignored. Server `i`'s tiers get the
+    /// directories `catalog/<name>/tier1` and `catalog/<name>/tier2`.
+    pub servers: Vec<ServerOpt>,
+    /// Write `write_sample_catalog` into the tier directories (of every server).
+    pub sample: bool,
+    /// Wait for `/readyz` before returning.
+    pub wait_ready: bool,
+    /// The API service's timeout for one request to a Klio server.
+    pub klio_timeout_seconds: u64,
+    /// How often the API service reads the catalog again.
+    pub refresh_seconds: u64,
+    /// How many snapshots the API service keeps (watch replay, continue tokens).
+    pub history: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tier1: Up::Reference,
+            tier2: None,
+            servers: vec![],
+            sample: true,
+            wait_ready: true,
+            klio_timeout_seconds: 10,
+            // Tests change the catalog and look again: refresh often.
+            refresh_seconds: 1,
+            history: 100,
+        }
+    }
+}
+
+pub struct Harness {
+    /// Declared first: stopped before the upstreams and the directory go.
+    pub api: ApiService,
+    /// One per source (a server's tier), in configuration order; `None` when nothing listens.
+    pub upstreams: Vec<Option<Upstream>>,
+    /// The ports of the sources (reserved even when nothing listens).
+    pub tier_ports: Vec<u16>,
+    /// The catalog directories of the sources.
+    pub dirs: Vec<PathBuf>,
+    /// The first server's tier directories.
+    pub tier1_dir: PathBuf,
+    pub tier2_dir: PathBuf,
+    /// How the API service reaches Klio (to start replicas).
+    pub klio: KlioClientArgs,
+    pub pki: DemoPki,
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = ApiService;
+    fn deref(&self) -> &ApiService {
+        &self.api
+    }
 }
 
 impl Harness {
@@ -203,93 +357,100 @@ impl Harness {
     pub fn start(opts: Options) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let pki = DemoPki::create(dir.path()).expect("writing the demo PKI");
-        let tier1_dir = dir.path().join("catalog/tier1");
-        let tier2_dir = dir.path().join("catalog/tier2");
-        std::fs::create_dir_all(&tier1_dir).unwrap();
-        std::fs::create_dir_all(&tier2_dir).unwrap();
-        if opts.sample {
-            klio_api::demo::write_sample_catalog(&tier1_dir, &tier2_dir).expect("writing the sample catalog");
+        let catalog = dir.path().join("catalog");
+        let servers = if opts.servers.is_empty() {
+            vec![(None, opts.tier1.clone(), opts.tier2.clone(), catalog.join("tier1"), catalog.join("tier2"))]
+        } else {
+            opts.servers
+                .iter()
+                .map(|s| {
+                    let d = catalog.join(s.name);
+                    (Some(s.name), s.tier1.clone(), s.tier2.clone(), d.join("tier1"), d.join("tier2"))
+                })
+                .collect()
+        };
+        for (_, _, _, t1, t2) in &servers {
+            std::fs::create_dir_all(t1).unwrap();
+            std::fs::create_dir_all(t2).unwrap();
+            if opts.sample {
+                klio_api::demo::write_sample_catalog(t1, t2).expect("writing the sample catalog");
+            }
         }
 
-        let tiers: Vec<(&Up, &PathBuf)> =
-            std::iter::once((&opts.tier1, &tier1_dir)).chain(opts.tier2.iter().map(|u| (u, &tier2_dir))).collect();
         let mut tier_ports = vec![];
         let mut upstreams = vec![];
-        for (up, tier_dir) in tiers {
-            let upstream = Upstream::start(&pki, tier_dir, if matches!(up, Up::Down) { free_port() } else { 0 }, up);
-            let port = match &upstream {
-                Some(u) => u.addr.port(),
-                None => free_port(),
-            };
-            tier_ports.push(port);
-            upstreams.push(upstream);
-        }
+        let mut dirs = vec![];
+        let mut specs = vec![];
         let url = |p: u16| format!("https://127.0.0.1:{p}");
+        for (name, tier1, tier2, t1, t2) in &servers {
+            let mut urls = vec![];
+            for (up, tier_dir) in std::iter::once((tier1, t1)).chain(tier2.iter().map(|u| (u, t2))) {
+                let upstream = Upstream::start(&pki, tier_dir, 0, up);
+                let port = match &upstream {
+                    Some(u) => u.addr.port(),
+                    None => free_port(),
+                };
+                urls.push(url(port));
+                tier_ports.push(port);
+                upstreams.push(upstream);
+                dirs.push(tier_dir.clone());
+            }
+            specs.push((*name, urls));
+        }
 
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let (tx, rx) = watch::channel(false);
-        let mut klio = pki.klio_client_args(url(tier_ports[0]), tier_ports.get(1).map(|p| url(*p)));
+        let mut klio = if opts.servers.is_empty() {
+            let urls = &specs[0].1;
+            pki.klio_client_args(urls[0].clone(), urls.get(1).cloned())
+        } else {
+            let mut k = pki.klio_client_args(String::new(), None);
+            k.url = None;
+            k.servers = specs
+                .iter()
+                .map(|(name, urls)| ServerSpec {
+                    name: name.unwrap().to_string(),
+                    url: urls[0].clone(),
+                    tier2_url: urls.get(1).cloned(),
+                    server_cert: None,
+                    client_cert: None,
+                    client_key: None,
+                    hostname: None,
+                })
+                .collect();
+            k
+        };
         klio.timeout_seconds = opts.klio_timeout_seconds;
-        // Tests change the catalog and look again: refresh often.
-        klio.refresh_seconds = 1;
-        let args = ApiServerArgs {
-            bind_address: Ipv4Addr::LOCALHOST.into(),
-            secure_port: 0,
-            tls_cert_file: Some(pki.path("api-server.crt")),
-            tls_private_key_file: Some(pki.path("api-server.key")),
-            client_ca_file: Some(pki.path("ca.crt")),
-            api_group: None,
-            klio,
-        };
-        let addr = rt.block_on(async move {
-            let api = ApiServer::bind(&args).await.expect("binding the API service");
-            let addr = api.local_addr();
-            tokio::spawn(api.serve(rx));
-            addr
-        });
-        let base = format!("https://127.0.0.1:{}", addr.port());
-        let ca = std::fs::read(pki.path("ca.crt")).unwrap();
-        let admin_cert = std::fs::read(pki.path("admin.crt")).unwrap();
-        let admin_key = std::fs::read(pki.path("admin.key")).unwrap();
-        let admin = Client::new(&base, &ca, Some((&admin_cert, &admin_key)));
-        let anonymous = Client::new(&base, &ca, None);
-        let h = Self {
-            dir,
-            pki,
-            tier1_dir,
-            tier2_dir,
-            tier_ports,
-            upstreams,
-            base,
-            admin,
-            anonymous,
-            rt: Some(rt),
-            shutdown: Some(tx),
-        };
+        klio.refresh_seconds = opts.refresh_seconds;
+        klio.history = opts.history;
+        let api = ApiService::start(&pki, klio.clone());
+        let (tier1_dir, tier2_dir) = (servers[0].3.clone(), servers[0].4.clone());
+        let h = Self { api, upstreams, tier_ports, dirs, tier1_dir, tier2_dir, klio, pki, dir };
         if opts.wait_ready {
             h.wait_ready();
         }
         h
     }
 
+    /// Another API service (replica) reading the same Klio servers, refreshing every
+    /// `refresh_seconds`.
+    pub fn replica(&self, refresh_seconds: u64) -> ApiService {
+        let mut klio = self.klio.clone();
+        klio.refresh_seconds = refresh_seconds;
+        ApiService::start(&self.pki, klio)
+    }
+
     pub fn tier_url(&self, tier: usize) -> String {
         format!("https://127.0.0.1:{}", self.tier_ports[tier])
     }
 
-    /// Waits (bounded) until `/readyz` answers 200.
-    pub fn wait_ready(&self) {
-        poll("/readyz to answer 200", WAIT, || (self.anonymous.get("/readyz").status == 200).then_some(()));
-    }
-
-    /// Starts (or restarts) the reference server of `tier` on its port.
+    /// Starts (or restarts) the server of source `tier` on its port.
     pub fn start_upstream(&mut self, tier: usize, up: &Up) {
-        let dir = if tier == 0 { self.tier1_dir.clone() } else { self.tier2_dir.clone() };
         self.upstreams[tier] = None;
         let port = self.tier_ports[tier];
-        self.upstreams[tier] = Some(Upstream::start(&self.pki, &dir, port, up).expect("an upstream server"));
+        self.upstreams[tier] =
+            Some(Upstream::start(&self.pki, &self.dirs[tier], port, up).expect("an upstream server"));
     }
 
-    /// Stops the server of `tier`, closing its open connections.
+    /// Stops the server of source `tier`, closing its open connections.
     pub fn stop_upstream(&mut self, tier: usize) {
         self.upstreams[tier] = None;
     }
@@ -298,13 +459,6 @@ impl Harness {
     pub fn client_with(&self, cert_pem: &[u8], key_pem: &[u8]) -> Client {
         let ca = std::fs::read(self.pki.path("ca.crt")).unwrap();
         Client::new(&self.base, &ca, Some((cert_pem, key_pem)))
-    }
-
-    /// The list as JSON (asserting 200).
-    pub fn list_json(&self) -> Value {
-        let r = self.admin.get_accept(COLLECTION, "application/json");
-        assert_eq!(r.status, 200, "list: {}", r.text());
-        r.json()
     }
 
     /// The names of a list body (JSON list or Table).
@@ -322,18 +476,12 @@ impl Harness {
     }
 }
 
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-        for u in &mut self.upstreams {
-            *u = None;
-        }
-    }
+/// `metadata.resourceVersion` of a list, Table or object.
+pub fn rv_of(body: &Value) -> String {
+    body["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metadata.resourceVersion: {body}"))
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,6 +570,33 @@ impl Client {
         let body = if method == "HEAD" || status == 304 { vec![] } else { resp.body_mut().read_to_vec()? };
         Ok(Resp { status, headers, body })
     }
+
+    /// Starts a watch request and returns once the response head is in.
+    pub fn watch(&self, path: &str, accept: &str) -> Watch {
+        use std::io::BufRead;
+        let url = format!("{}{}", self.base, path);
+        let resp = self.agent.get(&url).header("Accept", accept).call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let reader = resp.into_body().into_reader();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(reader);
+            loop {
+                let mut line = String::new();
+                let next = match reader.read_line(&mut line) {
+                    Ok(0) => Line::End(None),
+                    Ok(_) => Line::Text(line),
+                    Err(e) => Line::End(Some(e.to_string())),
+                };
+                let end = matches!(next, Line::End(_));
+                if tx.send(next).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Watch { status, headers, rx, ended: None }
+    }
 }
 
 /// A response, read whole.
@@ -495,4 +670,120 @@ pub fn assert_subset(expected: &Value, actual: &Value, at: &str) {
         }
         _ => assert_eq!(expected, actual, "at {at}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watch streams
+
+/// What a watch stream yielded next.
+#[derive(Debug)]
+pub enum Next {
+    /// One `{"type":..,"object":..}` line.
+    Event(Value),
+    /// The server ended the stream (with the read error, if it was not a clean end).
+    End(Option<String>),
+    /// Nothing within the time allowed.
+    Timeout,
+}
+
+enum Line {
+    Text(String),
+    End(Option<String>),
+}
+
+/// A watch response: the head at once, the lines as they arrive (read on a thread of its own,
+/// so every wait here is bounded).
+pub struct Watch {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    rx: std::sync::mpsc::Receiver<Line>,
+    ended: Option<Option<String>>,
+}
+
+impl Watch {
+    pub fn content_type(&self) -> &str {
+        self.headers.get("content-type").map(|v| v.to_str().unwrap()).unwrap_or_default()
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers.get_all(name).iter().map(|v| v.to_str().expect("a text header").to_string()).collect()
+    }
+
+    /// The next line (an event), the end, or a timeout.
+    pub fn next(&mut self, timeout: Duration) -> Next {
+        if let Some(end) = &self.ended {
+            return Next::End(end.clone());
+        }
+        match self.rx.recv_timeout(timeout) {
+            Ok(Line::Text(line)) => {
+                assert!(line.ends_with('\n'), "a watch event is one line ending in a newline: {line:?}");
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("a watch line is not JSON ({e}): {line:?}"));
+                assert!(v["type"].is_string() && v["object"].is_object(), "not a watch event: {v}");
+                Next::Event(v)
+            }
+            Ok(Line::End(err)) => {
+                self.ended = Some(err.clone());
+                Next::End(err)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Next::Timeout,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Next::End(Some("reader gone".into())),
+        }
+    }
+
+    /// The next event; panics on the end of the stream or after `timeout`.
+    pub fn event(&mut self, timeout: Duration) -> Value {
+        match self.next(timeout) {
+            Next::Event(v) => v,
+            other => panic!("expected a watch event within {timeout:?}, got {other:?}"),
+        }
+    }
+
+    /// The next `n` events, each within `timeout`.
+    pub fn events(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        (0..n).map(|_| self.event(timeout)).collect()
+    }
+
+    /// Asserts that the stream ends (cleanly) within `timeout`, with no further event.
+    pub fn expect_end(&mut self, timeout: Duration) {
+        match self.next(timeout) {
+            Next::End(None) => {}
+            other => panic!("expected the stream to end within {timeout:?}, got {other:?}"),
+        }
+    }
+
+    /// Asserts that no event arrives during `window` (the stream may stay open).
+    pub fn expect_quiet(&mut self, window: Duration) {
+        match self.next(window) {
+            Next::Timeout => {}
+            other => panic!("expected no event for {window:?}, got {other:?}"),
+        }
+    }
+
+    /// Everything until the end (bounded): for non-200 answers.
+    pub fn rest_text(&mut self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut text = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(Line::Text(line)) => text.push_str(&line),
+                Ok(Line::End(_)) | Err(_) => return text,
+            }
+        }
+    }
+}
+
+/// `(type, metadata.name)` of an event whose object is a KlioBackup, or a one-row Table.
+pub fn event_summary(e: &Value) -> (String, String) {
+    let kind = e["type"].as_str().unwrap().to_string();
+    let o = &e["object"];
+    let name = if o["kind"] == "Table" {
+        let rows = o["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 1, "a watch Table holds one row: {o}");
+        rows[0]["cells"][0].as_str().unwrap().to_string()
+    } else {
+        o["metadata"]["name"].as_str().unwrap_or_default().to_string()
+    };
+    (kind, name)
 }
