@@ -67,8 +67,8 @@ pub struct ApiServerArgs {
     /// Serving private key (PEM).
     #[arg(long, env = "CLIENT_BASE_API_SERVER_KEYFILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
-    /// CA bundle (PEM) that verifies client certificates; the certificate's CN is the user name and
-    /// its O entries the groups. Without it no client can authenticate (every API request gets 401).
+    /// CA bundle (PEM) that verifies client certificates (CN = user, O = groups); overrides the
+    /// client-ca-file of the extension-apiserver-authentication ConfigMap. Re-read when it changes.
     #[arg(long, env = "KLIO_API_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
 
@@ -143,7 +143,7 @@ pub struct AuthArgs {
     /// Common names a front proxy certificate may have (empty: any signed by that CA).
     #[arg(long, value_delimiter = ',')]
     pub requestheader_allowed_names: Vec<String>,
-    /// Headers naming the user, first non-empty wins.
+    /// Headers naming the user; the first one present with a value wins.
     #[arg(long, value_delimiter = ',', default_value = "X-Remote-User")]
     pub requestheader_username_headers: Vec<String>,
     /// Headers naming the groups.
