@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 klio_api::catalog::reference_server::run(args, shutdown).await
             }
             Command::Demo(args) => klio_api::demo::run(args, shutdown).await,
+            Command::Docs(args) => klio_api::docs::run(&args),
         }
     });
     match result {

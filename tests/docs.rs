@@ -1,0 +1,315 @@
+//! The documentation site: `docs/site` is exactly what `klio-api docs` writes (regenerated into a
+//! temporary directory by the real binary), the HTML is well formed, every internal link and
+//! anchor resolves, nothing is loaded from elsewhere, and the pages show what the service is.
+//! (The real-browser check is `conformance/docs-browser.sh`.)
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const REGENERATE: &str = "run `cargo run -- docs --out docs/site` and commit the result";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every file under `dir`, by relative path.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap().to_string_lossy().replace('\\', "/");
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn first_difference(a: &str, b: &str) -> String {
+    for (i, (x, y)) in a.lines().zip(b.lines()).enumerate() {
+        if x != y {
+            return format!("line {}:\n  committed: {x}\n  generated: {y}", i + 1);
+        }
+    }
+    format!("lengths differ: {} vs {} lines", a.lines().count(), b.lines().count())
+}
+
+#[test]
+fn the_committed_site_is_current() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_klio-api"))
+        .args(["docs", "--out"])
+        .arg(tmp.path())
+        .env("KLIO_API_LOG_FORMAT", "text")
+        .output()
+        .expect("running klio-api docs");
+    assert!(
+        out.status.success(),
+        "klio-api docs failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let generated = files(tmp.path());
+    assert!(generated.contains_key("index.html") && generated.contains_key("style.css"), "{:?}", generated.keys());
+    let committed = files(&repo().join("docs/site"));
+    let mut problems = vec![];
+    for (name, content) in &generated {
+        match committed.get(name) {
+            None => problems.push(format!("docs/site/{name} is missing")),
+            Some(c) if c != content => problems.push(format!(
+                "docs/site/{name} is out of date, {}",
+                first_difference(&String::from_utf8_lossy(c), &String::from_utf8_lossy(content))
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in committed.keys().filter(|n| !generated.contains_key(*n)) {
+        problems.push(format!("docs/site/{name} is not generated any more"));
+    }
+    assert!(problems.is_empty(), "docs/site is not current ({REGENERATE}):\n{}", problems.join("\n"));
+
+    // Deterministic: a second run writes the same bytes (and changes no file).
+    let again = Command::new(env!("CARGO_BIN_EXE_klio-api")).args(["docs", "--out"]).arg(tmp.path()).output().unwrap();
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains(", 0 changed,"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(files(tmp.path()), generated);
+}
+
+/// The site as the library generates it (the binary writes the same, see above).
+fn site() -> BTreeMap<String, String> {
+    klio_api::docs::generate(&klio_api::docs::Inputs::from_source_tree()).expect("generating the site")
+}
+
+const VOID: &[&str] = &["meta", "link", "br", "hr", "img", "input", "wbr"];
+
+/// The tags of a page: (name, attributes text, closing?). Text is escaped by the generator, so
+/// every `<` starts a tag.
+fn tags(html: &str) -> Vec<(String, String, bool)> {
+    let mut out = vec![];
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        let end = rest[start..].find('>').map(|e| start + e).expect("an unclosed tag");
+        let inner = &rest[start + 1..end];
+        rest = &rest[end + 1..];
+        if inner.starts_with('!') {
+            continue;
+        }
+        let closing = inner.starts_with('/');
+        let inner = inner.trim_start_matches('/');
+        let name: String = inner.chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        out.push((name.to_ascii_lowercase(), inner[name.len()..].to_string(), closing));
+    }
+    out
+}
+
+/// The values of `attr="..."` in a tag's attribute text.
+fn attr(attrs: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let start = attrs.find(&key)? + key.len();
+    let end = attrs[start..].find('"')? + start;
+    Some(attrs[start..end].replace("&amp;", "&").replace("&quot;", "\"").replace("&#39;", "'"))
+}
+
+#[test]
+fn pages_are_well_formed_and_self_contained() {
+    let site = site();
+    for (name, html) in site.iter().filter(|(n, _)| n.ends_with(".html")) {
+        assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"), "{name}");
+        let mut stack: Vec<String> = vec![];
+        for (tag, attrs, closing) in tags(html) {
+            assert_ne!(tag, "script", "{name}: the site needs no script");
+            assert_ne!(tag, "iframe", "{name}");
+            for key in ["src", "href"] {
+                if let Some(v) = attr(&attrs, key) {
+                    let external = v.contains("://") || v.starts_with("//");
+                    let icon = tag == "link" && attrs.contains("rel=\"icon\"") && v == "data:,";
+                    assert!(!external, "{name}: <{tag} {key}={v:?}> points outside the site");
+                    assert!(!v.starts_with("data:") || icon, "{name}: <{tag} {key}={v:?}>");
+                }
+            }
+            if VOID.contains(&tag.as_str()) {
+                continue;
+            }
+            if closing {
+                let open = stack.pop();
+                assert_eq!(open.as_deref(), Some(tag.as_str()), "{name}: </{tag}> closes {open:?}");
+            } else {
+                stack.push(tag);
+            }
+        }
+        assert!(stack.is_empty(), "{name}: unclosed {stack:?}");
+    }
+}
+
+#[test]
+fn every_link_and_anchor_resolves() {
+    let site = site();
+    let mut ids: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (name, html) in &site {
+        let mut set = BTreeSet::new();
+        for (_, attrs, closing) in tags(html) {
+            if let (Some(id), false) = (attr(&attrs, "id"), closing) {
+                assert!(set.insert(id.clone()), "{name}: duplicate id {id:?}");
+            }
+        }
+        ids.insert(name, set);
+    }
+    let mut checked = 0;
+    let mut linked: BTreeSet<String> = BTreeSet::new();
+    for (name, html) in site.iter().filter(|(n, _)| n.ends_with(".html")) {
+        for (tag, attrs, _) in tags(html) {
+            let Some(href) = attr(&attrs, "href").or_else(|| attr(&attrs, "src")) else { continue };
+            if href.starts_with("data:") {
+                continue;
+            }
+            let (file, anchor) = href.split_once('#').unwrap_or((&href, ""));
+            let file = if file.is_empty() { name.as_str() } else { file };
+            assert!(site.contains_key(file), "{name}: <{tag}> links to {href:?}: no such file in the site");
+            if !anchor.is_empty() {
+                assert!(ids[file].contains(anchor), "{name}: <{tag}> links to {href:?}: {file} has no id {anchor:?}");
+            }
+            linked.insert(file.to_string());
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} links");
+    let pages: BTreeSet<String> = site.keys().cloned().collect();
+    assert_eq!(linked, pages, "every file is linked from somewhere");
+}
+
+fn text_of(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&rest[..start]);
+        rest = &rest[rest[start..].find('>').map(|e| start + e + 1).unwrap()..];
+    }
+    out.push_str(rest);
+    out.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+#[test]
+fn the_reference_has_every_field_of_the_openapi_document() {
+    let site = site();
+    let reference = &site["reference.html"];
+    let doc: serde_json::Value = serde_json::from_str(klio_api::docs::OPENAPI_DOCUMENT).unwrap();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for (key, schema) in schemas {
+        let short = key.rsplit('.').next().unwrap();
+        assert!(reference.contains(&format!("<section id=\"{short}\">")), "no section for {short}");
+        for (field, prop) in schema["properties"].as_object().into_iter().flatten() {
+            assert!(reference.contains(&format!("id=\"{short}.{field}\"")), "{short}.{field} is not listed");
+            let description = prop["description"].as_str().expect("every field has a description");
+            assert!(text_of(reference).contains(description), "{short}.{field}: description missing");
+        }
+    }
+    // Recursively: the deepest fields of KlioBackup are on its table.
+    for id in ["KlioBackup.status.tablespaces.name", "KlioBackup.metadata.labels", "KlioBackup.spec.backupID"] {
+        assert!(reference.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    let text = text_of(reference);
+    for label in ["kliocatalog.enterprisedb.io/cluster", "kliocatalog.enterprisedb.io/tier2", "klio.io/tier1"] {
+        assert!(text.contains(label), "{label}");
+    }
+    for column in klio_api::api::table::COLUMNS {
+        assert!(text.contains(&column.name.to_uppercase()), "column {}", column.name);
+    }
+}
+
+#[test]
+fn the_kubectl_page_shows_the_recorded_outputs() {
+    let site = site();
+    let text = text_of(&site["kubectl.html"]);
+    let expected = repo().join("conformance/expected");
+    for (name, content) in files(&expected) {
+        let content = String::from_utf8(content).unwrap();
+        assert!(text.contains(content.trim_end()), "kubectl.html does not show conformance/expected/{name}");
+    }
+    assert!(text.contains("$ kubectl get kliobackups -o wide"));
+    assert!(text
+        .contains("$ kubectl get kliobackup cluster-example.backup-20251113093137 -o 'jsonpath={.status.startWAL}'"));
+}
+
+#[test]
+fn examples_guides_and_operations_say_what_they_should() {
+    let site = site();
+    let examples = text_of(&site["examples.html"]);
+    assert!(examples.contains("\"name\": \"cluster-example.backup-20251113093137\""));
+    assert!(examples.contains("\"klio.io/kopiaManifestID\": \"2272afec220f48d0fa0064f85b043ac4\""));
+    assert!(examples.contains("\"kliocatalog.enterprisedb.io/tier2\": \"true\""));
+    assert!(examples.contains("\"kind\": \"KlioBackupList\""));
+
+    let troubleshooting = &site["troubleshooting.html"];
+    for id in
+        ["certificates", "apiservice-not-available", "unauthorized-forbidden", "klio-unreachable", "namespace-deletion"]
+    {
+        assert!(troubleshooting.contains(&format!("<section id=\"{id}\">")), "troubleshooting: {id}");
+    }
+    assert!(text_of(troubleshooting).contains("NamespaceDeletionDiscoveryFailure"));
+    assert!(text_of(troubleshooting).contains("2 replicas"));
+
+    let install = text_of(&site["install.html"]);
+    for needle in [
+        "kubectl apply -k deploy/overlays/cert-manager",
+        "deploy/overlays/static-ca",
+        "CLIENT_BASE_URL",
+        "klio-client-tls",
+    ] {
+        assert!(install.contains(needle), "install: {needle}");
+    }
+
+    let configuration = text_of(&site["configuration.html"]);
+    assert!(configuration.contains("Usage: klio-api server api-server [OPTIONS]"));
+    for env in ["CLIENT_BASE_SERVER_CERT_PATH", "KLIO_API_SHUTDOWN_DELAY_SECONDS", "KLIO_API_LOG_FORMAT"] {
+        assert!(configuration.contains(env), "configuration: {env}");
+    }
+
+    let operations = text_of(&site["operations.html"]);
+    let metrics = klio_api::metrics::metrics().render();
+    for line in metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = line.split(' ').next().unwrap();
+        assert!(operations.contains(name), "operations: metric {name}");
+    }
+    for needle in ["/readyz", "/livez", "--shutdown-delay-seconds"] {
+        assert!(operations.contains(needle), "operations: {needle}");
+    }
+}
+
+#[test]
+fn the_site_does_not_depend_on_the_environment() {
+    // clap would print the current value of an environment variable in the help text.
+    let a = Command::new(env!("CARGO_BIN_EXE_klio-api"))
+        .args(["docs", "--out"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert!(a.status.success());
+    let tmp = tempfile::tempdir().unwrap();
+    let b = Command::new(env!("CARGO_BIN_EXE_klio-api"))
+        .args(["docs", "--out"])
+        .arg(tmp.path())
+        .env("CLIENT_BASE_URL", "https://elsewhere:1")
+        .env("KLIO_API_LOG_FORMAT", "text")
+        .env("CLIENT_BASE_HOSTNAME", "other")
+        .output()
+        .unwrap();
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let generated = files(tmp.path());
+    for (name, content) in &generated {
+        let text = String::from_utf8_lossy(content);
+        assert!(!text.contains("elsewhere"), "{name} shows the environment");
+        assert!(!text.contains(env!("CARGO_MANIFEST_DIR")), "{name} shows an absolute path");
+    }
+    assert_eq!(generated.get("configuration.html").map(Vec::as_slice), Some(site()["configuration.html"].as_bytes()));
+}
