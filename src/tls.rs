@@ -68,10 +68,13 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
 /// The client certificate chain a connection presented (leaf first), verified by the handshake
 /// against the union of the trusted CAs. Authentication re-verifies it against each CA pool, so
 /// it knows which one vouches for it. Attached to every request of the connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct PeerCertificates {
     pub chain: Vec<X509>,
     pub intermediates: Vec<X509>,
+    /// What authentication concluded about this chain, per trust generation: verifying a chain
+    /// costs signature checks, so it is done once per connection, not once per request.
+    verdicts: std::sync::Mutex<Option<(u64, std::sync::Arc<crate::auth::CertVerdicts>)>>,
 }
 
 impl PeerCertificates {
@@ -84,11 +87,28 @@ impl PeerCertificates {
         // On the server side the peer chain does not include the leaf.
         let intermediates: Vec<X509> =
             ssl.peer_cert_chain().map(|c| c.iter().map(|x| x.to_owned()).collect()).unwrap_or_default();
-        Self { chain: vec![leaf], intermediates }
+        Self { chain: vec![leaf], intermediates, verdicts: Default::default() }
     }
 
     pub fn leaf(&self) -> Option<&X509> {
         self.chain.first()
+    }
+
+    /// The verdicts for trust `generation`, computed by `verify` the first time.
+    pub fn verdicts(
+        &self,
+        generation: u64,
+        verify: impl FnOnce() -> crate::auth::CertVerdicts,
+    ) -> std::sync::Arc<crate::auth::CertVerdicts> {
+        let mut slot = self.verdicts.lock().expect("peer verdicts");
+        match &*slot {
+            Some((g, v)) if *g == generation => v.clone(),
+            _ => {
+                let v = std::sync::Arc::new(verify());
+                *slot = Some((generation, v.clone()));
+                v
+            }
+        }
     }
 }
 

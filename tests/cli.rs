@@ -434,3 +434,104 @@ fn an_invalid_api_group_is_refused_at_startup() {
     let out = s.expect_startup_failure(&env);
     assert!(out.contains("Not_A_Group") && out.contains("API group"), "{out}");
 }
+
+/// The admin client of a started service (client certificate from the CA given with --client-ca-file).
+fn admin_of(s: &Setup, anonymous: &Client) -> Client {
+    let ca = std::fs::read(s.pki.path("ca.crt")).unwrap();
+    Client::new(
+        &anonymous.base,
+        &ca,
+        Some((&std::fs::read(s.pki.path("admin.crt")).unwrap(), &std::fs::read(s.pki.path("admin.key")).unwrap())),
+    )
+}
+
+#[test]
+fn sigterm_turns_unready_first_then_drains_watches_and_exits_zero() {
+    let s = Setup::new();
+    let ca_file = path_str(&s.pki.path("ca.crt"));
+    let (mut proc, anonymous) =
+        s.start_ready(&s.product_env(), &["--client-ca-file", &ca_file, "--shutdown-delay-seconds", "2"]);
+    let admin = admin_of(&s, &anonymous);
+    let mut watch = admin.watch(&format!("{COLLECTION}?watch=true"), "application/json");
+    assert_eq!(watch.status, 200);
+    watch.events(SAMPLE_TIER1.len(), Duration::from_secs(5));
+
+    let pid = proc.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let signalled = Instant::now();
+    // Unready at once, while requests are still served during the delay.
+    poll("/readyz to turn unready", Duration::from_secs(1), || (anonymous.get("/readyz").status == 503).then_some(()));
+    assert!(signalled.elapsed() < Duration::from_secs(2), "unready before the server stops accepting");
+    assert_eq!(admin.get_accept(COLLECTION, "application/json").status, 200, "still serving during the delay");
+    // Then the open watch ends cleanly and the process exits 0.
+    watch.expect_end(Duration::from_secs(10));
+    let status = proc.wait_exit(Duration::from_secs(10)).unwrap_or_else(|| panic!("still running:\n{}", proc.output()));
+    assert!(status.success(), "exit {status}:\n{}", proc.output());
+    assert!(signalled.elapsed() >= Duration::from_secs(2), "the shutdown delay was honoured");
+}
+
+#[test]
+fn metrics_are_served_to_authorized_clients_and_name_kube_series() {
+    let s = Setup::new();
+    let ca_file = path_str(&s.pki.path("ca.crt"));
+    let (_proc, anonymous) = s.start_ready(&s.product_env(), &["--client-ca-file", &ca_file]);
+    let admin = admin_of(&s, &anonymous);
+    assert_eq!(admin.get_accept(COLLECTION, TABLE_ACCEPT).status, 200);
+    admin.get(&format!("{COLLECTION}/nope.x")).expect_status(404, "NotFound");
+    anonymous.get("/metrics").expect_status(401, "Unauthorized");
+    let r = admin.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.content_type().starts_with("application/openmetrics-text"), "{}", r.content_type());
+    let text = r.text();
+    for series in [
+        r#"apiserver_request_total{verb="LIST",group="kliocatalog.enterprisedb.io",resource="kliobackups",code="200"} 1"#,
+        r#"apiserver_request_total{verb="GET",group="kliocatalog.enterprisedb.io",resource="kliobackups",code="404"} 1"#,
+        r#"apiserver_request_duration_seconds_count{verb="LIST",group="kliocatalog.enterprisedb.io",resource="kliobackups"} 1"#,
+        r#"apiserver_current_inflight_requests{request_kind="readOnly"} 1"#,
+        r#"klio_catalog_fetches_total{server="klio",tier="1",result="ok"}"#,
+        r#"klio_catalog_fetch_duration_seconds_count{server="klio",tier="1"}"#,
+        r#"klio_catalog_last_success_timestamp_seconds{server="klio",tier="1"}"#,
+        &format!("klio_catalog_backups {}", SAMPLE_TIER1.len()),
+        "klio_catalog_snapshots_total 1",
+    ] {
+        assert!(text.contains(series), "missing {series} in:\n{text}");
+    }
+    // Cardinality stays bounded: made-up resources are one series.
+    admin.get("/apis/kliocatalog.enterprisedb.io/v1alpha1/whatever1");
+    admin.get("/apis/kliocatalog.enterprisedb.io/v1alpha1/whatever2");
+    let text = admin.get("/metrics").text();
+    assert!(text.contains(r#"resource="unknown",code="404"} 2"#), "{text}");
+    assert!(!text.contains("whatever"), "{text}");
+}
+
+#[test]
+fn access_logs_name_the_user_and_never_a_credential() {
+    let s = Setup::new();
+    let ca_file = path_str(&s.pki.path("ca.crt"));
+    let (proc, anonymous) = s.start_ready(&s.product_env(), &["--client-ca-file", &ca_file]);
+    let admin = admin_of(&s, &anonymous);
+    let secret = "s3cr3t-token-that-must-not-leak";
+    let r = admin.request(
+        "GET",
+        &format!("{COLLECTION}/{EXAMPLE}"),
+        &[("Authorization", &format!("Bearer {secret}")), ("X-Remote-User", "mallory"), ("Accept", "application/json")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    anonymous.request("GET", COLLECTION, &[("Authorization", &format!("Bearer {secret}"))], None);
+    let path = format!("{COLLECTION}/{EXAMPLE}");
+    let out = poll("the access line", Duration::from_secs(5), || {
+        let out = proc.output();
+        out.lines().any(|l| l.contains("\"target\":\"access\"") && l.contains(&path)).then_some(out)
+    });
+    let line = out.lines().find(|l| l.contains("\"target\":\"access\"") && l.contains(&path)).unwrap();
+    let entry: serde_json::Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("a JSON log line: {e}: {line}"));
+    assert_eq!(entry["user"], "demo-admin", "{entry}");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["code"], 200);
+    assert!(entry["latency_us"].is_u64(), "{entry}");
+    assert!(!out.contains(secret), "a bearer token reached the log:\n{out}");
+    assert!(!out.contains("mallory"), "an unverified identity reached the log:\n{out}");
+    assert!(!out.contains("PRIVATE KEY"), "key material reached the log:\n{out}");
+}

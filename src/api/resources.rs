@@ -164,6 +164,18 @@ pub(crate) fn table_content_type(version: &str) -> String {
     format!("application/json;as=Table;v={version};g=meta.k8s.io")
 }
 
+/// A large rendered body is sent in slices of itself: hyper copies what it writes to a TLS stream
+/// into its own buffer, so one whole multi-megabyte list per client in flight would be copied.
+fn shared_body(body: bytes::Bytes) -> poem::Body {
+    const SLICE: usize = 256 * 1024;
+    if body.len() <= SLICE {
+        return body.into();
+    }
+    let slices: Vec<bytes::Bytes> =
+        (0..body.len()).step_by(SLICE).map(|i| body.slice(i..(i + SLICE).min(body.len()))).collect();
+    poem::Body::from_bytes_stream(futures_util::stream::iter(slices.into_iter().map(Ok::<_, std::io::Error>)))
+}
+
 /// The list body, borrowing the snapshot's objects instead of copying them.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -242,7 +254,7 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
     };
     if whole {
         if let Some(body) = state.renders.get(&snapshot.resource_version_text, key) {
-            return Ok(with_warnings(Response::builder().content_type(content_type).body(body), catalog));
+            return Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog));
         }
     }
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
@@ -276,7 +288,7 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
     if whole {
         state.renders.put(&snapshot.resource_version_text, key, body.clone());
     }
-    Ok(with_warnings(Response::builder().content_type(content_type).body(body), catalog))
+    Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
 }
 
 /// Names that cannot be any object's name are a client error; well-formed unknown names are 404.

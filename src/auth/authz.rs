@@ -34,11 +34,6 @@ impl Attributes {
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
         let watch = query.iter().any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
-        // As kube-apiserver: a list or watch of one name (`kubectl get NAME -w`) is authorized for
-        // that name, so RBAC resourceNames work.
-        if name.is_none() {
-            name = query.iter().find(|(k, _)| k == "fieldSelector").and_then(|(_, v)| single_name(v));
-        }
         let verb = match (lower.as_str(), &name) {
             ("get" | "head", None) if watch => "watch",
             ("get" | "head", None) => "list",
@@ -51,6 +46,11 @@ impl Attributes {
             (other, _) => other,
         }
         .to_string();
+        // As kube-apiserver: a list or watch of one name (`kubectl get NAME -w`) is authorized for
+        // that name, so RBAC resourceNames work.
+        if name.is_none() && (verb == "list" || verb == "watch") {
+            name = query.iter().find(|(k, _)| k == "fieldSelector").and_then(|(_, v)| single_name(v));
+        }
         Self::Resource {
             verb,
             group: crate::routes::group().to_string(),
@@ -210,6 +210,8 @@ mod tests {
             _ => None,
         };
         assert_eq!(named("watch=true&fieldSelector=metadata.name%3Da.b"), Some("a.b".into()));
+        assert_eq!(verb("GET", c, Some("watch=true&fieldSelector=metadata.name%3Da.b")), "watch", "still a watch");
+        assert_eq!(verb("GET", c, Some("fieldSelector=metadata.name%3Da.b")), "list", "still a list");
         assert_eq!(named("fieldSelector=metadata.name%3Da.b%2Cspec.clusterName%3Dx"), None);
         assert_eq!(named("fieldSelector=spec.clusterName%3Dx"), None);
         assert_eq!(verb("GET", "/apis/kliocatalog.enterprisedb.io/v1alpha1", None), "nonresource:get");

@@ -60,6 +60,15 @@ impl Identity {
     }
 }
 
+/// What a connection's client certificate was found to be, once per trust generation.
+#[derive(Debug)]
+pub struct CertVerdicts {
+    /// A trusted front proxy? (`None`: no request-header CA configured)
+    pub front_proxy: Option<Result<(), String>>,
+    /// Signed by the client CA? (`None`: no client CA configured)
+    pub client: Option<Result<(), String>>,
+}
+
 /// Why a request is not authenticated (always answered 401; the detail is logged, never sent).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthnError {
@@ -101,32 +110,40 @@ impl Authenticator {
         let trust = self.trust.current();
         let mut errors = vec![];
         if let Some(leaf) = peer.leaf() {
+            let verdicts = peer.verdicts(trust.generation, || CertVerdicts {
+                front_proxy: trust.request_header.as_ref().map(|rh| rh.verify_proxy(leaf, &peer.intermediates)),
+                client: trust
+                    .client_ca
+                    .as_ref()
+                    .map(|ca| ca.verify(leaf, &peer.intermediates).map_err(|e| format!("client CA: {e}"))),
+            });
             // 1. A front proxy (the aggregation layer) vouching for the user in headers.
-            if let Some(rh) = &trust.request_header {
-                match rh.authenticate(leaf, &peer.intermediates, headers) {
-                    Ok(Some(identity)) => return Ok(identity),
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
+            match (&trust.request_header, &verdicts.front_proxy) {
+                (Some(rh), Some(Ok(()))) => {
+                    if let Some(identity) = rh.from_headers(headers) {
+                        return Ok(identity);
+                    }
                 }
+                (_, Some(Err(e))) => errors.push(e.clone()),
+                _ => {}
             }
             // 2. The client's own certificate.
-            if let Some(ca) = &trust.client_ca {
-                match ca.verify(leaf, &peer.intermediates) {
-                    Ok(()) => {
-                        let names = |nid| crate::tls::name_entries(leaf, nid);
-                        let user = names(openssl::nid::Nid::COMMONNAME).into_iter().next().unwrap_or_default();
-                        if !user.is_empty() {
-                            return Ok(Identity::authenticated(
-                                user,
-                                None,
-                                names(openssl::nid::Nid::ORGANIZATIONNAME),
-                                BTreeMap::new(),
-                            ));
-                        }
-                        errors.push("the client certificate has no common name".into());
+            match &verdicts.client {
+                Some(Ok(())) => {
+                    let names = |nid| crate::tls::name_entries(leaf, nid);
+                    let user = names(openssl::nid::Nid::COMMONNAME).into_iter().next().unwrap_or_default();
+                    if !user.is_empty() {
+                        return Ok(Identity::authenticated(
+                            user,
+                            None,
+                            names(openssl::nid::Nid::ORGANIZATIONNAME),
+                            BTreeMap::new(),
+                        ));
                     }
-                    Err(e) => errors.push(format!("client CA: {e}")),
+                    errors.push("the client certificate has no common name".into());
                 }
+                Some(Err(e)) => errors.push(e.clone()),
+                None => {}
             }
         }
         // 3. A bearer token.

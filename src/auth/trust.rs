@@ -69,14 +69,8 @@ pub struct RequestHeaderConfig {
 }
 
 impl RequestHeaderConfig {
-    /// `Ok(None)` when the proxy named no user; an error when the certificate is not a trusted
-    /// front proxy (then the headers are ignored).
-    pub fn authenticate(
-        &self,
-        leaf: &X509Ref,
-        intermediates: &[X509],
-        headers: &HeaderMap,
-    ) -> Result<Option<Identity>, String> {
+    /// Is this certificate a trusted front proxy (request-header CA, allowed CN)?
+    pub fn verify_proxy(&self, leaf: &X509Ref, intermediates: &[X509]) -> Result<(), String> {
         self.ca.verify(leaf, intermediates).map_err(|e| format!("request-header CA: {e}"))?;
         if !self.allowed_names.is_empty() {
             let cn =
@@ -85,6 +79,15 @@ impl RequestHeaderConfig {
                 return Err(format!("request-header client certificate CN {cn:?} is not allowed"));
             }
         }
+        Ok(())
+    }
+
+    /// The user a trusted front proxy names in the headers; `None` when it names none.
+    pub fn from_headers(&self, headers: &HeaderMap) -> Option<Identity> {
+        // As kube: the first value of each username header, in order; an empty one does not count.
+        let first =
+            |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty());
+        let user = self.username_headers.iter().find_map(|h| first(h))?.to_string();
         let values = |name: &str| -> Vec<String> {
             headers
                 .get_all(name)
@@ -93,9 +96,6 @@ impl RequestHeaderConfig {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
                 .collect()
-        };
-        let Some(user) = self.username_headers.iter().find_map(|h| values(h).into_iter().next()) else {
-            return Ok(None);
         };
         let groups: Vec<String> = self.group_headers.iter().flat_map(|h| values(h)).collect();
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -114,13 +114,15 @@ impl RequestHeaderConfig {
                 }
             }
         }
-        Ok(Some(Identity::authenticated(user, None, groups, extra)))
+        Some(Identity::authenticated(user, None, groups, extra))
     }
 }
 
 /// The trust in force.
 #[derive(Debug, Default)]
 pub struct TrustConfig {
+    /// Grows with every change (connections cache their certificate verdicts per generation).
+    pub generation: u64,
     pub client_ca: Option<CaPool>,
     pub request_header: Option<RequestHeaderConfig>,
 }
@@ -231,7 +233,7 @@ impl TrustStore {
                 None => None,
             },
         };
-        Ok(TrustConfig { client_ca, request_header })
+        Ok(TrustConfig { generation: 0, client_ca, request_header })
     }
 
     /// Re-reads the sources; swaps and notifies when something changed. A failed read keeps the
@@ -245,7 +247,8 @@ impl TrustStore {
                         request_header = fresh.request_header.is_some(),
                         "client authentication configuration changed"
                     );
-                    *self.current.write().expect("trust") = Arc::new(fresh);
+                    let generation = self.current().generation + 1;
+                    *self.current.write().expect("trust") = Arc::new(TrustConfig { generation, ..fresh });
                     self.changed.send_modify(|v| *v += 1);
                 }
             }

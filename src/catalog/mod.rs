@@ -13,6 +13,7 @@ pub mod reference_server;
 pub mod snapshot;
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -121,6 +122,8 @@ pub struct Catalog {
     refresh_now: Notify,
     /// Revisions of our own for servers that do not send one.
     fallback_revision: std::sync::atomic::AtomicU64,
+    /// Some source's last read failed (then requests carry warnings).
+    any_failing: AtomicBool,
 }
 
 impl Catalog {
@@ -154,6 +157,7 @@ impl Catalog {
             history: RwLock::new(VecDeque::new()),
             refresh_now: Notify::new(),
             fallback_revision: Default::default(),
+            any_failing: AtomicBool::new(false),
         })
     }
 
@@ -246,6 +250,10 @@ impl Catalog {
 
     /// Problems to tell clients about (as `Warning` headers): sources whose last read failed.
     pub fn warnings(&self) -> Vec<String> {
+        // The common case, on every request: nothing to say.
+        if !self.any_failing.load(std::sync::atomic::Ordering::Relaxed) {
+            return vec![];
+        }
         let now = SystemTime::now();
         let ago = |t: SystemTime| now.duration_since(t).map(|d| format!("{}s ago", d.as_secs())).unwrap_or_default();
         self.health()
@@ -367,7 +375,10 @@ impl Catalog {
         let any_read = self.sources.iter().any(|s| s.state.lock().expect("source state").read_once);
         if any_read && (changed || self.latest().is_none()) {
             self.publish();
+            release_freed_memory();
         }
+        let failing = self.sources.iter().any(|s| s.state.lock().expect("source state").last_error.is_some());
+        self.any_failing.store(failing, std::sync::atomic::Ordering::Relaxed);
         self.rounds.send_modify(|r| *r += 1);
     }
 
@@ -407,5 +418,15 @@ impl Catalog {
         m.backups.set(snap.backups.len() as i64);
         m.snapshots.inc();
         self.current.send_replace(Some(snap));
+    }
+}
+
+/// Gives the memory freed after decoding a catalog (the response body, the previous records) back
+/// to the system, so the resident size reflects what is kept, not the peak of a refresh.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

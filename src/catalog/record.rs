@@ -1,5 +1,5 @@
 //! The upstream backup record, field names exactly as Klio writes them. Unknown fields are
-//! ignored: Klio adds fields over time.
+//! ignored (Klio adds fields over time), and so are the fields a KlioBackup does not show.
 
 use std::collections::BTreeMap;
 
@@ -16,16 +16,8 @@ pub struct BackupRecord {
     pub end_lsn: u64,
     pub start_wal: String,
     pub end_wal: String,
-    #[serde(default)]
-    pub tli: u32,
-    #[serde(default)]
-    pub segment_size: u64,
-    #[serde(default)]
-    pub backup_label: String,
-    #[serde(default)]
-    pub tablespace_map: String,
-    #[serde(default)]
-    pub pg_data: String,
+    // tli, segmentSize, backupLabel, tablespaceMap and pgData are part of the record but not of
+    // a KlioBackup: they are not kept (the catalog is held in memory for every backup).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespaces: Option<Vec<TablespaceRecord>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
