@@ -768,7 +768,10 @@ impl KubectlSuite {
             let [id, rc, _mode, base, args @ ..] = words.as_slice() else {
                 bail!("{}: a def line with too few words: {line}", script_path.display());
             };
+            // `out,err` names the two streams' files when they differ.
+            let (out_base, err_base) = base.split_once(',').unwrap_or((base, base));
             let read = |ext: &str| -> Result<String> {
+                let base = if ext == "out" { out_base } else { err_base };
                 let path = dir.join("expected").join(format!("{base}.{ext}"));
                 match std::fs::read_to_string(&path) {
                     Ok(text) => Ok(text),

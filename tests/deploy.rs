@@ -570,10 +570,19 @@ fn rbac_grants_exactly_what_the_code_uses() {
             r.dir
         );
 
-        // Cluster roles: exactly one, reading kliobackups, aggregated into view, edit and admin.
+        // Cluster roles: one reading kliobackups, aggregated into view, edit and admin; one for
+        // Prometheus allowing GET /metrics (to be bound to the scraper), nothing else.
         let crs: Vec<ClusterRole> = r.all("ClusterRole").into_iter().map(typed).collect();
-        assert_eq!(crs.len(), 1, "{}: one ClusterRole", r.dir);
-        let cr = &crs[0];
+        assert_eq!(crs.len(), 2, "{}: the reader and the metrics ClusterRoles", r.dir);
+        let metrics: Vec<&ClusterRole> =
+            crs.iter().filter(|c| c.rules.iter().flatten().any(|r| r.non_resource_urls.is_some())).collect();
+        assert_eq!(metrics.len(), 1, "{}: one metrics reader", r.dir);
+        let rules = metrics[0].rules.as_deref().unwrap_or_default();
+        assert_eq!(rules.len(), 1, "{}", r.dir);
+        assert_eq!(rules[0].non_resource_urls.as_deref(), Some(&["/metrics".to_string()][..]), "{}", r.dir);
+        assert_eq!(rules[0].verbs, ["get"], "{}", r.dir);
+        assert!(rules[0].resources.is_none() && rules[0].api_groups.is_none(), "{}", r.dir);
+        let cr = crs.iter().find(|c| c.rules.iter().flatten().all(|r| r.non_resource_urls.is_none())).unwrap();
         assert!(cr.aggregation_rule.is_none());
         assert_eq!(
             rule_set(cr.rules.as_deref().unwrap_or_default()),
@@ -639,7 +648,12 @@ fn the_apiservice_registers_the_documents_group_with_a_ca() {
         };
         match (inject, bundle) {
             (Some(from), None) => {
-                let cert = r.one("Certificate");
+                // The serving certificate (a CA certificate may issue it).
+                let cert = *r
+                    .all("Certificate")
+                    .iter()
+                    .find(|c| c["spec"]["secretName"].as_str() == Some(serving_secret.as_str()))
+                    .unwrap_or_else(|| panic!("{}: no Certificate writes the Secret the pods serve", r.dir));
                 let ns = cert["metadata"]["namespace"].as_str().unwrap();
                 assert_eq!(from, format!("{ns}/{}", cert["metadata"]["name"].as_str().unwrap()), "{}", r.dir);
                 assert_eq!(
@@ -666,6 +680,17 @@ fn the_apiservice_registers_the_documents_group_with_a_ca() {
                     r.dir,
                     issuer["name"]
                 );
+                // A CA issuer's CA comes from a CA Certificate of the overlay (renewals keep the CA).
+                let issuer_obj =
+                    r.objects.iter().find(|o| o["kind"] == kind && o["metadata"]["name"] == issuer["name"]).unwrap();
+                if let Some(ca_secret) = issuer_obj["spec"]["ca"]["secretName"].as_str() {
+                    let ca = r
+                        .all("Certificate")
+                        .into_iter()
+                        .find(|c| c["spec"]["secretName"].as_str() == Some(ca_secret))
+                        .unwrap_or_else(|| panic!("{}: no Certificate writes the CA Secret {ca_secret}", r.dir));
+                    assert_eq!(ca["spec"]["isCA"], true, "{}: the CA certificate is not a CA", r.dir);
+                }
             }
             (None, Some(b64)) => {
                 let decoded = openssl::base64::decode_block(b64);
