@@ -23,6 +23,8 @@ use crate::tls::{AcceptorHandle, PeerCertificates};
 
 /// A slow or silent client cannot hold a connection open in the handshake for longer than this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that starts no request for this long is closed (gracefully).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A bound HTTPS listener, ready to serve.
 pub struct HttpsServer {
@@ -135,9 +137,13 @@ async fn serve_connection(
         .context("TLS handshake failed")?;
     let peer = Arc::new(PeerCertificates::from_ssl(stream.ssl()));
 
+    // Requests started on this connection, for the idle watchdog below.
+    let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = started.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let endpoint = endpoint.clone();
         let peer = peer.clone();
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             let mut preq = poem::Request::from((
                 req,
@@ -157,13 +163,28 @@ async fn serve_connection(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(64 * 1024);
+        .max_buf_size(64 * 1024)
+        // kube-aggregator sends one X-Remote-Group line per group: allow many lines (the
+        // 64 KiB buffer still bounds their total size).
+        .max_headers(1000);
     builder.http2().max_header_list_size(64 * 1024).max_concurrent_streams(250);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        done = conn.as_mut() => return done.map_err(|e| anyhow::anyhow!(e)),
-        _ = stopped(&mut shutdown) => {}
+    // A connection that starts no request for IDLE_TIMEOUT (one that never sends a byte, or an
+    // idle keep-alive or HTTP/2 connection) is closed; requests and watches in flight finish.
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => return done.map_err(|e| anyhow::anyhow!(e)),
+            _ = stopped(&mut shutdown) => break,
+            _ = tokio::time::sleep(IDLE_TIMEOUT) => {
+                let now = started.load(std::sync::atomic::Ordering::Relaxed);
+                if now == seen {
+                    break;
+                }
+                seen = now;
+            }
+        }
     }
     conn.as_mut().graceful_shutdown();
     conn.await.map_err(|e| anyhow::anyhow!(e))

@@ -59,6 +59,9 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
         b.cert_store_mut().add_cert(ca)?;
     }
     b.set_verify(mode);
+    // Clients resume TLS sessions on new connections; with client verification on, openssl
+    // refuses to resume without a session id context.
+    b.set_session_id_context(b"klio-api")?;
     b.set_alpn_select_callback(|_, client| {
         openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
     });

@@ -59,6 +59,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at(group_path, poem::get(discovery::api_group_doc))
         .at(version_path, poem::get(discovery::api_resource_list))
         .at("/version", poem::get(discovery::server_version))
+        .at("/version/", poem::get(discovery::server_version))
         .at("/openapi/v2", poem::get(openapi::serve_v2))
         .at("/openapi/v3", poem::get(openapi::serve_v3_index))
         .at(v3_group, poem::get(openapi::serve_v3_group))

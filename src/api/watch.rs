@@ -169,7 +169,9 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
         }
     };
     let replayable = !matches!(&start, Start::After(rv) if rv.0.is_empty());
-    let timeout = params.timeout_seconds.map_or(DEFAULT_TIMEOUT, Duration::from_secs).min(MAX_TIMEOUT);
+    // timeoutSeconds=0 means the server's default, as in kube-apiserver.
+    let timeout =
+        params.timeout_seconds.filter(|s| *s > 0).map_or(DEFAULT_TIMEOUT, Duration::from_secs).min(MAX_TIMEOUT);
     let selectors = params.selectors.clone();
     let bookmarks = params.allow_bookmarks;
     let initial_end_bookmark = params.send_initial_events == Some(true) && bookmarks;
