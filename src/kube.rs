@@ -12,7 +12,7 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Answers of the kube-apiserver are small; anything larger is refused.
@@ -178,24 +178,14 @@ impl KubeClient {
         }
         let mut tls = TlsConfig::builder().provider(TlsProvider::NativeTls);
         if let Some(pem) = ca_pem {
-            let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
+            let roots = crate::catalog::client::pem_certificates(pem);
             if roots.is_empty() {
                 bail!("the Kubernetes API CA bundle holds no certificate");
             }
             tls = tls.root_certs(RootCerts::Specific(Arc::new(roots)));
         }
         if let Some((cert, key)) = client_cert {
-            let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&cert)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
+            let chain = crate::catalog::client::pem_certificates(&cert);
             // native-tls takes PKCS#8 only.
             let key = openssl::pkey::PKey::private_key_from_pem(&key).context("parsing the kubeconfig client key")?;
             let key =

@@ -24,7 +24,7 @@ use crate::tls::{AcceptorHandle, PeerCertificates};
 /// A slow or silent client cannot hold a connection open in the handshake for longer than this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that starts no request for this long is closed (gracefully).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound HTTPS listener, ready to serve.
 pub struct HttpsServer {

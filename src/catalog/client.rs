@@ -57,6 +57,16 @@ impl ClientTls {
     }
 }
 
+/// The certificates of a PEM bundle, for ureq (other PEM items are skipped).
+pub fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
 /// One Klio server.
 pub struct KlioClient {
     base_url: String,
@@ -77,18 +87,8 @@ pub enum Fetched {
 
 impl KlioClient {
     pub fn new(base_url: &str, tls: &ClientTls, timeout: Duration) -> Result<Self> {
-        let roots: Vec<Certificate<'static>> = ureq::tls::parse_pem(&tls.server_ca_pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
-        let chain: Vec<Certificate<'static>> = ureq::tls::parse_pem(&tls.client_cert_pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let roots = pem_certificates(&tls.server_ca_pem);
+        let chain = pem_certificates(&tls.client_cert_pem);
         let key = PrivateKey::from_pem(&tls.client_key_pem).context("loading the Klio client key")?;
         let tls_config = TlsConfig::builder()
             .provider(TlsProvider::NativeTls)
