@@ -16,6 +16,10 @@
 #   KEEP_TMP=1          keep the temporary directory (demo log, every captured output)
 #   WATCH_WAIT=S        the longest wait for each step of the watch phase (default 10)
 #   WATCH_VERBOSE=1     print how long each step of the watch phase took
+#   FRONT_PROXY=1       put conformance/front-proxy.py between kubectl and the service: it
+#                       authenticates kubectl by its client certificate and forwards with its own
+#                       front-proxy certificate and X-Remote-User/X-Remote-Group, as the
+#                       kube-apiserver's aggregation layer does (the demo trusts its front-proxy CA)
 #   UPDATE_EXPECTED=1   rewrite conformance/expected/ from one kubectl (UPDATE_FROM, default the
 #                       highest kubectl.1.NN) before comparing. Review the diff before committing:
 #                       the golden files are the specification, not a snapshot of whatever the
@@ -337,6 +341,7 @@ if __name__ == "__main__":
     globals()[sys.argv[1].replace("-", "_")](*sys.argv[2:])
 EOF
 DEMO_PID=
+PROXY_PID=
 WORKERS=()  # the kubectl runs in progress (subshells of this script)
 WATCHERS=() # the phase-2 watches (`timeout` processes, children of this script)
 cleanup() {
@@ -355,6 +360,10 @@ cleanup() {
         kill -TERM "$w" 2>/dev/null || true
         wait "$w" 2>/dev/null || true
     done
+    if [[ -n $PROXY_PID ]]; then
+        kill -TERM "$PROXY_PID" 2>/dev/null || true
+        wait "$PROXY_PID" 2>/dev/null || true
+    fi
     if [[ -n $DEMO_PID ]] && kill -0 "$DEMO_PID" 2>/dev/null; then
         kill -TERM "$DEMO_PID" 2>/dev/null || true
         for _ in $(seq 50); do
@@ -419,6 +428,26 @@ EOF
     die "could not start the demo: $BIN demo --dir $TMP/demo --port 0"
 fi
 export KUBECONFIG="$TMP/demo/kubeconfig"
+
+if [[ ${FRONT_PROXY:-} == 1 ]]; then
+    demo_url=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["clusters"][0]["cluster"]["server"])' "$KUBECONFIG")
+    python3 "$SCRIPT_DIR/front-proxy.py" "$TMP/demo/pki" "$demo_url" "$TMP/proxy.port" 2>"$TMP/proxy.log" &
+    PROXY_PID=$!
+    for _ in $(seq 100); do
+        [[ -s $TMP/proxy.port ]] && break
+        kill -0 "$PROXY_PID" 2>/dev/null || { cat "$TMP/proxy.log" >&2; die "the front proxy did not start"; }
+        sleep 0.1
+    done
+    [[ -s $TMP/proxy.port ]] || die "the front proxy did not start within 10 s"
+    python3 -c '
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["clusters"][0]["cluster"]["server"] = sys.argv[3]
+json.dump(config, open(sys.argv[2], "w"))
+' "$KUBECONFIG" "$TMP/proxy-kubeconfig" "https://127.0.0.1:$(cat "$TMP/proxy.port")"
+    export KUBECONFIG="$TMP/proxy-kubeconfig"
+    echo "through the front proxy at 127.0.0.1:$(cat "$TMP/proxy.port") (X-Remote-User from the client certificate)"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Running one kubectl: every case in order, with its own fresh HOME and --cache-dir.

@@ -40,6 +40,11 @@ impl DemoPki {
         write("klio-client", &ca.issue("snapshot_reader@klio", &[], &[], Usage::Client)?)?;
         write("api-server", &ca.issue("klio-api", &[], &local, Usage::Server)?)?;
         write("admin", &ca.issue("demo-admin", &["system:masters"], &[], Usage::Client)?)?;
+        // A front-proxy CA of its own, as a cluster has: what the aggregation layer presents
+        // when it forwards a request with X-Remote-User/X-Remote-Group.
+        let front_proxy_ca = KeyPair::new_ca("klio-demo-front-proxy-ca")?;
+        std::fs::write(pki.join("front-proxy-ca.crt"), front_proxy_ca.cert_pem())?;
+        write("front-proxy-client", &front_proxy_ca.issue("front-proxy-client", &[], &[], Usage::Client)?)?;
         Ok(Self { dir: dir.to_path_buf() })
     }
 
@@ -206,7 +211,11 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
         tls_private_key_file: Some(pki.path("api-server.key")),
         client_ca_file: Some(pki.path("ca.crt")),
         api_group: None,
-        auth: crate::config::AuthArgs::standalone(),
+        auth: crate::config::AuthArgs {
+            requestheader_client_ca_file: Some(pki.path("front-proxy-ca.crt")),
+            requestheader_allowed_names: vec!["front-proxy-client".into()],
+            ..crate::config::AuthArgs::standalone()
+        },
         max_requests_inflight: 400,
         request_timeout_seconds: 60,
         shutdown_delay_seconds: 0,
