@@ -4,6 +4,7 @@ use clap::Parser;
 use klio_api::config::{CatalogCommand, Cli, Command, ServerCommand};
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     let log_format = match &cli.command {
         // The demo is for people at a terminal.
@@ -38,5 +39,16 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives every thread that allocates an arena of its own; with the async workers and the
+/// blocking pool that multiplies the memory kept around after a catalog refresh. Two arenas are
+/// plenty for a server that spends its time writing shared buffers.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called first thing, before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
