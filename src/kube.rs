@@ -192,14 +192,7 @@ impl KubeClient {
                 PrivateKey::from_pem(&key.private_key_to_pem_pkcs8()?).context("loading the kubeconfig client key")?;
             tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_redirects(0)
-            .user_agent(concat!("klio-api/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = crate::catalog::client::agent(tls.build(), timeout);
         Ok(Self { server: server.trim_end_matches('/').to_string(), agent, credentials })
     }
 

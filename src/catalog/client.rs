@@ -67,6 +67,19 @@ pub fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
         .collect()
 }
 
+/// A blocking HTTPS agent as every upstream call here wants it: this TLS configuration, one
+/// overall timeout, no redirects, HTTP errors as answers (callers read the Status or error body).
+pub fn agent(tls: TlsConfig, timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .max_redirects(0)
+        .user_agent(concat!("klio-api/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
 /// One Klio server.
 pub struct KlioClient {
     base_url: String,
@@ -95,14 +108,7 @@ impl KlioClient {
             .root_certs(RootCerts::Specific(Arc::new(roots)))
             .client_cert(Some(ClientCert::new_with_certs(&chain, key)))
             .build();
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls_config)
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .max_redirects(0)
-            .user_agent(concat!("klio-api/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = agent(tls_config, timeout);
         Ok(Self { base_url: base_url.trim_end_matches('/').to_string(), agent, timeout })
     }
 
