@@ -198,9 +198,11 @@ fn too_old(rv: &str, current: &Snapshot) -> ApiError {
 async fn list_snapshot(catalog: &Catalog, p: &Params) -> Result<Arc<Snapshot>, ApiError> {
     if let Some(token) = &p.continue_token {
         let rv = parse_rv(catalog, &token.rv)?;
+        if let Some(kept) = catalog.at(&rv) {
+            return Ok(kept);
+        }
         // A token minted by a replica ahead of this one: catch up first.
-        let current = catalog.snapshot().await?;
-        if catalog.at(&rv).is_none() && !current.resource_version.covers(&rv) {
+        if !catalog.snapshot().await?.resource_version.covers(&rv) {
             catalog.wait_for(&rv, CATCH_UP).await;
         }
         return catalog.at(&rv).ok_or_else(|| {
