@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory};
@@ -614,6 +615,8 @@ struct Examples {
     /// Every KlioBackup, as the service serves them (without resourceVersion, which depends on
     /// when the catalog was read).
     objects: Vec<Value>,
+    /// The same, as the catalog holds them.
+    backups: Vec<Arc<snapshot::Backup>>,
     /// The Klio server name the service uses by default.
     server: String,
 }
@@ -627,8 +630,14 @@ impl Examples {
         std::fs::create_dir_all(&t2)?;
         crate::demo::write_sample_catalog(&t1, &t2)?;
         let tiers = [read_records(&t1)?, read_records(&t2)?];
-        let sources: Vec<SourceRecords> =
-            tiers.iter().enumerate().map(|(tier, records)| SourceRecords { server: &server, tier, records }).collect();
+        let shared: Vec<Vec<Arc<BackupRecord>>> =
+            tiers.iter().map(|records| records.iter().cloned().map(Arc::new).collect()).collect();
+        let server_name: Arc<str> = server.as_str().into();
+        let sources: Vec<SourceRecords> = shared
+            .iter()
+            .enumerate()
+            .map(|(tier, records)| SourceRecords { server: &server_name, tier, records })
+            .collect();
         let snap = snapshot::build(None, snapshot::ResourceVersion(vec![0; 2]), &sources, false);
         let mut objects = vec![];
         for b in &snap.backups {
@@ -638,7 +647,7 @@ impl Examples {
             }
             objects.push(v);
         }
-        Ok(Self { tiers, objects, server })
+        Ok(Self { tiers, objects, backups: snap.backups, server })
     }
 
     fn object(&self, name: &str) -> Result<&Value> {
@@ -652,7 +661,7 @@ impl Examples {
         self.tiers
             .iter()
             .flatten()
-            .find(|r| r.cluster_name == cluster && r.name == id)
+            .find(|r| &*r.cluster_name == cluster && &*r.name == id)
             .ok_or_else(|| anyhow!("the demo catalog has no record {cluster}/{id}"))
     }
 }
@@ -1644,13 +1653,8 @@ fn examples_page(api: &Api, examples: &Examples) -> Result<Page> {
     sections.push(section("both-tiers", "A backup on both tiers, with a tablespace", b));
 
     let selector = crate::api::selectors::FieldSelector::parse("spec.clusterName=pg-orders").map_err(|e| anyhow!(e))?;
-    let items: Vec<&Value> = examples
-        .objects
-        .iter()
-        .filter(|o| {
-            serde_json::from_value::<crate::model::KlioBackup>((*o).clone()).is_ok_and(|b| selector.matches(&b))
-        })
-        .collect();
+    let items: Vec<&Value> =
+        examples.objects.iter().zip(&examples.backups).filter(|(_, b)| selector.matches(b)).map(|(o, _)| o).collect();
     let list = json!({
         "apiVersion": api.group_version(),
         "kind": api.resource.list_kind,

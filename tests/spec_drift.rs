@@ -135,14 +135,19 @@ fn served_objects_match_the_document() {
     let record: klio_api::catalog::record::BackupRecord =
         serde_json::from_value(klio_api::demo::sample_record("pg-analytics", "backup-1", 1_763_600_400, 754, 42, true))
             .unwrap();
-    let backup =
-        klio_api::catalog::snapshot::to_kliobackup("pg-analytics.backup-1".into(), &record, "klio", [true, true])
-            .unwrap();
+    let backup = klio_api::catalog::Backup::new(
+        "pg-analytics.backup-1".into(),
+        std::sync::Arc::new(record),
+        "klio".into(),
+        [true, true],
+        "1".into(),
+    )
+    .unwrap();
     let value = serde_json::to_value(&backup).unwrap();
     assert!(value["status"]["tablespaces"].is_array(), "the sample must exercise every field");
     check_instance(&doc, "io.enterprisedb.kliocatalog.v1alpha1.KlioBackup", &value, "KlioBackup");
     let meta_keys: Vec<&String> = value["metadata"].as_object().unwrap().keys().collect();
-    assert_eq!(meta_keys, ["labels", "name"]);
+    assert_eq!(meta_keys, ["labels", "name", "resourceVersion"]);
 }
 
 #[test]

@@ -15,8 +15,7 @@ use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::AppState;
-use crate::catalog::{Catalog, ResourceVersion, Snapshot};
-use crate::model::KlioBackup;
+use crate::catalog::{Backup, Catalog, ResourceVersion, Snapshot};
 use crate::routes::{group_version, RESOURCES};
 
 pub(crate) fn plural() -> &'static str {
@@ -176,14 +175,15 @@ fn shared_body(body: bytes::Bytes) -> poem::Body {
     poem::Body::from_bytes_stream(futures_util::stream::iter(slices.into_iter().map(Ok::<_, std::io::Error>)))
 }
 
-/// The list body, borrowing the snapshot's objects instead of copying them.
+/// The list body, borrowing the snapshot's objects; each becomes a `KlioBackup` only while it is
+/// written.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ListBody<'a> {
     api_version: &'static str,
     kind: &'static str,
     metadata: ListMeta,
-    items: Vec<&'a KlioBackup>,
+    items: Vec<&'a Backup>,
 }
 
 fn parse_rv(catalog: &Catalog, text: &str) -> Result<ResourceVersion, ApiError> {
@@ -260,16 +260,13 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
         }
     }
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
-    let items: Vec<&KlioBackup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
+    let items: Vec<&Backup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
     let mut metadata =
         ListMeta { resource_version: Some(snapshot.resource_version_text.clone()), ..Default::default() };
     if let (Some(last), true) = (items.last(), params.limit.is_some()) {
         let remaining = matching.count();
         if remaining > 0 {
-            let token = ContinueToken {
-                rv: snapshot.resource_version_text.clone(),
-                after: last.metadata.name.clone().unwrap_or_default(),
-            };
+            let token = ContinueToken { rv: snapshot.resource_version_text.clone(), after: last.name().to_string() };
             metadata.continue_ = Some(token.encode());
             // Only exact without selectors, as kube-apiserver does.
             metadata.remaining_item_count = params.selectors.is_empty().then_some(remaining as i64);
@@ -318,7 +315,7 @@ pub async fn get(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Res
     let snapshot = list_snapshot(&state.catalog, &params).await?;
     let backup = snapshot.get(&name).ok_or_else(|| ApiError::not_found(plural(), &name))?;
     let resp = match repr {
-        Representation::Json => json(backup.as_ref(), "application/json"),
+        Representation::Json => json(&backup.to_kliobackup(), "application/json"),
         Representation::Table(v) => {
             let metadata =
                 ListMeta { resource_version: Some(snapshot.resource_version_text.clone()), ..Default::default() };

@@ -1,6 +1,6 @@
 //! Field selectors on the fields kube users expect to filter by.
 
-use crate::model::KlioBackup;
+use crate::catalog::Backup;
 
 /// The fields a selector may name.
 pub const SELECTABLE_FIELDS: &[&str] = &["metadata.name", "spec.clusterName", "spec.backupID"];
@@ -42,12 +42,12 @@ impl FieldSelector {
         Ok(Self { requirements })
     }
 
-    pub fn matches(&self, b: &KlioBackup) -> bool {
+    pub fn matches(&self, b: &Backup) -> bool {
         self.requirements.iter().all(|r| {
             let actual = match r.field {
-                "metadata.name" => b.metadata.name.as_deref().unwrap_or_default(),
-                "spec.clusterName" => &b.spec.cluster_name,
-                _ => &b.spec.backup_id,
+                "metadata.name" => b.name(),
+                "spec.clusterName" => &b.record().cluster_name,
+                _ => &b.record().name,
             };
             (actual == r.value) == r.equal
         })
@@ -58,12 +58,8 @@ impl FieldSelector {
 mod tests {
     use super::*;
 
-    fn backup(cluster: &str, id: &str) -> KlioBackup {
-        let mut b = KlioBackup::default();
-        b.metadata.name = Some(format!("{cluster}.{id}"));
-        b.spec.cluster_name = cluster.into();
-        b.spec.backup_id = id.into();
-        b
+    fn backup(cluster: &str, id: &str) -> Backup {
+        Backup::sample(cluster, id)
     }
 
     #[test]
@@ -254,13 +250,14 @@ impl LabelSelector {
         self.requirements.is_empty()
     }
 
-    pub fn matches(&self, labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
-        let get = |k: &str| labels.and_then(|l| l.get(k));
+    /// Whether the labels that `label` looks up satisfy every requirement.
+    pub fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let has = |k: &str, vs: &[String]| label(k).is_some_and(|v| vs.iter().any(|x| x == v));
         self.requirements.iter().all(|r| match r {
-            LabelRequirement::Exists(k) => get(k).is_some(),
-            LabelRequirement::DoesNotExist(k) => get(k).is_none(),
-            LabelRequirement::In(k, vs) => get(k).is_some_and(|v| vs.contains(v)),
-            LabelRequirement::NotIn(k, vs) => get(k).is_none_or(|v| !vs.contains(v)),
+            LabelRequirement::Exists(k) => label(k).is_some(),
+            LabelRequirement::DoesNotExist(k) => label(k).is_none(),
+            LabelRequirement::In(k, vs) => has(k, vs),
+            LabelRequirement::NotIn(k, vs) => !has(k, vs),
         })
     }
 }
@@ -277,8 +274,8 @@ impl Selectors {
         self.labels.is_empty() && self.fields == FieldSelector::default()
     }
 
-    pub fn matches(&self, b: &KlioBackup) -> bool {
-        self.fields.matches(b) && self.labels.matches(b.metadata.labels.as_ref())
+    pub fn matches(&self, b: &Backup) -> bool {
+        self.fields.matches(b) && self.labels.matches(|k| b.label(k))
     }
 }
 
@@ -308,7 +305,7 @@ mod label_tests {
             "kliocatalog.enterprisedb.io/tier2!=true,kliocatalog.enterprisedb.io/cluster in (pg-a)",
         ];
         for s in yes {
-            assert!(LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
+            assert!(LabelSelector::parse(s).unwrap().matches(|k| l.get(k).map(String::as_str)), "{s}");
         }
         let no = [
             "kliocatalog.enterprisedb.io/cluster=pg-b",
@@ -319,7 +316,7 @@ mod label_tests {
             "kliocatalog.enterprisedb.io/tier1=true,kliocatalog.enterprisedb.io/cluster=x",
         ];
         for s in no {
-            assert!(!LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
+            assert!(!LabelSelector::parse(s).unwrap().matches(|k| l.get(k).map(String::as_str)), "{s}");
         }
     }
 

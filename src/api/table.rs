@@ -2,18 +2,48 @@
 //! Table types, so they are defined here.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
+use serde::ser::SerializeSeq;
 use serde::Serialize;
 
+use crate::catalog::Backup;
 use crate::model::KlioBackup;
 
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Table<'a> {
     pub kind: &'static str,
-    pub api_version: String,
+    pub api_version: &'static str,
     pub metadata: ListMeta,
     pub column_definitions: &'static [Column],
-    pub rows: Vec<Row<'a>>,
+    pub rows: Rows<'a>,
+}
+
+/// The rows, each built just before it is written: a table of every backup is never held whole.
+pub struct Rows<'a> {
+    backups: Vec<&'a Backup>,
+    include: IncludeObject,
+    api_version: &'static str,
+}
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.backups.len()))?;
+        for b in &self.backups {
+            seq.serialize_element(&Row {
+                cells: cells(b),
+                object: match self.include {
+                    IncludeObject::None => None,
+                    IncludeObject::Metadata => Some(RowObject::Metadata(PartialObjectMetadata {
+                        kind: "PartialObjectMetadata",
+                        api_version: self.api_version,
+                        metadata: b.metadata(),
+                    })),
+                    IncludeObject::Object => Some(RowObject::Object(b.to_kliobackup())),
+                },
+            })?;
+        }
+        seq.end()
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -27,26 +57,26 @@ pub struct Column {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Row<'a> {
-    pub cells: Vec<serde_json::Value>,
+struct Row {
+    cells: [serde_json::Value; 10],
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub object: Option<RowObject<'a>>,
+    object: Option<RowObject>,
 }
 
 /// What each row carries, as `includeObject` asks.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
-pub enum RowObject<'a> {
-    Metadata(PartialObjectMetadata<'a>),
-    Object(&'a KlioBackup),
+enum RowObject {
+    Metadata(PartialObjectMetadata),
+    Object(KlioBackup),
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct PartialObjectMetadata<'a> {
-    pub kind: &'static str,
-    pub api_version: String,
-    pub metadata: &'a ObjectMeta,
+struct PartialObjectMetadata {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: ObjectMeta,
 }
 
 /// The `includeObject` query parameter.
@@ -127,6 +157,13 @@ pub fn go_time(t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Stri
     t.0.strftime("%Y-%m-%d %H:%M:%S +0000 UTC").to_string()
 }
 
+/// [`go_time`] of Unix seconds; empty for a time out of range.
+fn go_time_of(seconds: i64) -> String {
+    jiff::Timestamp::from_second(seconds)
+        .map(|t| go_time(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t)))
+        .unwrap_or_default()
+}
+
 /// PostgreSQL's `X/X` notation of an LSN.
 pub fn pg_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
@@ -154,57 +191,38 @@ pub fn human_duration(seconds: i64) -> String {
     }
 }
 
-fn cells(b: &KlioBackup) -> Vec<serde_json::Value> {
-    let status = b.status.as_ref();
-    let text = |v: Option<String>| serde_json::Value::String(v.unwrap_or_default());
-    let started = status.and_then(|s| s.started_at.as_ref());
-    let stopped = status.and_then(|s| s.stopped_at.as_ref());
-    let duration = match (started, stopped) {
-        (Some(a), Some(b)) => human_duration(b.0.as_second() - a.0.as_second()),
-        _ => String::new(),
-    };
-    let annotations = status.and_then(|s| s.annotations.as_ref());
+fn cells(b: &Backup) -> [serde_json::Value; 10] {
+    let r = b.record();
+    let text = |v: &str| serde_json::Value::String(v.to_string());
     let tiers: Vec<&str> = crate::catalog::TIER_ANNOTATIONS
         .iter()
-        .filter(|m| annotations.is_some_and(|a| a.contains_key(**m)))
-        .map(|m| m.trim_start_matches("klio.io/"))
+        .zip(b.tiers())
+        .filter(|(_, present)| *present)
+        .map(|(m, _)| m.trim_start_matches("klio.io/"))
         .collect();
-    vec![
-        text(b.metadata.name.clone()),
-        text(Some(b.spec.cluster_name.clone())),
-        text(started.map(go_time)),
-        text(stopped.map(go_time)),
-        text(status.and_then(|s| s.start_wal.clone())),
-        text(status.and_then(|s| s.end_wal.clone())),
-        text(status.and_then(|s| s.start_lsn).map(pg_lsn)),
-        text(status.and_then(|s| s.end_lsn).map(pg_lsn)),
-        text(Some(duration)),
-        text(Some(tiers.join(","))),
+    [
+        text(b.name()),
+        text(&r.cluster_name),
+        go_time_of(r.started_at).into(),
+        go_time_of(r.stopped_at).into(),
+        text(&r.start_wal),
+        text(&r.end_wal),
+        pg_lsn(r.start_lsn).into(),
+        pg_lsn(r.end_lsn).into(),
+        human_duration(r.stopped_at - r.started_at).into(),
+        tiers.join(",").into(),
     ]
 }
 
-/// Renders backups as a Table of the given `meta.k8s.io` version.
+/// Renders backups as a Table of the given `meta.k8s.io` version (`v1` or `v1beta1`).
 pub fn render<'a>(
     version: &str,
-    backups: impl Iterator<Item = &'a KlioBackup>,
+    backups: impl Iterator<Item = &'a Backup>,
     metadata: ListMeta,
     include: IncludeObject,
 ) -> Table<'a> {
-    let api_version = format!("meta.k8s.io/{version}");
-    let rows = backups
-        .map(|b| Row {
-            cells: cells(b),
-            object: match include {
-                IncludeObject::None => None,
-                IncludeObject::Metadata => Some(RowObject::Metadata(PartialObjectMetadata {
-                    kind: "PartialObjectMetadata",
-                    api_version: api_version.clone(),
-                    metadata: &b.metadata,
-                })),
-                IncludeObject::Object => Some(RowObject::Object(b)),
-            },
-        })
-        .collect();
+    let api_version = if version == "v1beta1" { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" };
+    let rows = Rows { backups: backups.collect(), include, api_version };
     Table { kind: "Table", api_version, metadata, column_definitions: COLUMNS, rows }
 }
 

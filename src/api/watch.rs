@@ -16,8 +16,7 @@ use super::selectors::Selectors;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::AppState;
-use crate::catalog::{EventType, ResourceVersion, Snapshot};
-use crate::model::KlioBackup;
+use crate::catalog::{Backup, EventType, ResourceVersion, Snapshot};
 use crate::routes::group_version;
 
 /// kube-apiserver's default is 30 to 60 minutes; clients reconnect.
@@ -55,12 +54,12 @@ impl Encoder {
         bytes
     }
 
-    fn event(&self, kind: EventType, object: &KlioBackup) -> Vec<u8> {
+    fn event(&self, kind: EventType, object: &Backup) -> Vec<u8> {
         match self.repr {
             Representation::Json => Self::line(kind.as_str(), object),
             Representation::Table(v) => {
                 let meta =
-                    ListMeta { resource_version: object.metadata.resource_version.clone(), ..Default::default() };
+                    ListMeta { resource_version: Some(object.resource_version().to_string()), ..Default::default() };
                 Self::line(kind.as_str(), table::render(v, std::iter::once(object), meta, self.include))
             }
         }
@@ -89,7 +88,7 @@ impl Encoder {
 /// The event a watcher with `selectors` sees for a change, if any: an object that starts
 /// matching is ADDED for it; one that stops matching is DELETED, carrying its last matching
 /// state with the change's resourceVersion (as kube-apiserver's watch cache does).
-fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventType, Arc<KlioBackup>)> {
+fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventType, Arc<Backup>)> {
     let now = selectors.matches(&e.object);
     let before = e.previous.as_ref().filter(|p| selectors.matches(p));
     match (e.kind, before, now) {
@@ -97,9 +96,7 @@ fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventTy
         (EventType::Modified, Some(_), true) => Some((EventType::Modified, e.object.clone())),
         (EventType::Modified, None, true) => Some((EventType::Added, e.object.clone())),
         (EventType::Modified, Some(previous), false) => {
-            let mut last = KlioBackup::clone(previous);
-            last.metadata.resource_version = e.object.metadata.resource_version.clone();
-            Some((EventType::Deleted, Arc::new(last)))
+            Some((EventType::Deleted, Arc::new(previous.at_version(e.object.resource_version().into()))))
         }
         (EventType::Deleted, Some(_), _) => Some((EventType::Deleted, e.object.clone())),
         _ => None,
@@ -260,11 +257,8 @@ mod tests {
     use super::*;
     use crate::catalog::Event;
 
-    fn backup(cluster: &str) -> Arc<KlioBackup> {
-        let mut b = KlioBackup::default();
-        b.metadata.name = Some(format!("{cluster}.b"));
-        b.spec.cluster_name = cluster.into();
-        Arc::new(b)
+    fn backup(cluster: &str) -> Arc<Backup> {
+        Arc::new(Backup::sample(cluster, "b"))
     }
 
     #[test]
@@ -282,11 +276,10 @@ mod tests {
         assert_eq!(kind(&ev(EventType::Deleted, backup("a"), Some(backup("a")))), Some(EventType::Deleted));
         assert_eq!(kind(&ev(EventType::Deleted, backup("b"), Some(backup("b")))), None);
         // Leaving the selector: DELETED with the last matching state and the change's version.
-        let mut moved = KlioBackup::clone(&backup("b"));
-        moved.metadata.resource_version = Some("7".into());
+        let moved = backup("b").at_version("7".into());
         let (k, object) = filtered(&sel, &ev(EventType::Modified, Arc::new(moved), Some(backup("a")))).unwrap();
         assert_eq!(k, EventType::Deleted);
-        assert_eq!(object.spec.cluster_name, "a");
-        assert_eq!(object.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(&*object.record().cluster_name, "a");
+        assert_eq!(object.resource_version(), "7");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use openssl::nid::Nid;
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
-use super::record::{BackupRecord, CatalogPage, UpstreamError};
+use super::record::{BackupRecord, CatalogPage, Interner, UpstreamError};
 use super::CatalogError;
 
 /// A Klio catalog larger than this is refused rather than buffered (about 100 000 records).
@@ -151,9 +151,13 @@ impl KlioClient {
             reason: format!("the answer is not a catalog: {e}"),
         })?;
         let mut records = Vec::with_capacity(page.items.len());
+        let mut interner = Interner::default();
         for (index, raw) in page.items.iter().enumerate() {
             match serde_json::from_str::<BackupRecord>(raw.get()) {
-                Ok(r) => records.push(r),
+                Ok(mut r) => {
+                    interner.record(&mut r);
+                    records.push(r)
+                }
                 Err(e) => {
                     tracing::warn!(server = %self.base_url, index, error = %e, "skipping a backup record that does not decode")
                 }

@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 
 use client::{ClientTls, Fetched, KlioClient};
 use record::BackupRecord;
-pub use snapshot::{Event, EventType, ResourceVersion, Snapshot, TIER_ANNOTATIONS};
+pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot, TIER_ANNOTATIONS};
 
 /// Why the catalog could not be read. Callers branch on it: 503 versus 502.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -75,7 +75,7 @@ impl CatalogOptions {
 
 /// One source: a server's tier.
 struct Source {
-    server: String,
+    server: Arc<str>,
     tier: usize,
     client: Arc<KlioClient>,
     state: Mutex<SourceState>,
@@ -85,7 +85,8 @@ struct Source {
 struct SourceState {
     etag: Option<String>,
     revision: u64,
-    records: Arc<Vec<BackupRecord>>,
+    /// Shared with the snapshots' objects: a record read again unchanged keeps its `Arc`.
+    records: Vec<Arc<BackupRecord>>,
     read_once: bool,
     last_success: Option<SystemTime>,
     failing_since: Option<SystemTime>,
@@ -95,7 +96,7 @@ struct SourceState {
 
 impl Source {
     fn labels(&self) -> crate::metrics::SourceLabels {
-        crate::metrics::SourceLabels { server: self.server.clone(), tier: (self.tier + 1).to_string() }
+        crate::metrics::SourceLabels { server: self.server.to_string(), tier: (self.tier + 1).to_string() }
     }
 }
 
@@ -136,7 +137,7 @@ impl Catalog {
         let prefix_server = servers.len() > 1;
         let mut sources = vec![];
         for s in servers {
-            let name = s.name;
+            let name: Arc<str> = s.name.into();
             sources.push(Source {
                 server: name.clone(),
                 tier: 0,
@@ -237,7 +238,7 @@ impl Catalog {
             .map(|s| {
                 let st = s.state.lock().expect("source state");
                 SourceHealth {
-                    server: s.server.clone(),
+                    server: s.server.to_string(),
                     tier: s.tier + 1,
                     url: s.client.base_url().to_string(),
                     last_success: st.last_success,
@@ -346,7 +347,7 @@ impl Catalog {
                     let revision = match revision {
                         Some(r) => r,
                         // Our own revision, moved only when the content changes.
-                        None if st.read_once && *st.records == records => st.revision,
+                        None if st.read_once && same_records(&st.records, &records) => st.revision,
                         None => {
                             tracing::warn!(server = source.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
                             self.fallback_revision.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
@@ -360,10 +361,14 @@ impl Catalog {
                             "the Klio catalog revision went back; keeping the newer one"
                         );
                     }
-                    changed |= !st.read_once || revision != st.revision || *st.records != records;
+                    let records = reuse_unchanged(&st.records, records);
+                    changed |= !st.read_once
+                        || revision != st.revision
+                        || records.len() != st.records.len()
+                        || records.iter().zip(&st.records).any(|(a, b)| !Arc::ptr_eq(a, b));
                     st.revision = st.revision.max(revision);
                     st.etag = etag;
-                    st.records = Arc::new(records);
+                    st.records = records;
                     st.read_once = true;
                     st.last_success = Some(now);
                     st.failing_since = None;
@@ -419,6 +424,25 @@ impl Catalog {
         m.snapshots.inc();
         self.current.send_replace(Some(snap));
     }
+}
+
+/// True when `fresh` holds exactly the records of `kept`, in the same order.
+fn same_records(kept: &[Arc<BackupRecord>], fresh: &[BackupRecord]) -> bool {
+    kept.len() == fresh.len() && kept.iter().zip(fresh).all(|(a, b)| **a == *b)
+}
+
+/// The records just read, sharing the `Arc` of every record that did not change, so unchanged
+/// objects of the snapshots and the source hold one copy between them.
+fn reuse_unchanged(kept: &[Arc<BackupRecord>], fresh: Vec<BackupRecord>) -> Vec<Arc<BackupRecord>> {
+    let by_identity: std::collections::HashMap<(&str, &str), &Arc<BackupRecord>> =
+        kept.iter().map(|r| ((&*r.cluster_name, &*r.name), r)).collect();
+    fresh
+        .into_iter()
+        .map(|r| match by_identity.get(&(&*r.cluster_name, &*r.name)) {
+            Some(old) if ***old == r => Arc::clone(old),
+            _ => Arc::new(r),
+        })
+        .collect()
 }
 
 /// Gives the memory freed after decoding a catalog (the response body, the previous records) back

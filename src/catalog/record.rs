@@ -1,27 +1,36 @@
 //! The upstream backup record, field names exactly as Klio writes them. Unknown fields are
 //! ignored (Klio adds fields over time), and so are the fields a KlioBackup does not show.
+//!
+//! Records are kept in memory for every backup of every tier, so they are stored compactly:
+//! boxed strings, cluster names and annotation keys shared between records ([`Interner`]), and
+//! annotations as a sorted slice rather than a map (a `BTreeMap` node is 544 bytes however few
+//! entries it holds; a record has two or three).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// One base backup's metadata, as stored by Klio.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRecord {
     /// The backup ID, e.g. `backup-20251113093137`.
-    pub name: String,
-    pub cluster_name: String,
+    pub name: Box<str>,
+    pub cluster_name: Arc<str>,
     pub start_lsn: u64,
     pub end_lsn: u64,
-    pub start_wal: String,
-    pub end_wal: String,
+    pub start_wal: Box<str>,
+    pub end_wal: Box<str>,
     // tli, segmentSize, backupLabel, tablespaceMap and pgData are part of the record but not of
-    // a KlioBackup: they are not kept (the catalog is held in memory for every backup).
+    // a KlioBackup: they are not kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tablespaces: Option<Vec<TablespaceRecord>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
+    pub tablespaces: Option<Box<[TablespaceRecord]>>,
+    #[serde(default, skip_serializing_if = "Annotations::is_empty")]
+    pub annotations: Annotations,
     /// Unix seconds.
     pub started_at: i64,
     /// Unix seconds.
@@ -30,26 +39,155 @@ pub struct BackupRecord {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TablespaceRecord {
-    pub name: String,
+    pub name: Box<str>,
     #[serde(default)]
-    pub oid: String,
+    pub oid: Box<str>,
     #[serde(default)]
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
+    pub path: Box<str>,
+    #[serde(default, skip_serializing_if = "Annotations::is_empty")]
+    pub annotations: Annotations,
 }
 
-/// The body of `GET /catalog/v1/backups`. Items stay raw so that one bad record is skipped,
-/// not fatal for the whole list.
+/// A string map sorted by key. A JSON object with a key twice keeps the last value, as a map
+/// would.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations(Box<[(Arc<str>, Box<str>)]>);
+
+impl Annotations {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.0[i].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    /// The map the API types want.
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+}
+
+impl<K: Into<Arc<str>>, V: Into<Box<str>>> FromIterator<(K, V)> for Annotations {
+    fn from_iter<T: IntoIterator<Item = (K, V)>>(iter: T) -> Self {
+        let mut entries: Vec<(Arc<str>, Box<str>)> = vec![];
+        for (k, v) in iter {
+            let (k, v) = (k.into(), v.into());
+            match entries.binary_search_by(|(e, _)| e.cmp(&k)) {
+                Ok(i) => entries[i].1 = v,
+                Err(i) => entries.insert(i, (k, v)),
+            }
+        }
+        Self(entries.into_boxed_slice())
+    }
+}
+
+impl Serialize for Annotations {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.iter() {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Annotations;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                let mut entries: Vec<(Box<str>, Box<str>)> = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(entries.into_iter().collect())
+            }
+            fn visit_unit<E>(self) -> Result<Annotations, E> {
+                Ok(Annotations::default())
+            }
+        }
+        deserializer.deserialize_any(Entries)
+    }
+}
+
+/// Shares equal strings between records: thousands of backups name a few hundred clusters and a
+/// handful of annotation keys.
+#[derive(Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn share(&mut self, s: &mut Arc<str>) {
+        match self.0.get(s) {
+            Some(shared) => *s = shared.clone(),
+            None => {
+                self.0.insert(s.clone());
+            }
+        }
+    }
+
+    fn share_keys(&mut self, annotations: &mut Annotations) {
+        for (k, _) in annotations.0.iter_mut() {
+            self.share(k);
+        }
+    }
+
+    pub fn record(&mut self, r: &mut BackupRecord) {
+        self.share(&mut r.cluster_name);
+        self.share_keys(&mut r.annotations);
+        for t in r.tablespaces.iter_mut().flatten() {
+            self.share_keys(&mut t.annotations);
+        }
+    }
+}
+
+/// The body of `GET /catalog/v1/backups`. Items stay raw (borrowed from the body) so that one bad
+/// record is skipped, not fatal for the whole list.
 #[derive(Debug, Deserialize)]
-pub struct CatalogPage {
+pub struct CatalogPage<'a> {
     #[serde(default)]
     pub revision: Option<u64>,
-    pub items: Vec<Box<serde_json::value::RawValue>>,
+    #[serde(borrow)]
+    pub items: Vec<&'a serde_json::value::RawValue>,
 }
 
 /// What the Klio server answers on errors.
 #[derive(Debug, Deserialize)]
 pub struct UpstreamError {
     pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotations_are_a_sorted_map() {
+        let a: Annotations = serde_json::from_str(r#"{"b":"2","a":"1","b":"3"}"#).unwrap();
+        assert_eq!(a.iter().collect::<Vec<_>>(), [("a", "1"), ("b", "3")]);
+        assert_eq!((a.get("a"), a.get("b"), a.get("c")), (Some("1"), Some("3"), None));
+        assert_eq!(serde_json::to_string(&a).unwrap(), r#"{"a":"1","b":"3"}"#);
+        let none: Annotations = serde_json::from_str("null").unwrap();
+        assert!(none.is_empty());
+        assert!(serde_json::from_str::<Annotations>(r#"{"a":1}"#).is_err());
+    }
+
+    #[test]
+    fn interned_strings_are_shared() {
+        let sample = |id| serde_json::from_value::<BackupRecord>(crate::demo::sample_record("pg", id, 1, 2, 3, false));
+        let (mut a, mut b) = (sample("b1").unwrap(), sample("b2").unwrap());
+        let mut interner = Interner::default();
+        interner.record(&mut a);
+        interner.record(&mut b);
+        assert!(Arc::ptr_eq(&a.cluster_name, &b.cluster_name));
+        assert!(Arc::ptr_eq(&a.annotations.0[0].0, &b.annotations.0[0].0));
+    }
 }
