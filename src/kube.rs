@@ -4,7 +4,6 @@
 //! the pod's service account (in-cluster). Callers run it inside `spawn_blocking`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,7 +11,6 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use k8s_openapi::api::authorization::v1::{SubjectAccessReview, SubjectAccessReviewSpec, SubjectAccessReviewStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use serde::Deserialize;
-use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Answers of the kube-apiserver are small; anything larger is refused.
@@ -176,23 +174,29 @@ impl KubeClient {
         if !server.starts_with("https://") {
             bail!("the Kubernetes API server {server:?} must be an https:// URL");
         }
-        let mut tls = TlsConfig::builder().provider(TlsProvider::NativeTls);
-        if let Some(pem) = ca_pem {
-            let roots = crate::catalog::client::pem_certificates(pem);
-            if roots.is_empty() {
-                bail!("the Kubernetes API CA bundle holds no certificate");
+        use crate::upstream_tls::{agent_config, certificates_from_pem, ClientTlsConfig, OpensslConnector};
+        let roots = match ca_pem {
+            Some(pem) => {
+                let roots = certificates_from_pem(pem).unwrap_or_default();
+                if roots.is_empty() {
+                    bail!("the Kubernetes API CA bundle holds no certificate");
+                }
+                Some(roots)
             }
-            tls = tls.root_certs(RootCerts::Specific(Arc::new(roots)));
-        }
-        if let Some((cert, key)) = client_cert {
-            let chain = crate::catalog::client::pem_certificates(&cert);
-            // native-tls takes PKCS#8 only.
-            let key = openssl::pkey::PKey::private_key_from_pem(&key).context("parsing the kubeconfig client key")?;
-            let key =
-                PrivateKey::from_pem(&key.private_key_to_pem_pkcs8()?).context("loading the kubeconfig client key")?;
-            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        let agent = crate::catalog::client::agent(tls.build(), timeout);
+            None => None,
+        };
+        let identity = match client_cert {
+            Some((cert, key)) => {
+                let chain = certificates_from_pem(&cert).context("parsing the kubeconfig client certificate")?;
+                let key =
+                    openssl::pkey::PKey::private_key_from_pem(&key).context("parsing the kubeconfig client key")?;
+                Some((chain, key))
+            }
+            None => None,
+        };
+        let connector = OpensslConnector::new(&ClientTlsConfig { roots, identity })
+            .context("setting up TLS to the Kubernetes API server")?;
+        let agent = connector.agent(agent_config(timeout));
         Ok(Self { server: server.trim_end_matches('/').to_string(), agent, credentials })
     }
 

@@ -8,6 +8,7 @@
 //! * [`model`] and [`routes`]: generated from `openapi/` by build.rs;
 //! * [`auth`] and [`kube`]: delegated authentication and authorization, the kube-apiserver client;
 //! * [`tls`], [`pki`], [`server`]: TLS serving, certificates, the HTTPS accept loop;
+//! * [`upstream_tls`]: TLS of the blocking clients (Klio servers, kube-apiserver);
 //! * [`apiserver`] and [`demo`]: the entry points.
 
 pub mod api;
@@ -25,3 +26,4 @@ pub mod pki;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod upstream_tls;

@@ -868,26 +868,32 @@ fn a_tier1_answer_that_is_not_a_catalog_is_bad_gateway() {
 
 #[test]
 fn undecodable_records_are_skipped_and_unknown_fields_ignored() {
-    let h = Harness::start(Options { sample: false, wait_ready: false, ..Default::default() });
-    let good = klio_api::demo::sample_record("pg-good", "backup-20251201000000", 1_764_547_200, 60, 5, false);
-    put_record(&h.tier1_dir, &good);
-    // Fields Klio may add later, at the top and inside tablespaces.
-    let mut future = klio_api::demo::sample_record("pg-future", "backup-20251202000000", 1_764_633_600, 60, 6, true);
-    future["compression"] = json!({ "algorithm": "zstd", "level": 3 });
-    future["someNewCounter"] = json!(42);
-    future["tablespaces"][0]["sizeBytes"] = json!(123456);
-    put_record(&h.tier1_dir, &future);
-    // Wrong types and missing required fields.
-    put_raw(&h.tier1_dir, "bad/name-is-a-number.json", br#"{"name": 5, "clusterName": "bad"}"#);
-    let mut wrong = klio_api::demo::sample_record("bad", "backup-20251203000000", 1_764_720_000, 60, 7, false);
-    wrong["startLsn"] = json!("0/7000028");
-    put_raw(&h.tier1_dir, "bad/lsn-is-a-string.json", wrong.to_string().as_bytes());
-    let mut missing = klio_api::demo::sample_record("bad", "backup-20251204000000", 1_764_806_400, 60, 8, false);
-    missing.as_object_mut().unwrap().remove("startedAt");
-    put_raw(&h.tier1_dir, "bad/no-start.json", missing.to_string().as_bytes());
-    put_raw(&h.tier1_dir, "bad/array.json", b"[1, 2, 3]");
-    put_raw(&h.tier1_dir, "bad/not-json.json", b"this is not JSON {");
-    h.wait_ready();
+    let h = Harness::start(Options {
+        sample: false,
+        prepare: Some(|t1, _t2| {
+            let good = klio_api::demo::sample_record("pg-good", "backup-20251201000000", 1_764_547_200, 60, 5, false);
+            put_record(t1, &good);
+            // Fields Klio may add later, at the top and inside tablespaces.
+            let mut future =
+                klio_api::demo::sample_record("pg-future", "backup-20251202000000", 1_764_633_600, 60, 6, true);
+            future["compression"] = json!({ "algorithm": "zstd", "level": 3 });
+            future["someNewCounter"] = json!(42);
+            future["tablespaces"][0]["sizeBytes"] = json!(123456);
+            put_record(t1, &future);
+            // Wrong types and missing required fields.
+            put_raw(t1, "bad/name-is-a-number.json", br#"{"name": 5, "clusterName": "bad"}"#);
+            let mut wrong = klio_api::demo::sample_record("bad", "backup-20251203000000", 1_764_720_000, 60, 7, false);
+            wrong["startLsn"] = json!("0/7000028");
+            put_raw(t1, "bad/lsn-is-a-string.json", wrong.to_string().as_bytes());
+            let mut missing =
+                klio_api::demo::sample_record("bad", "backup-20251204000000", 1_764_806_400, 60, 8, false);
+            missing.as_object_mut().unwrap().remove("startedAt");
+            put_raw(t1, "bad/no-start.json", missing.to_string().as_bytes());
+            put_raw(t1, "bad/array.json", b"[1, 2, 3]");
+            put_raw(t1, "bad/not-json.json", b"this is not JSON {");
+        }),
+        ..Default::default()
+    });
 
     let list = h.list_json();
     assert_eq!(Harness::names(&list), ["pg-future.backup-20251202000000", "pg-good.backup-20251201000000"]);
@@ -1056,15 +1062,19 @@ fn openapi_v2_protobuf_and_json() {
 
 #[test]
 fn tier1_record_wins_when_both_tiers_hold_a_backup() {
-    let h =
-        Harness::start(Options { sample: false, tier2: Some(Up::Reference), wait_ready: false, ..Default::default() });
-    let mut on1 = klio_api::demo::sample_record("pg-x", "backup-20251205000000", 1_764_892_800, 30, 9, false);
-    on1["annotations"] = json!({ "klio.io/kopiaManifestID": "from-tier-1" });
-    let mut on2 = on1.clone();
-    on2["annotations"] = json!({ "klio.io/kopiaManifestID": "from-tier-2" });
-    put_record(&h.tier1_dir, &on1);
-    put_record(&h.tier2_dir, &on2);
-    h.wait_ready();
+    let h = Harness::start(Options {
+        sample: false,
+        tier2: Some(Up::Reference),
+        prepare: Some(|t1, t2| {
+            let mut on1 = klio_api::demo::sample_record("pg-x", "backup-20251205000000", 1_764_892_800, 30, 9, false);
+            on1["annotations"] = json!({ "klio.io/kopiaManifestID": "from-tier-1" });
+            let mut on2 = on1.clone();
+            on2["annotations"] = json!({ "klio.io/kopiaManifestID": "from-tier-2" });
+            put_record(t1, &on1);
+            put_record(t2, &on2);
+        }),
+        ..Default::default()
+    });
     let list = h.list_json();
     assert_eq!(Harness::names(&list), ["pg-x.backup-20251205000000"]);
     assert_eq!(
@@ -1075,12 +1085,16 @@ fn tier1_record_wins_when_both_tiers_hold_a_backup() {
 
 #[test]
 fn records_with_impossible_timestamps_are_skipped() {
-    let h = Harness::start(Options { sample: false, wait_ready: false, ..Default::default() });
-    put_record(&h.tier1_dir, &klio_api::demo::sample_record("pg-ok", "backup-1", 0, 1, 1, false));
-    let mut far = klio_api::demo::sample_record("pg-far", "backup-2", 1_764_892_800, 1, 2, false);
-    far["stoppedAt"] = json!(i64::MAX);
-    put_record(&h.tier1_dir, &far);
-    h.wait_ready();
+    let h = Harness::start(Options {
+        sample: false,
+        prepare: Some(|t1, _t2| {
+            put_record(t1, &klio_api::demo::sample_record("pg-ok", "backup-1", 0, 1, 1, false));
+            let mut far = klio_api::demo::sample_record("pg-far", "backup-2", 1_764_892_800, 1, 2, false);
+            far["stoppedAt"] = json!(i64::MAX);
+            put_record(t1, &far);
+        }),
+        ..Default::default()
+    });
     let list = h.list_json();
     assert_eq!(Harness::names(&list), ["pg-ok.backup-1"]);
     assert_eq!(list["items"][0]["status"]["startedAt"], "1970-01-01T00:00:00Z");
@@ -1156,7 +1170,8 @@ fn many_records_are_listed_sorted() {
     expected.sort();
     expected.dedup();
     h.wait_ready();
-    let list = h.list_json();
+    // The service may have read the catalog while the records were being written.
+    let list = h.list_until("every record", |l| Harness::names(l).len() == expected.len());
     assert_eq!(Harness::names(&list), expected);
     let t = h.admin.get_accept(COLLECTION, TABLE_ACCEPT).json();
     assert_eq!(Harness::names(&t), expected);

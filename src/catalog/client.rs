@@ -1,12 +1,11 @@
 //! The blocking HTTPS client of one Klio server (catalog API v1), mutual TLS through openssl
-//! (ureq's native-tls backend). Callers run it inside `spawn_blocking`.
+//! ([`crate::upstream_tls`]). Callers run it inside `spawn_blocking`.
 
-use std::sync::Arc;
+use crate::upstream_tls::{agent_config, ClientTlsConfig, OpensslConnector};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use openssl::nid::Nid;
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
 
 use super::record::{BackupRecord, CatalogPage, Interner, UpstreamError};
 use super::CatalogError;
@@ -14,11 +13,11 @@ use super::CatalogError;
 /// A Klio catalog larger than this is refused rather than buffered (about 100 000 records).
 const MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// TLS material and limits shared by the clients of every tier.
+/// TLS material shared by the clients of every tier.
 pub struct ClientTls {
-    pub server_ca_pem: Vec<u8>,
-    pub client_cert_pem: Vec<u8>,
-    pub client_key_pem: Vec<u8>,
+    pub server_cas: Vec<openssl::x509::X509>,
+    pub client_chain: Vec<openssl::x509::X509>,
+    pub client_key: openssl::pkey::PKey<openssl::pkey::Private>,
 }
 
 impl ClientTls {
@@ -44,40 +43,12 @@ impl ClientTls {
                 args.client_cert.display()
             );
         }
-        let mut client_cert_pem = vec![];
-        for c in &certs {
-            client_cert_pem.extend(c.to_pem()?);
-        }
-        // native-tls only takes PKCS#8; convert whatever form the file has.
-        let client_key_pem = key.private_key_to_pem_pkcs8()?;
-        if openssl::x509::X509::stack_from_pem(&server_ca_pem).map_or(true, |certs| certs.is_empty()) {
+        let server_cas = openssl::x509::X509::stack_from_pem(&server_ca_pem).unwrap_or_default();
+        if server_cas.is_empty() {
             bail!("{} holds no PEM certificate", args.server_cert.display());
         }
-        Ok(Self { server_ca_pem, client_cert_pem, client_key_pem })
+        Ok(Self { server_cas, client_chain: certs, client_key: key })
     }
-}
-
-/// The certificates of a PEM bundle, for ureq (other PEM items are skipped).
-pub fn pem_certificates(pem: &[u8]) -> Vec<Certificate<'static>> {
-    ureq::tls::parse_pem(pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect()
-}
-
-/// A blocking HTTPS agent as every upstream call here wants it: this TLS configuration, one
-/// overall timeout, no redirects, HTTP errors as answers (callers read the Status or error body).
-pub fn agent(tls: TlsConfig, timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .tls_config(tls)
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .max_redirects(0)
-        .user_agent(concat!("klio-api/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
 }
 
 /// One Klio server.
@@ -100,15 +71,12 @@ pub enum Fetched {
 
 impl KlioClient {
     pub fn new(base_url: &str, tls: &ClientTls, timeout: Duration) -> Result<Self> {
-        let roots = pem_certificates(&tls.server_ca_pem);
-        let chain = pem_certificates(&tls.client_cert_pem);
-        let key = PrivateKey::from_pem(&tls.client_key_pem).context("loading the Klio client key")?;
-        let tls_config = TlsConfig::builder()
-            .provider(TlsProvider::NativeTls)
-            .root_certs(RootCerts::Specific(Arc::new(roots)))
-            .client_cert(Some(ClientCert::new_with_certs(&chain, key)))
-            .build();
-        let agent = agent(tls_config, timeout);
+        let connector = OpensslConnector::new(&ClientTlsConfig {
+            roots: Some(tls.server_cas.clone()),
+            identity: Some((tls.client_chain.clone(), tls.client_key.clone())),
+        })
+        .context("setting up TLS to the Klio server")?;
+        let agent = connector.agent(agent_config(timeout));
         Ok(Self { base_url: base_url.trim_end_matches('/').to_string(), agent, timeout })
     }
 

@@ -8,6 +8,7 @@
 //! it becomes the current time in milliseconds, or the previous revision plus one if that is
 //! larger. So it only grows, also across restarts (the clock moves on), as the contract asks.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -21,11 +22,20 @@ use serde_json::value::RawValue;
 
 use crate::config::CatalogServeArgs;
 
+/// One record file, decoded.
+struct Record {
+    cluster_name: String,
+    name: String,
+    raw: Box<RawValue>,
+}
+
 /// The directory listing at one moment.
 struct Listing {
     revision: u64,
-    /// (clusterName, name, raw record)
-    records: Vec<(String, String, Box<RawValue>)>,
+    /// Sorted by cluster, then name.
+    records: Vec<Arc<Record>>,
+    /// The unfiltered list body of this revision, once rendered.
+    body: Option<bytes::Bytes>,
 }
 
 #[derive(Deserialize)]
@@ -36,10 +46,18 @@ struct Identity {
     name: String,
 }
 
-/// (clusterName, name, raw record)
-type Records = Vec<(String, String, Box<RawValue>)>;
+/// What the last scan found: every file is read on every request (so any change counts), but
+/// one whose text did not change is not decoded again, and an unchanged catalog is not
+/// rendered again.
+#[derive(Default)]
+struct ScanCache {
+    files: HashMap<PathBuf, (String, Option<Arc<Record>>)>,
+    digest: [u8; 32],
+    revision: u64,
+    body: Option<bytes::Bytes>,
+}
 
-fn scan(dir: &Path) -> std::io::Result<(openssl::sha::Sha256, Records)> {
+fn record_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = vec![];
     let mut stack: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -58,51 +76,72 @@ fn scan(dir: &Path) -> std::io::Result<(openssl::sha::Sha256, Records)> {
         }
     }
     files.sort();
-    let mut digest = openssl::sha::Sha256::new();
-    let mut records = vec![];
-    for path in files {
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
-                continue;
-            }
-        };
-        digest.update(path.to_string_lossy().as_bytes());
-        digest.update(&[0]);
-        digest.update(text.as_bytes());
-        digest.update(&[0]);
-        // Anything that is JSON is served as is (clients decide what they understand).
-        match serde_json::from_str::<Box<RawValue>>(&text) {
-            Ok(raw) => {
-                let id: Identity = serde_json::from_str(raw.get())
-                    .unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
-                records.push((id.cluster_name, id.name, raw));
-            }
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "record file is not JSON; not served"),
-        }
-    }
-    records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    Ok((digest, records))
+    Ok(files)
 }
 
-/// The catalog directory and the revision of its last content.
+fn decode(path: &Path, text: &str) -> Option<Arc<Record>> {
+    match serde_json::from_str::<Box<RawValue>>(text) {
+        Ok(raw) => {
+            let id: Identity = serde_json::from_str(raw.get())
+                .unwrap_or(Identity { cluster_name: String::new(), name: String::new() });
+            Some(Arc::new(Record { cluster_name: id.cluster_name, name: id.name, raw }))
+        }
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "record file is not JSON; not served");
+            None
+        }
+    }
+}
+
 struct CatalogDir {
     dir: PathBuf,
-    /// (digest of the content, its revision)
-    seen: std::sync::Mutex<([u8; 32], u64)>,
+    cache: std::sync::Mutex<ScanCache>,
 }
 
 impl CatalogDir {
     fn listing(&self) -> std::io::Result<Listing> {
-        let (digest, records) = scan(&self.dir)?;
-        let digest = digest.finish();
-        let mut seen = self.seen.lock().expect("catalog revision");
-        if seen.0 != digest || seen.1 == 0 {
-            let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            *seen = (digest, now.max(seen.1 + 1));
+        let files = record_files(&self.dir)?;
+        let mut cache = self.cache.lock().expect("catalog scan cache");
+        let mut digest = openssl::sha::Sha256::new();
+        let mut seen = HashMap::with_capacity(files.len());
+        let mut records = vec![];
+        for path in files {
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
+                    continue;
+                }
+            };
+            digest.update(path.to_string_lossy().as_bytes());
+            digest.update(&[0]);
+            digest.update(text.as_bytes());
+            digest.update(&[0]);
+            let record = match cache.files.remove(&path) {
+                Some((old, record)) if old == text => record,
+                _ => decode(&path, &text),
+            };
+            records.extend(record.clone());
+            seen.insert(path, (text, record));
         }
-        Ok(Listing { revision: seen.1, records })
+        records.sort_by(|a, b| (&a.cluster_name, &a.name).cmp(&(&b.cluster_name, &b.name)));
+        cache.files = seen;
+        let digest = digest.finish();
+        if cache.digest != digest || cache.revision == 0 {
+            let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            cache.revision = now.max(cache.revision + 1);
+            cache.digest = digest;
+            cache.body = None;
+        }
+        Ok(Listing { revision: cache.revision, records, body: cache.body.clone() })
+    }
+
+    /// Keeps the unfiltered body of `revision`, if that is still the current one.
+    fn keep_body(&self, revision: u64, body: bytes::Bytes) {
+        let mut cache = self.cache.lock().expect("catalog scan cache");
+        if cache.revision == revision {
+            cache.body = Some(body);
+        }
     }
 }
 
@@ -140,18 +179,25 @@ async fn list(req: &poem::Request, Data(dir): Data<&Arc<CatalogDir>>, Query(q): 
             return StatusCode::NOT_MODIFIED.with_header("ETag", etag.clone()).into_response();
         }
     }
+    if let (None, Some(body)) = (&q.cluster_name, &listing.body) {
+        return Response::builder()
+            .content_type("application/json")
+            .header("ETag", etag.unwrap_or_default())
+            .body(body.clone());
+    }
     let items: Vec<&RawValue> = listing
         .records
         .iter()
-        .filter(|(cluster, _, _)| q.cluster_name.as_ref().is_none_or(|c| c == cluster))
-        .map(|(_, _, raw)| raw.as_ref())
+        .filter(|r| q.cluster_name.as_ref().is_none_or(|c| *c == r.cluster_name))
+        .map(|r| r.raw.as_ref())
         .collect();
-    let body = serde_json::json!({ "revision": listing.revision, "items": items });
+    let body = bytes::Bytes::from(serde_json::json!({ "revision": listing.revision, "items": items }).to_string());
     let mut resp = Response::builder().content_type("application/json");
     if let Some(etag) = etag {
         resp = resp.header("ETag", etag);
+        dir.keep_body(listing.revision, body.clone());
     }
-    resp.body(body.to_string())
+    resp.body(body)
 }
 
 #[handler]
@@ -160,8 +206,8 @@ async fn get(Data(dir): Data<&Arc<CatalogDir>>, PathParam((cluster, name)): Path
         Ok(l) => l,
         Err(resp) => return resp,
     };
-    match listing.records.iter().find(|(c, n, _)| *c == cluster && *n == name) {
-        Some((_, _, raw)) => Response::builder().content_type("application/json").body(raw.get().to_string()),
+    match listing.records.iter().find(|r| r.cluster_name == cluster && r.name == name) {
+        Some(r) => Response::builder().content_type("application/json").body(r.raw.get().to_string()),
         None => error(StatusCode::NOT_FOUND, &format!("backup {name} of cluster {cluster} not found")),
     }
 }
@@ -171,7 +217,7 @@ pub fn app(dir: PathBuf) -> impl poem::Endpoint {
     Route::new()
         .at("/catalog/v1/backups", poem::get(list))
         .at("/catalog/v1/backups/:cluster/:name", poem::get(get))
-        .data(Arc::new(CatalogDir { dir, seen: Default::default() }))
+        .data(Arc::new(CatalogDir { dir, cache: Default::default() }))
         .catch_error(|_: poem::error::NotFoundError| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .catch_error(|_: poem::error::MethodNotAllowedError| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "the catalog is read-only")

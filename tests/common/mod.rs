@@ -294,6 +294,9 @@ pub struct Options {
     pub refresh_seconds: u64,
     /// How many snapshots the API service keeps (watch replay, continue tokens).
     pub history: usize,
+    /// Writes records into the first server's tier directories (tier 1, tier 2) before anything
+    /// starts, so the first catalog read sees all of them.
+    pub prepare: Option<fn(&Path, &Path)>,
 }
 
 impl Default for Options {
@@ -308,6 +311,7 @@ impl Default for Options {
             // Tests change the catalog and look again: refresh often.
             refresh_seconds: 1,
             history: 100,
+            prepare: None,
         }
     }
 }
@@ -375,6 +379,9 @@ impl Harness {
             if opts.sample {
                 klio_api::demo::write_sample_catalog(t1, t2).expect("writing the sample catalog");
             }
+        }
+        if let (Some(prepare), Some((_, _, _, t1, t2))) = (opts.prepare, servers.first()) {
+            prepare(t1, t2);
         }
 
         let mut tier_ports = vec![];
