@@ -1,6 +1,6 @@
 //! Certificates made on the spot: the in-memory self-signed serving certificate, and the CA,
 //! server and client certificates of the demo and the tests. EC P-256 keys (fast to generate,
-//! accepted everywhere), PKCS#8 PEM on disk (what ureq's native-tls backend needs).
+//! accepted everywhere), PKCS#8 PEM on disk (what every client reads).
 
 use anyhow::Result;
 use openssl::asn1::Asn1Time;

@@ -174,3 +174,52 @@ pub fn agent_config(timeout: Duration) -> ureq::config::Config {
         .user_agent(concat!("klio-api/", env!("CARGO_PKG_VERSION")))
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{KeyPair, Usage};
+    use openssl::ssl::{SslAcceptor, SslMethod as M};
+
+    /// A one-shot HTTPS server on all loopback addresses, answering `200 ok` to every connection.
+    fn serve(server: &KeyPair, connections: usize) -> u16 {
+        let mut b = SslAcceptor::mozilla_intermediate_v5(M::tls_server()).unwrap();
+        b.set_certificate(&server.cert).unwrap();
+        b.set_private_key(&server.key).unwrap();
+        let acceptor = b.build();
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(connections) {
+                let Ok(mut tls) = acceptor.accept(stream.unwrap()) else { continue };
+                let mut request = [0u8; 4096];
+                let _ = tls.read(&mut request);
+                let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                let _ = tls.shutdown();
+            }
+        });
+        port
+    }
+
+    fn get(roots: &KeyPair, url: &str) -> Result<String, ureq::Error> {
+        let config = ClientTlsConfig { roots: Some(vec![roots.cert.clone()]), identity: None };
+        let agent = OpensslConnector::new(&config).unwrap().agent(agent_config(Duration::from_secs(5)));
+        agent.get(url).call()?.body_mut().read_to_string()
+    }
+
+    #[test]
+    fn verifies_the_issuer_and_the_name_of_the_server() {
+        let ca = KeyPair::new_ca("test CA").unwrap();
+        let server = ca.issue("klio", &[], &["localhost", "127.0.0.1"], Usage::Server).unwrap();
+        let port = serve(&server, 4);
+        assert_eq!(get(&ca, &format!("https://localhost:{port}/")).unwrap(), "ok");
+        assert_eq!(get(&ca, &format!("https://127.0.0.1:{port}/")).unwrap(), "ok");
+        // Reachable, but not a name the certificate holds.
+        let err = get(&ca, &format!("https://127.0.0.2:{port}/")).unwrap_err().to_string();
+        assert!(err.contains("certificate verify failed"), "{err}");
+        // Another CA.
+        let other = KeyPair::new_ca("other CA").unwrap();
+        let err = get(&other, &format!("https://localhost:{port}/")).unwrap_err().to_string();
+        assert!(err.contains("certificate verify failed"), "{err}");
+    }
+}

@@ -64,6 +64,8 @@ struct Row {
 }
 
 /// What each row carries, as `includeObject` asks.
+// One lives at a time, while its row is written: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 enum RowObject {

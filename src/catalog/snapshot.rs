@@ -272,7 +272,8 @@ pub fn build(
     let rv_text = resource_version.to_string();
     let rv_shared: Arc<str> = rv_text.as_str().into();
     // name -> (record, server, tiers holding it); the first source's record wins.
-    let mut merged: BTreeMap<Box<str>, (&Arc<BackupRecord>, &Arc<str>, [bool; 2])> = BTreeMap::new();
+    type Winner<'a> = (&'a Arc<BackupRecord>, &'a Arc<str>, [bool; 2]);
+    let mut merged: BTreeMap<Box<str>, Winner> = BTreeMap::new();
     for source in sources {
         for record in source.records {
             let name = object_name(source.server, record, prefix_server);
