@@ -4,14 +4,16 @@
 //! gateway beside its repository dump.
 //!
 //! The revision changes whenever the content changes (a digest of every record file and its
-//! path, so copies that keep old modification times and changes within one millisecond count):
+//! path, so copies that keep old modification times and changes within one millisecond count;
+//! a file is read again when its size, inode or times moved, or when it changed within a second
+//! of the last read):
 //! it becomes the current time in milliseconds, or the previous revision plus one if that is
 //! larger. So it only grows, also across restarts (the clock moves on), as the contract asks.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use poem::http::StatusCode;
@@ -46,15 +48,53 @@ struct Identity {
     name: String,
 }
 
-/// What the last scan found: every file is read on every request (so any change counts), but
-/// one whose text did not change is not decoded again, and an unchanged catalog is not
-/// rendered again.
+/// What the last scan found, so that a request reads only the files that changed and an
+/// unchanged catalog is not rendered again.
 #[derive(Default)]
 struct ScanCache {
-    files: HashMap<PathBuf, (String, Option<Arc<Record>>)>,
+    files: HashMap<PathBuf, CachedFile>,
     digest: [u8; 32],
     revision: u64,
     body: Option<bytes::Bytes>,
+}
+
+struct CachedFile {
+    stamp: FileStamp,
+    /// When the file was last read: a file changed within a second of that is read again (file
+    /// times are coarse; a change in the same tick would otherwise go unseen).
+    read_at: SystemTime,
+    /// Of the file's bytes.
+    digest: [u8; 32],
+    record: Option<Arc<Record>>,
+}
+
+/// What changes whenever a file's content does: a rewrite moves ctime (which nobody can set
+/// back), a copy or rename brings another inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    fn changed_before(&self, t: SystemTime) -> bool {
+        let ctime = UNIX_EPOCH + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.clamp(0, 999_999_999) as u32);
+        ctime + Duration::from_secs(1) < t
+    }
 }
 
 fn record_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -106,23 +146,32 @@ impl CatalogDir {
         let mut seen = HashMap::with_capacity(files.len());
         let mut records = vec![];
         for path in files {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
-                    continue;
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let stamp = FileStamp::of(&meta);
+            let entry = match cache.files.remove(&path) {
+                Some(kept) if kept.stamp == stamp && stamp.changed_before(kept.read_at) => kept,
+                kept => {
+                    let read_at = SystemTime::now();
+                    let text = match std::fs::read_to_string(&path) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
+                            continue;
+                        }
+                    };
+                    let file_digest = openssl::sha::sha256(text.as_bytes());
+                    let record = match kept {
+                        Some(k) if k.digest == file_digest => k.record,
+                        _ => decode(&path, &text),
+                    };
+                    CachedFile { stamp, read_at, digest: file_digest, record }
                 }
             };
             digest.update(path.to_string_lossy().as_bytes());
             digest.update(&[0]);
-            digest.update(text.as_bytes());
-            digest.update(&[0]);
-            let record = match cache.files.remove(&path) {
-                Some((old, record)) if old == text => record,
-                _ => decode(&path, &text),
-            };
-            records.extend(record.clone());
-            seen.insert(path, (text, record));
+            digest.update(&entry.digest);
+            records.extend(entry.record.clone());
+            seen.insert(path, entry);
         }
         records.sort_by(|a, b| (&a.cluster_name, &a.name).cmp(&(&b.cluster_name, &b.name)));
         cache.files = seen;
@@ -241,4 +290,31 @@ pub async fn bind(args: &CatalogServeArgs) -> Result<crate::server::HttpsServer>
     let cas = crate::tls::load_certs(&args.client_ca_file)?;
     let acceptor = crate::tls::acceptor(&chain, &key, crate::tls::ClientAuth::Required(cas))?;
     crate::server::HttpsServer::bind(args.listen, acceptor).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_change_counts_even_in_place_within_one_tick() {
+        let dir = std::env::temp_dir().join(format!("klio-reference-{}-{:?}", std::process::id(), SystemTime::now()));
+        std::fs::create_dir_all(dir.join("pg")).unwrap();
+        let file = dir.join("pg/b1.json");
+        let record = |lsn: u32| format!(r#"{{"clusterName":"pg","name":"b1","endLsn":{lsn}}}"#);
+        std::fs::write(&file, record(1000)).unwrap();
+        let catalog = CatalogDir { dir: dir.clone(), cache: Default::default() };
+        let first = catalog.listing().unwrap();
+        assert_eq!(first.records[0].raw.get(), record(1000));
+        assert_eq!(catalog.listing().unwrap().revision, first.revision, "nothing changed");
+        // Same size, same inode, right away: the times may not move at all.
+        std::fs::write(&file, record(2000)).unwrap();
+        let second = catalog.listing().unwrap();
+        assert_eq!(second.records[0].raw.get(), record(2000));
+        assert!(second.revision > first.revision);
+        std::fs::remove_file(&file).unwrap();
+        let third = catalog.listing().unwrap();
+        assert!(third.records.is_empty() && third.revision > second.revision);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
