@@ -1,11 +1,12 @@
 //! The blocking HTTPS client of one Klio server (catalog API v1), mutual TLS through openssl
 //! ([`crate::upstream_tls`]). Callers run it inside `spawn_blocking`.
 
-use crate::upstream_tls::{agent_config, ClientTlsConfig, OpensslConnector};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use openssl::nid::Nid;
+
+use crate::upstream_tls::{agent_config, ClientTlsConfig, OpensslConnector};
 
 use super::record::{BackupRecord, CatalogPage, Interner, UpstreamError};
 use super::CatalogError;

@@ -344,10 +344,14 @@ impl Catalog {
                     );
                 }
                 Ok(Fetched::Catalog { revision, etag, records }) => {
+                    let records = reuse_unchanged(&st.records, records);
+                    let same_records = st.read_once
+                        && records.len() == st.records.len()
+                        && records.iter().zip(&st.records).all(|(a, b)| Arc::ptr_eq(a, b));
                     let revision = match revision {
                         Some(r) => r,
                         // Our own revision, moved only when the content changes.
-                        None if st.read_once && same_records(&st.records, &records) => st.revision,
+                        None if same_records => st.revision,
                         None => {
                             tracing::warn!(server = source.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
                             self.fallback_revision.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
@@ -361,11 +365,7 @@ impl Catalog {
                             "the Klio catalog revision went back; keeping the newer one"
                         );
                     }
-                    let records = reuse_unchanged(&st.records, records);
-                    changed |= !st.read_once
-                        || revision != st.revision
-                        || records.len() != st.records.len()
-                        || records.iter().zip(&st.records).any(|(a, b)| !Arc::ptr_eq(a, b));
+                    changed |= !same_records || revision != st.revision;
                     st.revision = st.revision.max(revision);
                     st.etag = etag;
                     st.records = records;
@@ -424,11 +424,6 @@ impl Catalog {
         m.snapshots.inc();
         self.current.send_replace(Some(snap));
     }
-}
-
-/// True when `fresh` holds exactly the records of `kept`, in the same order.
-fn same_records(kept: &[Arc<BackupRecord>], fresh: &[BackupRecord]) -> bool {
-    kept.len() == fresh.len() && kept.iter().zip(fresh).all(|(a, b)| **a == *b)
 }
 
 /// The records just read, sharing the `Arc` of every record that did not change, so unchanged

@@ -146,7 +146,13 @@ impl CatalogDir {
         let mut seen = HashMap::with_capacity(files.len());
         let mut records = vec![];
         for path in files {
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "unreadable record file");
+                    continue;
+                }
+            };
             let stamp = FileStamp::of(&meta);
             let entry = match cache.files.remove(&path) {
                 Some(kept) if kept.stamp == stamp && stamp.changed_before(kept.read_at) => kept,

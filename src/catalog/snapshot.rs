@@ -149,10 +149,6 @@ impl Backup {
         &self.record
     }
 
-    pub fn server(&self) -> &str {
-        &self.server
-    }
-
     /// On tier 1, on tier 2.
     pub fn tiers(&self) -> [bool; 2] {
         self.tiers
