@@ -53,7 +53,23 @@ fn main() -> Result<()> {
     writeln!(hashes, "/// SHA-256 of the published v2 protobuf document.")?;
     writeln!(hashes, "pub const OPENAPI_V2_PB_HASH: &str = {:?};", sha256_hex(&v2_pb))?;
     std::fs::write(out.join("openapi_hashes.rs"), hashes)?;
+
+    compile_kopia_protocol()?;
     Ok(())
+}
+
+/// The Kopia repository protocol's messages and gRPC client and server stubs, from our .proto,
+/// compiled in-process (protox) so the build needs no protoc binary.
+fn compile_kopia_protocol() -> Result<()> {
+    const PROTO: &str = "src/upstream/kopia/repository.proto";
+    println!("cargo:rerun-if-changed={PROTO}");
+    let descriptors = protox::compile([PROTO], ["src/upstream/kopia"]).map_err(|e| anyhow!("compiling {PROTO}: {e}"))?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .build_transport(false)
+        .compile_fds(descriptors)
+        .with_context(|| format!("generating Rust from {PROTO}"))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

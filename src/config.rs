@@ -272,7 +272,11 @@ pub struct ResolvedServer {
 
 #[derive(Debug, Clone, Args)]
 pub struct CatalogServeArgs {
-    /// Directory of backup metadata records (one JSON record per file, subfolders allowed).
+    /// Directory of backup metadata records: `<cluster>/<backup>.json`, each the `metadata.json`
+    /// of one backup as Klio writes it. Served as Klio's snapshots of each backup (metadata,
+    /// PGDATA, pg_control, one per tablespace). An optional `.snapshot-ids.json` fixes the
+    /// manifest IDs of data snapshots: `{"<cluster>/<backup>": {"pgdata": ID, "controldata": ID,
+    /// "tablespaces": {"<name>": ID}}}`; other IDs are derived from the directory and the records.
     #[arg(long)]
     pub dir: PathBuf,
     /// Address to listen on, host:port.
@@ -287,6 +291,17 @@ pub struct CatalogServeArgs {
     /// CA bundle that client certificates must verify against (they are required).
     #[arg(long)]
     pub client_ca_file: PathBuf,
+    /// Users (`user@host`) granted READ on every snapshot, as Klio 0.0.7 to 0.0.12 set up its
+    /// repositories' ACLs. Everyone else sees only the snapshots of their own user and host.
+    #[arg(long, value_delimiter = ',', default_value = "snapshot_reader@klio")]
+    pub acl_readers: Vec<String>,
+    /// Serve a repository without ACL entries, as Klio 0.0.13 and later create them: every user
+    /// sees only the snapshots of their own user and host (the reader sees none).
+    #[arg(long, conflicts_with = "acl_readers")]
+    pub no_acl: bool,
+    /// Files larger than this are stored as indirect objects (parts of this size and an index).
+    #[arg(long, default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(64..=(16 << 20)))]
+    pub split_bytes: u64,
 }
 
 #[derive(Debug, Clone, Args)]

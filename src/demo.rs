@@ -4,6 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -12,6 +13,8 @@ use tokio::sync::watch;
 use crate::apiserver::ApiServer;
 use crate::config::{ApiServerArgs, CatalogServeArgs, DemoArgs, KlioClientArgs};
 use crate::pki::{KeyPair, Usage};
+use crate::upstream::kopia::reader::{ReadOutcome, SourceBackup};
+use crate::upstream::kopia::server::KopiaServer;
 
 /// The files a demo (or a test) needs: one CA for everything, which keeps the example short.
 pub struct DemoPki {
@@ -71,6 +74,9 @@ impl DemoPki {
             tls_cert_file: self.path("catalog-server.crt"),
             tls_private_key_file: self.path("catalog-server.key"),
             client_ca_file: self.path("ca.crt"),
+            acl_readers: vec!["snapshot_reader@klio".into()],
+            no_acl: false,
+            split_bytes: 4 << 20,
         }
     }
 
@@ -111,7 +117,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     opts.open(path)?.write_all(bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// One sample record in Klio's format.
+/// One sample record in Klio's format (as Klio 0.0.10 and later write it: the Kopia snapshot
+/// IDs are not in the record, the service finds them in the repository).
 #[allow(clippy::too_many_arguments)]
 pub fn sample_record(
     cluster: &str,
@@ -136,19 +143,20 @@ pub fn sample_record(
         "backupLabel": format!("START WAL LOCATION: {:X}/{:X} (file {wal})\nCHECKPOINT LOCATION: {:X}/{:X}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: {started}\nLABEL: {id}\nSTART TIMELINE: 1\n", start_lsn >> 32, start_lsn & 0xFFFF_FFFF, start_lsn >> 32, (start_lsn + 0x60) & 0xFFFF_FFFF),
         "tablespaceMap": "",
         "pgData": "/var/lib/postgresql/data/pgdata",
-        "annotations": {
-            "klio.io/kopiaManifestID": format!("{:032x}", (started as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-            "klio.io/controlDataKopiaManifestID": format!("{:032x}", (started as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F)),
-        },
         "startedAt": started,
         "stoppedAt": started + duration,
     });
     if tablespaces {
         record["tablespaceMap"] = json!("16385 /var/lib/postgresql/tablespaces/analytics\n");
-        record["tablespaces"] = json!([{ "name": "analytics", "oid": "16385", "path": "/var/lib/postgresql/tablespaces/analytics", "annotations": { "klio.io/kopiaManifestID": "7f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f" } }]);
+        // Klio writes a tablespace's `annotations` without omitempty: null when unset.
+        record["tablespaces"] = json!([{ "name": "analytics", "oid": "16385", "path": "/var/lib/postgresql/tablespaces/analytics", "annotations": null }]);
     }
     record
 }
+
+/// The product document's backup and the Kopia manifest IDs its `-o yaml` shows.
+pub const EXAMPLE_SNAPSHOT_IDS: (&str, &str, &str) =
+    ("cluster-example/backup-20251113093137", "2272afec220f48d0fa0064f85b043ac4", "f055f78fb1db512b39e695465fa26ead");
 
 /// Writes the demo catalog: the product document's backup, more clusters, tier-2 copies.
 pub fn write_sample_catalog(tier1: &Path, tier2: &Path) -> Result<()> {
@@ -164,11 +172,12 @@ pub fn write_sample_catalog(tier1: &Path, tier2: &Path) -> Result<()> {
     example["endLsn"] = json!(117_440_800u64);
     example["startWal"] = json!("000000010000000000000007");
     example["endWal"] = json!("000000010000000000000007");
-    example["annotations"] = json!({
-        "klio.io/controlDataKopiaManifestID": "f055f78fb1db512b39e695465fa26ead",
-        "klio.io/kopiaManifestID": "2272afec220f48d0fa0064f85b043ac4",
-    });
     put(tier1, &example)?;
+    // Its PGDATA and pg_control snapshots have the IDs the product document shows.
+    let (key, pgdata, controldata) = EXAMPLE_SNAPSHOT_IDS;
+    let ids = json!({ key: { "pgdata": pgdata, "controldata": controldata } });
+    let ids_file = tier1.join(crate::upstream::kopia::server::repository::SNAPSHOT_IDS_FILE);
+    std::fs::write(&ids_file, serde_json::to_vec_pretty(&ids)?).with_context(|| format!("writing {}", ids_file.display()))?;
     put(tier1, &sample_record("cluster-example", "backup-20251114093000", 1_763_112_600, 3, 9, false))?;
     // Older backups of cluster-example were moved to tier 2 only.
     put(tier2, &sample_record("cluster-example", "backup-20251101020000", 1_761_962_400, 95, 3, false))?;
@@ -200,9 +209,9 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
     let mut tasks = tokio::task::JoinSet::new();
     let mut urls = vec![];
     for catalog_dir in [&tier1, &tier2] {
-        let server = crate::catalog::reference_server::bind(&pki.catalog_serve_args(catalog_dir.clone())).await?;
+        let server = KopiaServer::bind(&pki.catalog_serve_args(catalog_dir.clone())).await?;
         urls.push(format!("https://127.0.0.1:{}", server.local_addr().port()));
-        tasks.spawn(server.serve(crate::catalog::reference_server::app(catalog_dir.clone()), shutdown.clone()));
+        tasks.spawn(server.serve(shutdown.clone()));
     }
     let api_args = ApiServerArgs {
         bind_address: Ipv4Addr::LOCALHOST.into(),
@@ -228,7 +237,7 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
     tasks.spawn(api.serve(shutdown.clone()));
 
     println!(
-        "\nKlio API service demo\n  API service:      {server_url}\n  catalog servers:  {} (tier 1), {} (tier 2)\n  catalog records:  {} and {}\n  kubeconfig:       {}\n\nTry:\n  export KUBECONFIG={}\n  kubectl get kliobackups\n  kubectl get kliobackups -o wide\n  kubectl get kliobackup cluster-example.backup-20251113093137 -o yaml\n  kubectl explain kliobackup.status --recursive\n\nAdd or remove JSON records under the catalog directories and list again. Ctrl-C stops the demo.\n",
+        "\nKlio API service demo\n  API service:      {server_url}\n  Klio servers:     {} (tier 1), {} (tier 2), Kopia protocol\n  backup records:   {} and {}\n  kubeconfig:       {}\n\nTry:\n  export KUBECONFIG={}\n  kubectl get kliobackups\n  kubectl get kliobackups -o wide\n  kubectl get kliobackup cluster-example.backup-20251113093137 -o yaml\n  kubectl explain kliobackup.status --recursive\n\nAdd or remove backup records (<cluster>/<backup>.json) under the catalog directories and list again. Ctrl-C stops the demo.\n",
         urls[0],
         urls[1],
         tier1.display(),
@@ -240,4 +249,46 @@ pub async fn run(args: DemoArgs, shutdown: watch::Receiver<bool>) -> Result<()> 
         done.context("a demo task panicked")??;
     }
     Ok(())
+}
+
+/// Reads the sample catalog as the service does, over the Kopia protocol from two servers of our
+/// own on 127.0.0.1 (the documentation's examples come from here). Tier 1, then tier 2.
+pub fn read_sample_catalog() -> Result<[Vec<Arc<SourceBackup>>; 2]> {
+    // A runtime of its own, on a thread of its own: callers may be inside another runtime.
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let dir = std::env::temp_dir().join(format!("klio-api-sample-{}-{nanos}", std::process::id()));
+            let result = read_sample_catalog_in(&dir).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            result
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("reading the sample catalog panicked"))?
+}
+
+async fn read_sample_catalog_in(dir: &Path) -> Result<[Vec<Arc<SourceBackup>>; 2]> {
+    let pki = DemoPki::create(dir)?;
+    let (tier1, tier2) = (dir.join("catalog/tier1"), dir.join("catalog/tier2"));
+    std::fs::create_dir_all(&tier1)?;
+    std::fs::create_dir_all(&tier2)?;
+    write_sample_catalog(&tier1, &tier2)?;
+    let (stop, stopped) = watch::channel(false);
+    let mut tiers = [vec![], vec![]];
+    for (tier, catalog_dir) in [&tier1, &tier2].into_iter().enumerate() {
+        let server = KopiaServer::bind(&pki.catalog_serve_args(catalog_dir.clone())).await?;
+        let url = format!("https://127.0.0.1:{}", server.local_addr().port());
+        tokio::spawn(server.serve(stopped.clone()));
+        let resolved = pki.klio_client_args(url, None).resolve()?;
+        let mut reader = crate::catalog::ServerConfig::new(&resolved[0])?.tier1;
+        if let ReadOutcome::Changed { backups, .. } =
+            reader.read().await.map_err(|e| anyhow::anyhow!("reading the sample catalog: {e}"))?
+        {
+            tiers[tier] = backups;
+        }
+    }
+    let _ = stop.send(true);
+    Ok(tiers)
 }

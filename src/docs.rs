@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory};
 use serde_json::{json, Map, Value};
 
-use crate::catalog::record::BackupRecord;
+use crate::upstream::record::BackupRecord;
 use crate::catalog::snapshot::{self, labels, SourceRecords, TIER_ANNOTATIONS};
 
 /// The API's single source of truth, as built into the binary.
@@ -624,19 +624,14 @@ struct Examples {
 impl Examples {
     fn build() -> Result<Self> {
         let server = default_of(&api_server_command()?, "hostname")?;
-        let dir = TempDir::new("klio-api-docs")?;
-        let (t1, t2) = (dir.0.join("tier1"), dir.0.join("tier2"));
-        std::fs::create_dir_all(&t1)?;
-        std::fs::create_dir_all(&t2)?;
-        crate::demo::write_sample_catalog(&t1, &t2)?;
-        let tiers = [read_records(&t1)?, read_records(&t2)?];
-        let shared: Vec<Vec<Arc<BackupRecord>>> =
-            tiers.iter().map(|records| records.iter().cloned().map(Arc::new).collect()).collect();
+        // Read over the Kopia protocol, as the service reads a Klio server.
+        let shared = crate::demo::read_sample_catalog()?;
+        let tiers = shared.clone().map(|backups| backups.iter().map(|b| BackupRecord::clone(&b.record)).collect());
         let server_name: Arc<str> = server.as_str().into();
         let sources: Vec<SourceRecords> = shared
             .iter()
             .enumerate()
-            .map(|(tier, records)| SourceRecords { server: &server_name, tier, records })
+            .map(|(tier, backups)| SourceRecords { server: &server_name, tier, backups })
             .collect();
         let snap = snapshot::build(None, snapshot::ResourceVersion(vec![0; 2]), &sources, false);
         let mut objects = vec![];
@@ -666,49 +661,7 @@ impl Examples {
     }
 }
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
 
-impl TempDir {
-    fn new(prefix: &str) -> Result<Self> {
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn read_records(dir: &Path) -> Result<Vec<BackupRecord>> {
-    let mut files = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "json") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            let bytes = std::fs::read(f)?;
-            serde_json::from_slice(&bytes).with_context(|| format!("decoding {}", f.display()))
-        })
-        .collect()
-}
 
 fn pretty(v: &impl serde::Serialize) -> Result<String> {
     Ok(serde_json::to_string_pretty(v)?)

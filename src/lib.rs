@@ -26,4 +26,5 @@ pub mod pki;
 pub mod routes;
 pub mod server;
 pub mod tls;
+pub mod upstream;
 pub mod upstream_tls;

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
                 klio_api::apiserver::ApiServer::bind(&args).await?.serve(shutdown).await
             }
             Command::Catalog { which: CatalogCommand::Serve(args) } => {
-                klio_api::catalog::reference_server::run(args, shutdown).await
+                klio_api::upstream::kopia::server::run(args, shutdown).await
             }
             Command::Demo(args) => klio_api::demo::run(args, shutdown).await,
             Command::Docs(args) => klio_api::docs::run(&args),

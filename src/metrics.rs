@@ -45,6 +45,22 @@ pub struct FetchLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KopiaRequestLabels {
+    pub server: String,
+    pub tier: String,
+    /// One of the requests the Kopia client sends (`find_manifests`, `get_manifest`, ...).
+    pub request: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadErrorLabels {
+    pub server: String,
+    pub tier: String,
+    /// A fixed word per failure kind (see `catalog::ReadFailure::reason`).
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -55,6 +71,9 @@ pub struct Metrics {
     pub last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     pub backups: Gauge,
     pub snapshots: Counter,
+    pub kopia_requests: Family<KopiaRequestLabels, Counter>,
+    pub kopia_sessions: Family<SourceLabels, Counter>,
+    pub read_errors: Family<ReadErrorLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -110,6 +129,24 @@ impl Metrics {
             "Catalog snapshots published (catalog changes seen)",
             snapshots.clone(),
         );
+        let kopia_requests = Family::<KopiaRequestLabels, Counter>::default();
+        registry.register(
+            "klio_kopia_requests",
+            "Requests sent to a Klio server's Kopia session, by server, tier and request",
+            kopia_requests.clone(),
+        );
+        let kopia_sessions = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "klio_kopia_sessions",
+            "Kopia sessions established with a Klio server (more than one: the stream was re-opened)",
+            kopia_sessions.clone(),
+        );
+        let read_errors = Family::<ReadErrorLabels, Counter>::default();
+        registry.register(
+            "klio_catalog_read_errors",
+            "Failures reading a Klio catalog: whole reads (unreachable, refused, stream broken) and single backups skipped",
+            read_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -120,6 +157,9 @@ impl Metrics {
             last_success,
             backups,
             snapshots,
+            kopia_requests,
+            kopia_sessions,
+            read_errors,
         }
     }
 

@@ -4,15 +4,17 @@
 //! In one run on 127.0.0.1, for catalogs of N generated backups: warm list (JSON and Table),
 //! cold list (first request after start, concurrent clients), get of one backup, each at several
 //! concurrencies; latency p50/p99 and requests per second; idle and peak RSS of the service
-//! process; time from process start to /readyz; upstream catalog requests. Prints a table with
-//! our figure, nginx's and the ratio, and writes the same as JSON.
+//! process; time from process start to /readyz; the Kopia requests the service sends to the
+//! catalog server (ours, in this process, over the real protocol); the service's CPU time for a
+//! refresh that finds nothing new. Prints a table with our figure, nginx's and the ratio, and
+//! writes the same as JSON.
 //!
 //! `conformance/bench` builds it in release mode and installs nginx when missing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,13 +85,19 @@ struct Report {
 struct ProcessFigures {
     backups: usize,
     start_to_ready_ms: f64,
-    /// The catalog server's own time for a whole catalog read on a new connection (part of
-    /// start→ready, not ours).
+    /// A whole cold read of the catalog over the Kopia protocol by a reader in this process (new
+    /// session, every backup read): the protocol's share of start→ready.
     upstream_read_ms: f64,
     idle_rss_kib: u64,
     peak_rss_kib: u64,
-    upstream_requests_cold_start: usize,
-    upstream_requests_total: usize,
+    /// FindManifests the service sent for its first catalog read (one per snapshot kind, 4).
+    find_manifests_cold_start: u64,
+    /// GetManifest and GetContent the service sent for its first read (3 per backup).
+    reads_cold_start: u64,
+    /// Kopia requests of any kind during the warm measurements (refreshes disabled: 0).
+    upstream_requests_warm: u64,
+    /// The service's CPU time (user + system) per refresh that finds nothing new.
+    idle_refresh_cpu_ms: f64,
 }
 
 /// A TLS client with the admin certificate, HTTP/1.1 keep-alive.
@@ -226,11 +234,15 @@ fn free_port() -> u16 {
 
 impl Service {
     fn start(binary: &Path, pki: &DemoPki, catalog_url: &str) -> Result<Self> {
+        Self::start_refreshing(binary, pki, catalog_url, 3600)
+    }
+
+    fn start_refreshing(binary: &Path, pki: &DemoPki, catalog_url: &str, refresh_seconds: u64) -> Result<Self> {
         let port = free_port();
         let started = Instant::now();
         let child = Command::new(binary)
             .args(["server", "api-server", "--bind-address", "127.0.0.1", "--secure-port", &port.to_string()])
-            .args(["--catalog-refresh-seconds", "3600"])
+            .args(["--catalog-refresh-seconds", &refresh_seconds.to_string()])
             .env("CLIENT_BASE_URL", catalog_url)
             .env("CLIENT_BASE_SERVER_CERT_PATH", pki.path("ca.crt"))
             .env("CLIENT_BASE_CLIENT_CERT_PATH", pki.path("klio-client.crt"))
@@ -275,6 +287,17 @@ impl Service {
                 .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// User + system CPU time so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at ")".
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_micros(ticks * 1_000_000 / hz)
     }
 }
 
@@ -343,14 +366,14 @@ const TABLE: &str =
     "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
 const COLLECTION: &str = "/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups";
 
-/// The catalog server's time for a whole catalog read on a new connection: the median of three.
-async fn upstream_read_ms(catalog: &Client) -> Result<f64> {
+/// A whole cold read of the catalog by a new reader (new session): the median of three.
+async fn upstream_read_ms(pki: &DemoPki, catalog_url: &str) -> Result<f64> {
+    let resolved = pki.klio_client_args(catalog_url.to_string(), None).resolve()?;
     let mut times = vec![];
     for _ in 0..3 {
+        let mut reader = klio_api::catalog::ServerConfig::new(&resolved[0])?.tier1;
         let t = Instant::now();
-        let mut s = catalog.connect().await?;
-        let (status, _) = Client::get(&mut s, "/catalog/v1/backups", "application/json").await?;
-        anyhow::ensure!(status == 200, "the catalog server answered {status}");
+        reader.read().await.map_err(|e| anyhow::anyhow!("reading the catalog: {e}"))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
@@ -397,31 +420,24 @@ async fn run(args: Args) -> Result<()> {
     };
     anyhow::ensure!(binary.exists(), "{} not found (build it: cargo build --release)", binary.display());
 
-    // The reference catalog server, in this process, counting the requests it gets.
+    // Our Kopia-protocol catalog server, in this process, counting the requests it gets.
     let catalog_dir = work.join("catalog");
     std::fs::create_dir_all(&catalog_dir)?;
-    let upstream_requests = Arc::new(AtomicUsize::new(0));
     let catalog_args = pki.catalog_serve_args(catalog_dir.clone());
-    let catalog = klio_api::catalog::reference_server::bind(&catalog_args).await?;
-    let catalog_addr = catalog.local_addr();
-    let catalog_url = format!("https://127.0.0.1:{}", catalog_addr.port());
-    let counter = upstream_requests.clone();
-    let app =
-        poem::EndpointExt::around(klio_api::catalog::reference_server::app(catalog_dir.clone()), move |ep, req| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-                poem::Endpoint::call(&ep, req).await
-            }
-        });
+    let catalog = klio_api::upstream::kopia::server::KopiaServer::bind(&catalog_args).await?;
+    let catalog_url = format!("https://127.0.0.1:{}", catalog.local_addr().port());
+    let counts = catalog.counts();
+    let requests = move || {
+        let (_, find, manifests, contents) = counts.snapshot();
+        (find, manifests + contents)
+    };
     let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(catalog.serve(app, stop));
+    tokio::spawn(catalog.serve(stop));
 
     let nginx_dir = work.join("nginx");
     std::fs::create_dir_all(nginx_dir.join("www"))?;
     let nginx = Nginx::start(&args.nginx, &nginx_dir, &pki)?;
     let nginx_client = Client::new(nginx.addr, &pki)?;
-    let catalog_client = Client::with_identity(catalog_addr, &pki, "klio-client")?;
     let mut report = Report::default();
 
     // Idle, with an empty catalog.
@@ -430,7 +446,7 @@ async fn run(args: Args) -> Result<()> {
         let svc = Service::start(&binary, &pki, &catalog_url)?;
         let client = Client::new(svc.addr, &pki)?;
         let ready = svc.wait_ready(&client).await?;
-        let upstream_read_ms = upstream_read_ms(&catalog_client).await?;
+        let upstream_read_ms = upstream_read_ms(&pki, &catalog_url).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let (rss, hwm) = svc.rss();
         report.process.push(ProcessFigures {
@@ -448,10 +464,10 @@ async fn run(args: Args) -> Result<()> {
         let one = write_catalog(&catalog_dir, n)?.unwrap_or_default();
         let cell = Duration::from_millis(if n >= 100_000 { args.cell_ms / 4 } else { args.cell_ms });
 
-        // Cold: concurrent first requests right after start; one upstream request expected.
+        // Cold: concurrent first requests right after start; one catalog read expected.
         let mut figures = ProcessFigures { backups: n, ..Default::default() };
         for &c in &args.concurrency {
-            let before = upstream_requests.load(Ordering::Relaxed);
+            let before = requests();
             let svc = Service::start(&binary, &pki, &catalog_url)?;
             let client = Client::new(svc.addr, &pki)?;
             // Wait for the port, not for readiness.
@@ -485,9 +501,10 @@ async fn run(args: Args) -> Result<()> {
             let pct = |p: f64| {
                 lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3)
             };
-            let upstream = upstream_requests.load(Ordering::Relaxed) - before;
+            let after = requests();
+            let (find, reads) = (after.0 - before.0, after.1 - before.1);
             report.rows.push(Row {
-                name: format!("cold list table (upstream requests: {upstream})"),
+                name: format!("cold list table (Kopia: {find} find, {reads} reads)"),
                 backups: n,
                 concurrency: c,
                 ours: Cell {
@@ -502,15 +519,33 @@ async fn run(args: Args) -> Result<()> {
                 p50_ratio: None,
                 rps_ratio: None,
             });
-            figures.upstream_requests_cold_start = figures.upstream_requests_cold_start.max(upstream);
+            figures.find_manifests_cold_start = figures.find_manifests_cold_start.max(find);
+            figures.reads_cold_start = figures.reads_cold_start.max(reads);
+        }
+
+        // A refresh that finds nothing new: the service's CPU per refresh, every second.
+        {
+            let svc = Service::start_refreshing(&binary, &pki, &catalog_url, 1)?;
+            let client = Client::new(svc.addr, &pki)?;
+            svc.wait_ready(&client).await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let (cpu0, find0) = (svc.cpu(), requests().0);
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            let (cpu1, find1) = (svc.cpu(), requests().0);
+            let refreshes = ((find1 - find0) / 4).max(1);
+            figures.idle_refresh_cpu_ms = (cpu1 - cpu0).as_secs_f64() * 1e3 / refreshes as f64;
+            eprintln!(
+                "   idle refresh: {} refreshes, {:.1} ms CPU each",
+                refreshes, figures.idle_refresh_cpu_ms
+            );
         }
 
         // Warm.
-        figures.upstream_read_ms = upstream_read_ms(&catalog_client).await?;
-        let before = upstream_requests.load(Ordering::Relaxed);
+        figures.upstream_read_ms = upstream_read_ms(&pki, &catalog_url).await?;
         let svc = Service::start(&binary, &pki, &catalog_url)?;
         let client = Client::new(svc.addr, &pki)?;
         figures.start_to_ready_ms = svc.wait_ready(&client).await?.as_secs_f64() * 1e3;
+        let before = requests();
         tokio::time::sleep(Duration::from_millis(200)).await;
         figures.idle_rss_kib = svc.rss().0;
         let cases = [
@@ -541,7 +576,8 @@ async fn run(args: Args) -> Result<()> {
             }
         }
         figures.peak_rss_kib = svc.rss().1;
-        figures.upstream_requests_total = upstream_requests.load(Ordering::Relaxed) - before;
+        let after = requests();
+        figures.upstream_requests_warm = after.0 + after.1 - before.0 - before.1;
         report.process.push(figures);
         drop(svc);
     }
@@ -583,25 +619,27 @@ fn print_report(r: &Report) {
         );
     }
     println!(
-        "\n{:>8} | {:>16} | {:>18} | {:>18} | {:>14} | {:>22} | {:>16}",
+        "\n{:>8} | {:>14} | {:>16} | {:>18} | {:>12} | {:>20} | {:>12} | {:>16}",
         "backups",
         "start→ready ms",
-        "upstream read ms",
+        "Kopia read ms",
         "idle RSS MiB (MB)",
         "peak RSS MiB",
-        "upstream reqs (cold)",
-        "upstream (warm)"
+        "cold: find / reads",
+        "warm reqs",
+        "idle refresh CPU ms"
     );
     for p in &r.process {
         println!(
-            "{:>8} | {:>16.1} | {:>18.1} | {:>18} | {:>14.1} | {:>22} | {:>16}",
+            "{:>8} | {:>14.1} | {:>16.1} | {:>18} | {:>12.1} | {:>20} | {:>12} | {:>16.2}",
             p.backups,
             p.start_to_ready_ms,
             p.upstream_read_ms,
             format!("{:.1} ({:.1})", p.idle_rss_kib as f64 / 1024.0, p.idle_rss_kib as f64 * 1.024 / 1000.0),
             p.peak_rss_kib as f64 / 1024.0,
-            p.upstream_requests_cold_start,
-            p.upstream_requests_total
+            format!("{} / {}", p.find_manifests_cold_start, p.reads_cold_start),
+            p.upstream_requests_warm,
+            p.idle_refresh_cpu_ms
         );
     }
 }

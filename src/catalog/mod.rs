@@ -1,15 +1,21 @@
 //! The Klio catalog as the API serves it. One owner, [`Catalog`], holds the sources (every
-//! configured Klio server, tier 1 and optionally tier 2), a background refresher that reads them
-//! conditionally (`If-None-Match`) on an interval, and the published [`Snapshot`]s: the current one
-//! and a short history for watches and `continue` tokens.
+//! configured Klio server, tier 1 and optionally tier 2, each read by a Kopia
+//! [`CatalogReader`]), a background refresher that reads them on an interval, and the published
+//! [`Snapshot`]s: the current one and a short history for watches and `continue` tokens.
 //!
 //! Requests never wait on Klio when a snapshot exists. On a cold start, concurrent requests wait
 //! for the one refresh in flight. When a source fails, its last good records keep being served and
 //! [`Catalog::warnings`] says how stale they are and why.
+//!
+//! ## resourceVersion
+//!
+//! Kopia has no revision, so each source's component is derived from what every replica reading
+//! the same server sees alike: the modification time (the Kopia server's clock, in milliseconds)
+//! of the newest manifest it lists. A read that changes the catalog without adding a newer
+//! manifest (a deletion) moves the component one past the last one. Replicas that observed the
+//! same catalogs therefore print the same resourceVersions, and every replica converges on the
+//! same one again with the next new backup.
 
-pub mod client;
-pub mod record;
-pub mod reference_server;
 pub mod snapshot;
 
 use std::collections::VecDeque;
@@ -20,8 +26,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use tokio::sync::{watch, Notify};
 
-use client::{ClientTls, Fetched, KlioClient};
-use record::BackupRecord;
+use crate::upstream::kopia::reader::{CatalogReader, ReadOutcome, SourceBackup};
+use crate::upstream::kopia::session::{CallError, OpenError, Session, SessionConfig};
+use crate::upstream::kopia::tls::{ClientFiles, ConnectError};
 pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot, TIER_ANNOTATIONS};
 
 /// Why the catalog could not be read. Callers branch on it: 503 versus 502.
@@ -29,27 +36,85 @@ pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot, TIER_ANN
 pub enum CatalogError {
     #[error("the Klio server {server} cannot be reached: {reason}")]
     Unreachable { server: String, reason: String },
-    #[error("the Klio server {server} did not answer with a catalog: {reason}")]
+    #[error("the Klio server {server} did not serve its catalog: {reason}")]
     BadResponse { server: String, reason: String },
 }
+
+impl CatalogError {
+    fn from_call(server: &str, e: &CallError) -> Self {
+        let server = server.to_string();
+        let reason = e.to_string();
+        match e {
+            CallError::Open(open) => match open.root() {
+                OpenError::Connect(ConnectError::Unreachable(_)) => Self::Unreachable { server, reason },
+                _ => Self::BadResponse { server, reason },
+            },
+            CallError::Broken(_) | CallError::Timeout(_) => Self::Unreachable { server, reason },
+            CallError::Server { .. } | CallError::Protocol(_) => Self::BadResponse { server, reason },
+        }
+    }
+
+    /// The fixed word the read-error metric counts this under.
+    fn reason(e: &CallError) -> &'static str {
+        match e {
+            CallError::Open(open) => match open.root() {
+                OpenError::Files(_) => "certificate_files",
+                OpenError::Connect(ConnectError::Unreachable(_)) => "unreachable",
+                OpenError::Connect(ConnectError::Handshake(_)) => "tls_handshake",
+                OpenError::Connect(ConnectError::UntrustedServer(_)) => "untrusted_server",
+                OpenError::Refused { .. } => "session_refused",
+                OpenError::Protocol(_) | OpenError::BackingOff { .. } => "protocol",
+            },
+            CallError::Broken(_) => "stream_broken",
+            CallError::Timeout(_) => "timeout",
+            CallError::Server { .. } => "server_error",
+            CallError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// Requests pipelined on one Kopia session.
+const SESSION_WINDOW: usize = 64;
 
 /// One Klio server of the configuration.
 pub struct ServerConfig {
     /// Unique; a label and `status.server` on its objects.
     pub name: String,
-    pub tier1: KlioClient,
-    pub tier2: Option<KlioClient>,
+    /// `snapshot_reader@<hostname>`, the identity its readers present.
+    pub identity: String,
+    pub tier1: CatalogReader,
+    pub tier2: Option<CatalogReader>,
 }
 
 impl ServerConfig {
-    /// Loads the certificates and builds the clients of one configured server.
+    /// Checks the certificate files and sets up the readers of one configured server (they
+    /// connect on first use).
     pub fn new(server: &crate::config::ResolvedServer) -> Result<Self> {
-        let tls = ClientTls::load(server)?;
-        let timeout = Duration::from_secs(server.timeout_seconds);
+        let files = ClientFiles {
+            server_cert: server.server_cert.clone(),
+            client_cert: server.client_cert.clone(),
+            client_key: server.client_key.clone(),
+            expected_identity: format!("snapshot_reader@{}", server.hostname),
+        };
+        // Fail at start-up on files that cannot work; they are read again for every connection.
+        files.load()?;
+        let reader = |url: &str, tier: usize| -> Result<CatalogReader> {
+            let labels = crate::metrics::SourceLabels { server: server.name.clone(), tier: tier.to_string() };
+            let session = Session::new(SessionConfig {
+                url: url.to_string(),
+                files: files.clone(),
+                request_timeout: Duration::from_secs(server.timeout_seconds),
+                window: SESSION_WINDOW,
+                labels: labels.clone(),
+            })
+            .map_err(|e| anyhow::anyhow!("Klio server {}: tier-{tier} URL: {e:#}", server.name))?;
+            Ok(CatalogReader::new(session, labels, SESSION_WINDOW))
+        };
         Ok(Self {
             name: server.name.clone(),
-            tier1: KlioClient::new(&server.url, &tls, timeout)?,
-            tier2: server.tier2_url.as_deref().map(|u| KlioClient::new(u, &tls, timeout)).transpose()?,
+            identity: files.expected_identity.clone(),
+            tier1: reader(&server.url, 1)?,
+            tier2: server.tier2_url.as_deref().map(|u| reader(u, 2)).transpose()?,
         })
     }
 
@@ -77,21 +142,24 @@ impl CatalogOptions {
 struct Source {
     server: Arc<str>,
     tier: usize,
-    client: Arc<KlioClient>,
+    url: String,
+    identity: String,
+    timeout: Duration,
+    reader: tokio::sync::Mutex<CatalogReader>,
     state: Mutex<SourceState>,
 }
 
 #[derive(Default)]
 struct SourceState {
-    etag: Option<String>,
     revision: u64,
-    /// Shared with the snapshots' objects: a record read again unchanged keeps its `Arc`.
-    records: Vec<Arc<BackupRecord>>,
+    /// Shared with the snapshots' objects: a backup read again unchanged keeps its `Arc`.
+    backups: Vec<Arc<SourceBackup>>,
     read_once: bool,
     last_success: Option<SystemTime>,
     failing_since: Option<SystemTime>,
     last_error: Option<CatalogError>,
-    attempts: u64,
+    /// The empty-catalog hint was logged for the current empty spell.
+    told_empty: bool,
 }
 
 impl Source {
@@ -106,6 +174,11 @@ pub struct SourceHealth {
     pub server: String,
     pub tier: usize,
     pub url: String,
+    /// Who the service reads as (`snapshot_reader@klio`).
+    pub identity: String,
+    /// Backups the last read found; 0 after a successful read is worth explaining (see
+    /// [`EMPTY_CATALOG_HINT`]).
+    pub backups: usize,
     pub last_success: Option<SystemTime>,
     pub failing_since: Option<SystemTime>,
     pub last_error: Option<CatalogError>,
@@ -121,8 +194,6 @@ pub struct Catalog {
     rounds: watch::Sender<u64>,
     history: RwLock<VecDeque<Arc<Snapshot>>>,
     refresh_now: Notify,
-    /// Revisions of our own for servers that do not send one.
-    fallback_revision: std::sync::atomic::AtomicU64,
     /// Some source's last read failed (then requests carry warnings).
     any_failing: AtomicBool,
 }
@@ -138,14 +209,16 @@ impl Catalog {
         let mut sources = vec![];
         for s in servers {
             let name: Arc<str> = s.name.into();
-            sources.push(Source {
-                server: name.clone(),
-                tier: 0,
-                client: Arc::new(s.tier1),
-                state: Default::default(),
-            });
-            if let Some(t2) = s.tier2 {
-                sources.push(Source { server: name, tier: 1, client: Arc::new(t2), state: Default::default() });
+            for (tier, reader) in std::iter::once(s.tier1).chain(s.tier2).enumerate() {
+                sources.push(Source {
+                    server: name.clone(),
+                    tier,
+                    url: reader.session().url().to_string(),
+                    identity: s.identity.clone(),
+                    timeout: reader.session().timeout(),
+                    reader: tokio::sync::Mutex::new(reader),
+                    state: Default::default(),
+                });
             }
         }
         Ok(Self {
@@ -157,7 +230,6 @@ impl Catalog {
             rounds: watch::channel(0).0,
             history: RwLock::new(VecDeque::new()),
             refresh_now: Notify::new(),
-            fallback_revision: Default::default(),
             any_failing: AtomicBool::new(false),
         })
     }
@@ -194,18 +266,15 @@ impl Catalog {
             // A round already failed: ask for another and wait for its outcome.
             self.refresh_now.notify_one();
         }
-        let deadline =
-            self.sources.iter().map(|s| s.client.timeout()).max().unwrap_or_default() + Duration::from_secs(2);
+        // A cold read of a large catalog takes a few requests per backup, pipelined.
+        let deadline = self.sources.iter().map(|s| s.timeout).max().unwrap_or_default() * 2 + Duration::from_secs(2);
         let _ = tokio::time::timeout(deadline, rounds.wait_for(|r| *r > seen)).await;
         self.latest().ok_or_else(|| self.first_error())
     }
 
     fn first_error(&self) -> CatalogError {
         self.sources.iter().find_map(|s| s.state.lock().expect("source state").last_error.clone()).unwrap_or_else(
-            || CatalogError::Unreachable {
-                server: self.sources[0].client.base_url().to_string(),
-                reason: "no answer yet".into(),
-            },
+            || CatalogError::Unreachable { server: self.sources[0].url.clone(), reason: "no answer yet".into() },
         )
     }
 
@@ -240,7 +309,9 @@ impl Catalog {
                 SourceHealth {
                     server: s.server.to_string(),
                     tier: s.tier + 1,
-                    url: s.client.base_url().to_string(),
+                    url: s.url.clone(),
+                    identity: s.identity.clone(),
+                    backups: st.backups.len(),
                     last_success: st.last_success,
                     failing_since: st.failing_since,
                     last_error: st.last_error.clone(),
@@ -285,36 +356,25 @@ impl Catalog {
 
     /// One refresh round: every source read in parallel, a new snapshot published if anything changed.
     pub async fn refresh(&self) {
-        let fetches = self.sources.iter().map(|source| {
-            let client = source.client.clone();
-            let etag = source.state.lock().expect("source state").etag.clone();
-            let labels = source.labels();
-            tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let result = client.fetch_all(etag.as_deref());
-                crate::metrics::metrics()
-                    .fetch_duration
-                    .get_or_create(&labels)
-                    .observe(started.elapsed().as_secs_f64());
-                result
-            })
+        let reads = self.sources.iter().map(|source| async move {
+            let mut reader = source.reader.lock().await;
+            let started = std::time::Instant::now();
+            let result = reader.read().await;
+            crate::metrics::metrics().fetch_duration.get_or_create(&source.labels()).observe(started.elapsed().as_secs_f64());
+            result
         });
-        let results = futures_util::future::join_all(fetches).await;
+        let results = futures_util::future::join_all(reads).await;
         let mut changed = false;
         let now = SystemTime::now();
         for (source, result) in self.sources.iter().zip(results) {
-            let result = result.unwrap_or_else(|e| {
-                Err(CatalogError::BadResponse { server: source.client.base_url().to_string(), reason: e.to_string() })
-            });
             let mut st = source.state.lock().expect("source state");
-            st.attempts += 1;
-            let outcome = match &result {
-                Ok(Fetched::NotModified) => "not_modified",
-                Ok(Fetched::Catalog { .. }) => "ok",
-                Err(_) => "error",
-            };
             let labels = source.labels();
             let m = crate::metrics::metrics();
+            let outcome = match &result {
+                Ok(ReadOutcome::Unchanged) => "not_modified",
+                Ok(ReadOutcome::Changed { .. }) => "ok",
+                Err(_) => "error",
+            };
             m.fetches
                 .get_or_create(&crate::metrics::FetchLabels {
                     server: labels.server.clone(),
@@ -322,59 +382,37 @@ impl Catalog {
                     result: outcome.into(),
                 })
                 .inc();
-            if outcome != "error" {
-                let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-                m.last_success.get_or_create(&labels).set(unix);
-            }
             match result {
-                Ok(Fetched::NotModified) if st.read_once => {
-                    st.last_success = Some(now);
-                    st.failing_since = None;
-                    st.last_error = None;
-                }
-                Ok(Fetched::NotModified) => {
-                    self.failed(
-                        source,
-                        &mut st,
-                        now,
-                        CatalogError::BadResponse {
-                            server: source.client.base_url().to_string(),
-                            reason: "304 Not Modified to an unconditional request".into(),
-                        },
-                    );
-                }
-                Ok(Fetched::Catalog { revision, etag, records }) => {
-                    let records = reuse_unchanged(&st.records, records);
-                    let same_records = st.read_once
-                        && records.len() == st.records.len()
-                        && records.iter().zip(&st.records).all(|(a, b)| Arc::ptr_eq(a, b));
-                    let revision = match revision {
-                        Some(r) => r,
-                        // Our own revision, moved only when the content changes.
-                        None if same_records => st.revision,
-                        None => {
-                            tracing::warn!(server = source.client.base_url(), "the Klio server sent no catalog revision; using one of our own, so replicas will not agree on resourceVersion");
-                            self.fallback_revision.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+                Ok(outcome) => {
+                    let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                    m.last_success.get_or_create(&labels).set(unix);
+                    if let ReadOutcome::Changed { backups, newest_nanos } = outcome {
+                        let same = st.read_once
+                            && backups.len() == st.backups.len()
+                            && backups.iter().zip(&st.backups).all(|(a, b)| Arc::ptr_eq(a, b));
+                        if !same || !st.read_once {
+                            let newest_ms = u64::try_from(newest_nanos / 1_000_000).unwrap_or(0);
+                            st.revision = if st.read_once { newest_ms.max(st.revision + 1) } else { newest_ms.max(1) };
+                            st.backups = backups;
+                            changed = true;
                         }
-                    };
-                    if revision < st.revision {
-                        tracing::warn!(
-                            server = source.client.base_url(),
-                            revision,
-                            previous = st.revision,
-                            "the Klio catalog revision went back; keeping the newer one"
-                        );
+                        st.read_once = true;
                     }
-                    changed |= !same_records || revision != st.revision;
-                    st.revision = st.revision.max(revision);
-                    st.etag = etag;
-                    st.records = records;
-                    st.read_once = true;
                     st.last_success = Some(now);
                     st.failing_since = None;
                     st.last_error = None;
+                    self.explain_empty(source, &mut st);
                 }
-                Err(err) => self.failed(source, &mut st, now, err),
+                Err(err) => {
+                    m.read_errors
+                        .get_or_create(&crate::metrics::ReadErrorLabels {
+                            server: labels.server.clone(),
+                            tier: labels.tier.clone(),
+                            reason: CatalogError::reason(&err),
+                        })
+                        .inc();
+                    self.failed(source, &mut st, now, CatalogError::from_call(&source.url, &err));
+                }
             }
         }
         let any_read = self.sources.iter().any(|s| s.state.lock().expect("source state").read_once);
@@ -387,9 +425,30 @@ impl Catalog {
         self.rounds.send_modify(|r| *r += 1);
     }
 
+    /// Logs, once per empty spell, why a server may show no backups: since Klio 0.0.13 the
+    /// repository grants the reader nothing, and Kopia filters what it may not read silently.
+    fn explain_empty(&self, source: &Source, st: &mut SourceState) {
+        if !st.backups.is_empty() {
+            st.told_empty = false;
+            return;
+        }
+        if !st.told_empty {
+            st.told_empty = true;
+            tracing::warn!(
+                server = %source.server,
+                tier = source.tier + 1,
+                url = %source.url,
+                identity = %source.identity,
+                "the Klio server shows no backups to {}. {}",
+                source.identity,
+                empty_catalog_hint(&source.identity)
+            );
+        }
+    }
+
     fn failed(&self, source: &Source, st: &mut SourceState, now: SystemTime, err: CatalogError) {
         if st.last_error.as_ref() != Some(&err) {
-            tracing::warn!(server = %source.server, tier = source.tier + 1, error = %err, "reading the Klio catalog failed");
+            tracing::warn!(server = %source.server, tier = source.tier + 1, url = %source.url, error = %err, "reading the Klio catalog failed");
         }
         st.failing_since.get_or_insert(now);
         st.last_error = Some(err);
@@ -406,7 +465,7 @@ impl Catalog {
             .sources
             .iter()
             .zip(&guards)
-            .map(|(s, g)| snapshot::SourceRecords { server: &s.server, tier: s.tier, records: &g.records })
+            .map(|(s, g)| snapshot::SourceRecords { server: &s.server, tier: s.tier, backups: &g.backups })
             .collect();
         let snap = Arc::new(snapshot::build(previous.as_deref(), rv, &records, self.prefix_server));
         drop(records);
@@ -426,18 +485,15 @@ impl Catalog {
     }
 }
 
-/// The records just read, sharing the `Arc` of every record that did not change, so unchanged
-/// objects of the snapshots and the source hold one copy between them.
-fn reuse_unchanged(kept: &[Arc<BackupRecord>], fresh: Vec<BackupRecord>) -> Vec<Arc<BackupRecord>> {
-    let by_identity: std::collections::HashMap<(&str, &str), &Arc<BackupRecord>> =
-        kept.iter().map(|r| ((&*r.cluster_name, &*r.name), r)).collect();
-    fresh
-        .into_iter()
-        .map(|r| match by_identity.get(&(&*r.cluster_name, &*r.name)) {
-            Some(old) if ***old == r => Arc::clone(old),
-            _ => Arc::new(r),
-        })
-        .collect()
+/// What to do when a Klio server shows no backups although it has some: grant the reader
+/// access, as Klio 0.0.7 to 0.0.12 did by itself (see the troubleshooting page).
+pub fn empty_catalog_hint(identity: &str) -> String {
+    format!(
+        "If its repository holds backups, {identity} is not allowed to see them (Klio 0.0.13 and later create \
+         repositories without ACLs, and Kopia then hides other hosts' snapshots without an error). In the Klio \
+         server's pod, for each tier: `kopia server acl enable` (once), then `kopia server acl add \
+         --user={identity} --access=READ --target=type=snapshot`."
+    )
 }
 
 /// Gives the memory freed after decoding a catalog (the response body, the previous records) back

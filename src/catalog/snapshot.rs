@@ -1,8 +1,8 @@
 //! Immutable views of the catalog and the changes between them.
 //!
-//! A [`Snapshot`] is built from the records last read from every source (Klio server × tier).
-//! Its [`ResourceVersion`] is made of the upstream revisions, so every replica reading the same
-//! servers derives the same one. Objects that did not change keep their `Arc` (and their
+//! A [`Snapshot`] is built from the backups last read from every source (Klio server × tier).
+//! Its [`ResourceVersion`] is made of the sources' revisions (see the catalog module), so
+//! replicas reading the same servers derive the same one. Objects that did not change keep their `Arc` (and their
 //! `resourceVersion`) from the previous snapshot; the [`Event`]s from the previous snapshot are
 //! computed once, when the snapshot is built, however many watchers there are.
 
@@ -14,8 +14,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use serde::Serialize;
 
-use super::record::BackupRecord;
 use crate::model::{KlioBackup, KlioBackupSpec, KlioBackupStatus, TablespaceLayout};
+use crate::upstream::kopia::ids::ManifestId;
+use crate::upstream::kopia::reader::SourceBackup;
+use crate::upstream::record::BackupRecord;
 
 /// The revisions of every source, in configuration order; printed as `R1.R2...`. Opaque to
 /// clients, parseable by any replica.
@@ -111,33 +113,42 @@ pub mod labels {
 /// The annotation marking the tier a backup was found on (klio-catalog.md §2).
 pub const TIER_ANNOTATIONS: [&str; 2] = ["klio.io/tier1", "klio.io/tier2"];
 
-/// One KlioBackup as the catalog keeps it: the upstream record that won the merge (shared with
-/// the source it was read from and with earlier snapshots) and what the service adds to it. It
-/// becomes the generated [`KlioBackup`] type only when it is served, so the catalog holds about
-/// a fifth of the memory a `KlioBackup` with its label and annotation maps would take.
+/// The annotations naming a backup's Kopia snapshots, per tier: the product document's names
+/// describe tier 1; tier 2 (where migration gave the snapshots new IDs) has its own.
+pub mod snapshot_annotations {
+    /// The PGDATA snapshot's manifest ID (also on each tablespace: its snapshot's ID).
+    pub const PGDATA: [&str; 2] = ["klio.io/kopiaManifestID", "klio.io/tier2KopiaManifestID"];
+    /// The pg_control snapshot's manifest ID.
+    pub const CONTROLDATA: [&str; 2] = ["klio.io/controlDataKopiaManifestID", "klio.io/tier2ControlDataKopiaManifestID"];
+}
+
+/// One KlioBackup as the catalog keeps it: what each tier holds of it (shared with the source it
+/// was read from and with earlier snapshots) and what the service adds. It becomes the generated
+/// [`KlioBackup`] type only when it is served, so the catalog holds a fraction of the memory a
+/// `KlioBackup` with its label and annotation maps would take.
 #[derive(Debug, Clone)]
 pub struct Backup {
     name: Box<str>,
-    record: Arc<BackupRecord>,
+    /// Tier 1, tier 2; at least one is present.
+    tiers: [Option<Arc<SourceBackup>>; 2],
     server: Arc<str>,
-    tiers: [bool; 2],
     resource_version: Arc<str>,
 }
 
 impl Backup {
-    /// `None` (logged) for a record that cannot be shown.
+    /// `None` (logged) for a backup that cannot be shown.
     pub fn new(
         name: Box<str>,
-        record: Arc<BackupRecord>,
+        tiers: [Option<Arc<SourceBackup>>; 2],
         server: Arc<str>,
-        tiers: [bool; 2],
         resource_version: Arc<str>,
     ) -> Option<Self> {
+        let record = &tiers.iter().flatten().next()?.record;
         if time(record.started_at).is_none() || time(record.stopped_at).is_none() {
             tracing::warn!(cluster = %record.cluster_name, backup = %record.name, "skipping a backup record with an impossible timestamp");
             return None;
         }
-        Some(Self { name, record, server, tiers, resource_version })
+        Some(Self { name, tiers, server, resource_version })
     }
 
     /// `metadata.name`: `<clusterName>.<backupID>`, prefixed by the server when there are several.
@@ -145,13 +156,19 @@ impl Backup {
         &self.name
     }
 
+    /// The record served: tier 1's when the backup is on tier 1.
     pub fn record(&self) -> &BackupRecord {
-        &self.record
+        &self.tiers.iter().flatten().next().expect("a backup is on a tier").record
     }
 
     /// On tier 1, on tier 2.
     pub fn tiers(&self) -> [bool; 2] {
-        self.tiers
+        [self.tiers[0].is_some(), self.tiers[1].is_some()]
+    }
+
+    /// What tier `tier` (0 or 1) holds of this backup.
+    pub fn on_tier(&self, tier: usize) -> Option<&SourceBackup> {
+        self.tiers.get(tier)?.as_deref()
     }
 
     /// The revision this object last changed in.
@@ -168,10 +185,10 @@ impl Backup {
     /// One of the labels of [`labels`], without building the label map.
     pub fn label(&self, key: &str) -> Option<&str> {
         match key {
-            labels::CLUSTER => Some(&self.record.cluster_name),
+            labels::CLUSTER => Some(&self.record().cluster_name),
             labels::SERVER => Some(&self.server),
-            labels::TIER1 => self.tiers[0].then_some("true"),
-            labels::TIER2 => self.tiers[1].then_some("true"),
+            labels::TIER1 => self.tiers[0].is_some().then_some("true"),
+            labels::TIER2 => self.tiers[1].is_some().then_some("true"),
             _ => None,
         }
     }
@@ -194,34 +211,59 @@ impl Backup {
     pub(crate) fn sample(cluster: &str, id: &str) -> Self {
         let record = crate::demo::sample_record(cluster, id, 1_763_026_297, 2, 7, false);
         let record = Arc::new(serde_json::from_value(record).expect("the demo record decodes"));
-        Self::new(format!("{cluster}.{id}").into(), record, "klio".into(), [true, false], "1".into())
+        let source = SourceBackup {
+            record,
+            manifest: ManifestId([1; 16]),
+            written_nanos: 1_763_026_300_000_000_000,
+            snapshots: Default::default(),
+        };
+        Self::new(format!("{cluster}.{id}").into(), [Some(Arc::new(source)), None], "klio".into(), "1".into())
             .expect("the demo record has valid times")
     }
 
     fn same_content(&self, other: &Self) -> bool {
-        (Arc::ptr_eq(&self.record, &other.record) || self.record == other.record)
-            && self.tiers == other.tiers
-            && self.server == other.server
+        let same = |a: &Option<Arc<SourceBackup>>, b: &Option<Arc<SourceBackup>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        };
+        same(&self.tiers[0], &other.tiers[0]) && same(&self.tiers[1], &other.tiers[1]) && self.server == other.server
     }
 
-    /// The mapping of `klio-catalog.md` §2, plus the labels and the server.
+    /// The mapping of `klio-catalog.md` §2, plus the labels, the server and the Kopia snapshot
+    /// IDs of every tier the backup is on (a record that carries them keeps its own).
     pub fn to_kliobackup(&self) -> KlioBackup {
-        let record = &*self.record;
+        let record = self.record();
         let mut annotations = record.annotations.to_map();
-        for (marker, present) in TIER_ANNOTATIONS.iter().zip(self.tiers) {
-            if present {
-                annotations.insert(marker.to_string(), "present".into());
+        let set = |map: &mut BTreeMap<String, String>, key: &str, id: Option<ManifestId>| {
+            if let Some(id) = id {
+                map.entry(key.to_string()).or_insert_with(|| id.to_string());
             }
+        };
+        for (tier, source) in self.tiers.iter().enumerate() {
+            let Some(source) = source else { continue };
+            annotations.insert(TIER_ANNOTATIONS[tier].to_string(), "present".into());
+            set(&mut annotations, snapshot_annotations::PGDATA[tier], source.snapshots.pgdata);
+            set(&mut annotations, snapshot_annotations::CONTROLDATA[tier], source.snapshots.controldata);
         }
         let tablespaces: Vec<TablespaceLayout> = record
             .tablespaces
             .iter()
             .flatten()
-            .map(|t| TablespaceLayout {
-                name: t.name.to_string(),
-                oid: Some(t.oid.to_string()).filter(|s| !s.is_empty()),
-                path: Some(t.path.to_string()).filter(|s| !s.is_empty()),
-                annotations: Some(t.annotations.to_map()).filter(|a| !a.is_empty()),
+            .map(|t| {
+                let mut ts_annotations = t.annotations.to_map();
+                for (tier, source) in self.tiers.iter().enumerate() {
+                    let id = source.as_ref().and_then(|s| {
+                        s.snapshots.tablespaces.iter().find(|(name, _)| **name == *t.name).map(|(_, id)| *id)
+                    });
+                    set(&mut ts_annotations, snapshot_annotations::PGDATA[tier], id);
+                }
+                TablespaceLayout {
+                    name: t.name.to_string(),
+                    oid: Some(t.oid.to_string()).filter(|s| !s.is_empty()),
+                    path: Some(t.path.to_string()).filter(|s| !s.is_empty()),
+                    annotations: Some(ts_annotations).filter(|a| !a.is_empty()),
+                }
             })
             .collect();
         KlioBackup {
@@ -251,14 +293,16 @@ impl Serialize for Backup {
     }
 }
 
-/// The records one source contributed.
+/// The backups one source contributed.
 pub struct SourceRecords<'a> {
     pub server: &'a Arc<str>,
     pub tier: usize,
-    pub records: &'a [Arc<BackupRecord>],
+    /// Sorted by (cluster, name).
+    pub backups: &'a [Arc<SourceBackup>],
 }
 
-/// Builds the snapshot that follows `previous`.
+/// Builds the snapshot that follows `previous`. Tiers of one server merge on (cluster, backup
+/// name); the record served is tier 1's when both hold the backup.
 pub fn build(
     previous: Option<&Snapshot>,
     resource_version: ResourceVersion,
@@ -267,19 +311,19 @@ pub fn build(
 ) -> Snapshot {
     let rv_text = resource_version.to_string();
     let rv_shared: Arc<str> = rv_text.as_str().into();
-    // name -> (record, server, tiers holding it); the first source's record wins.
-    type Winner<'a> = (&'a Arc<BackupRecord>, &'a Arc<str>, [bool; 2]);
-    let mut merged: BTreeMap<Box<str>, Winner> = BTreeMap::new();
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    let mut merged: BTreeMap<Key, (&Arc<str>, [Option<Arc<SourceBackup>>; 2])> = BTreeMap::new();
     for source in sources {
-        for record in source.records {
-            let name = object_name(source.server, record, prefix_server);
-            merged.entry(name).or_insert((record, source.server, [false; 2])).2[source.tier] = true;
+        for b in source.backups {
+            let key = (&**source.server, &*b.record.cluster_name, &*b.record.name);
+            merged.entry(key).or_insert((source.server, [None, None])).1[source.tier] = Some(b.clone());
         }
     }
-    let mut backups = Vec::with_capacity(merged.len());
+    let mut backups: Vec<Arc<Backup>> = Vec::with_capacity(merged.len());
     let mut events = vec![];
-    for (name, (record, server, tiers)) in merged {
-        let Some(fresh) = Backup::new(name, record.clone(), server.clone(), tiers, rv_shared.clone()) else {
+    for ((_, cluster, name), (server, tiers)) in merged {
+        let object_name = object_name(server, cluster, name, prefix_server);
+        let Some(fresh) = Backup::new(object_name, tiers, server.clone(), rv_shared.clone()) else {
             continue;
         };
         match previous.and_then(|p| p.get(fresh.name())) {
@@ -292,6 +336,9 @@ pub fn build(
             }
         }
     }
+    // Object names sort differently from (cluster, name) pairs ('-' sorts before '.').
+    backups.sort_by(|a, b| a.name().cmp(b.name()));
+    events.sort_by(|a, b| a.object.name().cmp(b.object.name()));
     let in_snapshot = |b: &Arc<Backup>| backups.binary_search_by(|x| x.name().cmp(b.name())).is_ok();
     let deleted: Vec<Event> = previous
         .into_iter()
@@ -308,11 +355,11 @@ pub fn build(
     Snapshot { resource_version, resource_version_text: rv_text, backups, events }
 }
 
-fn object_name(server: &str, record: &BackupRecord, prefix_server: bool) -> Box<str> {
+fn object_name(server: &str, cluster: &str, name: &str, prefix_server: bool) -> Box<str> {
     if prefix_server {
-        format!("{server}.{}.{}", record.cluster_name, record.name).into()
+        format!("{server}.{cluster}.{name}").into()
     } else {
-        format!("{}.{}", record.cluster_name, record.name).into()
+        format!("{cluster}.{name}").into()
     }
 }
 
@@ -324,15 +371,20 @@ fn time(seconds: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::
 mod tests {
     use super::*;
 
-    fn record(cluster: &str, id: &str, end_lsn: u64) -> Arc<BackupRecord> {
+    fn record(cluster: &str, id: &str, end_lsn: u64) -> Arc<SourceBackup> {
         let mut r: BackupRecord =
             serde_json::from_value(crate::demo::sample_record(cluster, id, 1_763_026_297, 2, 7, false)).unwrap();
         r.end_lsn = end_lsn;
-        Arc::new(r)
+        Arc::new(SourceBackup {
+            record: Arc::new(r),
+            manifest: ManifestId([end_lsn as u8; 16]),
+            written_nanos: 1,
+            snapshots: Default::default(),
+        })
     }
 
-    fn source<'a>(server: &'a Arc<str>, tier: usize, records: &'a [Arc<BackupRecord>]) -> SourceRecords<'a> {
-        SourceRecords { server, tier, records }
+    fn source<'a>(server: &'a Arc<str>, tier: usize, backups: &'a [Arc<SourceBackup>]) -> SourceRecords<'a> {
+        SourceRecords { server, tier, backups }
     }
 
     fn names(events: &[Event]) -> Vec<(EventType, String)> {
@@ -374,7 +426,7 @@ mod tests {
         assert!(s3.events.is_empty());
         assert!(Arc::ptr_eq(&s3.backups[0], &s2.backups[0]), "unchanged objects are shared, not copied");
         assert_eq!(s3.backups[0].resource_version(), "2", "an object keeps the version it last changed in");
-        let equal_copy = [Arc::new(BackupRecord::clone(&t2[0])), t2[1].clone()];
+        let equal_copy = [Arc::new(SourceBackup::clone(&t2[0])), t2[1].clone()];
         let s4 = build(Some(&s3), ResourceVersion(vec![4]), &[source(&k, 0, &equal_copy)], false);
         assert!(s4.events.is_empty(), "an equal record read again is no change");
     }

@@ -1,4 +1,5 @@
-//! The upstream backup record, field names exactly as Klio writes them. Unknown fields are
+//! Klio's backup record (`metadata.json`, Klio's `BackupMetadata`), field names exactly as Klio
+//! writes them. Unknown fields are
 //! ignored (Klio adds fields over time), and so are the fields a KlioBackup does not show.
 //!
 //! Records are kept in memory for every backup of every tier, so they are stored compactly:
@@ -149,20 +150,10 @@ impl Interner {
     }
 }
 
-/// The body of `GET /catalog/v1/backups`. Items stay raw (borrowed from the body) so that one bad
-/// record is skipped, not fatal for the whole list.
-#[derive(Debug, Deserialize)]
-pub struct CatalogPage<'a> {
-    #[serde(default)]
-    pub revision: Option<u64>,
-    #[serde(borrow)]
-    pub items: Vec<&'a serde_json::value::RawValue>,
-}
-
-/// What the Klio server answers on errors.
-#[derive(Debug, Deserialize)]
-pub struct UpstreamError {
-    pub error: String,
+/// Whether a cluster or backup name can be part of a KlioBackup's name
+/// (`<cluster>.<backup>`): what the API accepts in a name, without the dot that joins them.
+pub fn is_name_part(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
 }
 
 #[cfg(test)]

@@ -1,0 +1,600 @@
+//! The catalog of one Klio server's tier, read incrementally over its Kopia session.
+//!
+//! A read lists Klio's snapshots with one `FindManifests` per kind (metadata, PGDATA,
+//! pg_control, tablespace), labels only. Everything behind a manifest ID is immutable, so only
+//! metadata manifests never seen before are read: `GetManifest`, then `GetContent` of the root
+//! directory, then of `metadata.json` (three round trips, pipelined across backups); a manifest
+//! whose root directory is already known costs one. IDs that disappear are deletions.
+//!
+//! Per backup (cluster = the `hostname` label, name = `tag:klio.io/tag`) the newest metadata
+//! snapshot that can be read wins; the data snapshots of the same backup only contribute their
+//! IDs. A backup that cannot be read is skipped, logged once and counted, and never hides the
+//! others; a failure of the session itself fails the whole read (the catalog then keeps
+//! serving what it had).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use super::format::{Directory, IndirectIndex, SnapshotManifest, DIRECTORY_STREAM, INDIRECT_STREAM};
+use super::ids::{ManifestId, ObjectId};
+use super::proto::error_response::Code;
+use super::proto::ManifestEntryMetadata;
+use super::session::{CallError, Session};
+use super::{labels, SnapshotKind};
+use crate::metrics::{metrics, ReadErrorLabels, SourceLabels};
+use crate::upstream::record::{BackupRecord, Interner};
+
+/// A `metadata.json` larger than this is not read (Klio's are about a kilobyte).
+const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// One backup as one tier holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceBackup {
+    /// The decoded `metadata.json`, its cluster and name taken from the snapshot's labels.
+    pub record: Arc<BackupRecord>,
+    /// The metadata snapshot it was read from.
+    pub manifest: ManifestId,
+    /// When that manifest was written (the server's clock, nanoseconds since the epoch): when the
+    /// backup entered this tier's catalog.
+    pub written_nanos: i64,
+    /// The IDs of the backup's data snapshots on this tier.
+    pub snapshots: SnapshotIds,
+}
+
+/// The manifest IDs of a backup's data snapshots on one tier (what `kopia restore` needs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotIds {
+    pub pgdata: Option<ManifestId>,
+    pub controldata: Option<ManifestId>,
+    /// By tablespace name, sorted.
+    pub tablespaces: Box<[(Box<str>, ManifestId)]>,
+}
+
+/// What a read found.
+pub enum ReadOutcome {
+    /// The same snapshots as the last read: nothing to do.
+    Unchanged,
+    Changed {
+        /// Sorted by (cluster, name). Entries equal to the last read's are the same `Arc`.
+        backups: Vec<Arc<SourceBackup>>,
+        /// The newest modification time among every listed manifest, 0 when none.
+        newest_nanos: i64,
+    },
+}
+
+/// Why one backup was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// Checkpoint or interrupted snapshot (`incomplete` set).
+    Incomplete,
+    /// Listed, then gone before it was read (retention): the next read will not list it.
+    Vanished,
+    /// A content of the snapshot is missing from the repository.
+    ContentMissing(String),
+    AccessDenied,
+    NotASnapshot,
+    MalformedManifest(String),
+    MalformedDirectory(String),
+    NoMetadataJson,
+    UnsupportedObject(String),
+    Undecodable(String),
+    /// The cluster or backup name cannot be part of an object name.
+    InvalidName(String),
+    /// Any other error answer; tried again at the next read.
+    ServerError(String),
+}
+
+impl Skip {
+    /// The metric label, one fixed word per kind.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Incomplete => "incomplete",
+            Self::Vanished => "vanished",
+            Self::ContentMissing(_) => "content_missing",
+            Self::AccessDenied => "access_denied",
+            Self::NotASnapshot => "not_a_snapshot",
+            Self::MalformedManifest(_) => "malformed_manifest",
+            Self::MalformedDirectory(_) => "malformed_directory",
+            Self::NoMetadataJson => "no_metadata_json",
+            Self::UnsupportedObject(_) => "unsupported_object",
+            Self::Undecodable(_) => "undecodable_record",
+            Self::InvalidName(_) => "invalid_name",
+            Self::ServerError(_) => "server_error",
+        }
+    }
+
+    /// Worth reading again later: the manifest's content is immutable, so only answers that
+    /// are not about the content are.
+    fn is_transient(&self) -> bool {
+        matches!(self, Self::Vanished | Self::ServerError(_))
+    }
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Incomplete => f.write_str("the snapshot is incomplete (a checkpoint or an interrupted upload)"),
+            Self::Vanished => f.write_str("the manifest was deleted between listing and reading"),
+            Self::ContentMissing(id) => write!(f, "content {id} is missing from the repository"),
+            Self::AccessDenied => f.write_str("access denied"),
+            Self::NotASnapshot => f.write_str("the manifest is not a snapshot"),
+            Self::MalformedManifest(e) => write!(f, "malformed snapshot manifest: {e}"),
+            Self::MalformedDirectory(e) => write!(f, "malformed directory: {e}"),
+            Self::NoMetadataJson => f.write_str("the snapshot's directory holds no metadata.json"),
+            Self::UnsupportedObject(e) => write!(f, "unsupported object: {e}"),
+            Self::Undecodable(e) => write!(f, "metadata.json does not decode as a backup record: {e}"),
+            Self::InvalidName(e) => write!(f, "{e}"),
+            Self::ServerError(e) => write!(f, "the server answered: {e}"),
+        }
+    }
+}
+
+/// A FindManifests entry of a Klio snapshot.
+struct Listed {
+    id: ManifestId,
+    mod_time: i64,
+    cluster: Box<str>,
+    name: Box<str>,
+    tablespace: Option<Box<str>>,
+}
+
+/// What became of a metadata manifest.
+enum Known {
+    Read { root: Arc<str>, record: Arc<BackupRecord> },
+    /// Not readable for a reason tied to the manifest itself (logged and counted once).
+    Skipped,
+}
+
+/// The incremental reader of one source.
+pub struct CatalogReader {
+    session: Session,
+    labels: SourceLabels,
+    window: usize,
+    known: HashMap<ManifestId, Known>,
+    /// Records by root directory object: a manifest saved again over the same data costs no read.
+    by_root: HashMap<Arc<str>, Arc<BackupRecord>>,
+    /// Every listed ID of the last complete read, sorted: equal again means nothing changed.
+    last_listing: Vec<(SnapshotKind, ManifestId)>,
+    /// A backup could not be read for a passing reason: read again even if nothing changed.
+    retry: bool,
+    last_output: Vec<Arc<SourceBackup>>,
+    /// Listed entries already reported as unusable, and (cluster, name) pairs already reported
+    /// as having several metadata snapshots; both bounded by the current listing.
+    reported_entries: HashSet<ManifestId>,
+    reported_duplicates: HashSet<(Box<str>, Box<str>)>,
+    interner: Interner,
+}
+
+impl CatalogReader {
+    pub fn new(session: Session, labels: SourceLabels, window: usize) -> Self {
+        Self {
+            session,
+            labels,
+            window: window.max(1),
+            known: HashMap::new(),
+            by_root: HashMap::new(),
+            last_listing: vec![],
+            retry: false,
+            last_output: vec![],
+            reported_entries: HashSet::new(),
+            reported_duplicates: HashSet::new(),
+            interner: Interner::default(),
+        }
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    fn count(&self, reason: &'static str) {
+        let labels = ReadErrorLabels { server: self.labels.server.clone(), tier: self.labels.tier.clone(), reason };
+        metrics().read_errors.get_or_create(&labels).inc();
+    }
+
+    /// One read: the listings, then whatever is new.
+    pub async fn read(&mut self) -> Result<ReadOutcome, CallError> {
+        let session = &self.session;
+        let lists = futures_util::future::try_join_all(SnapshotKind::ALL.map(|kind| async move {
+            let entries = session
+                .find_manifests(&[(labels::TYPE, labels::SNAPSHOT), (labels::CONTENT, kind.label())])
+                .await?;
+            Ok::<_, CallError>((kind, entries))
+        }))
+        .await?;
+
+        let mut listing = vec![];
+        let mut newest = 0i64;
+        let mut by_kind: BTreeMap<SnapshotKind, Vec<Listed>> = BTreeMap::new();
+        let mut usable_ids = HashSet::new();
+        for (kind, entries) in lists {
+            for entry in entries {
+                newest = newest.max(entry.mod_time_nanos);
+                match self.listed(kind, &entry) {
+                    Ok(l) => {
+                        listing.push((kind, l.id));
+                        usable_ids.insert(l.id);
+                        by_kind.entry(kind).or_default().push(l);
+                    }
+                    Err(why) => {
+                        if let Ok(id) = entry.id.parse::<ManifestId>() {
+                            listing.push((kind, id));
+                            usable_ids.insert(id);
+                            if self.reported_entries.insert(id) {
+                                self.count("malformed_manifest");
+                                tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest = %id, reason = %why, "ignoring a listed snapshot");
+                            }
+                        } else {
+                            self.count("malformed_manifest");
+                            tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest = ?entry.id, reason = %why, "ignoring a listed snapshot");
+                        }
+                    }
+                }
+            }
+        }
+        listing.sort();
+        self.reported_entries.retain(|id| usable_ids.contains(id));
+        if listing == self.last_listing && !self.retry {
+            return Ok(ReadOutcome::Unchanged);
+        }
+
+        let metadata = by_kind.remove(&SnapshotKind::Metadata).unwrap_or_default();
+        self.known.retain(|id, _| usable_ids.contains(id));
+        let mut groups: BTreeMap<(Box<str>, Box<str>), Vec<Listed>> = BTreeMap::new();
+        for l in metadata {
+            groups.entry((l.cluster.clone(), l.name.clone())).or_default().push(l);
+        }
+        for candidates in groups.values_mut() {
+            // Newest first; equal times by ID, so every replica picks the same.
+            candidates.sort_by(|a, b| (b.mod_time, b.id).cmp(&(a.mod_time, a.id)));
+        }
+        self.report_duplicates(&groups);
+
+        // Read the first candidate of each backup that is not settled, until every backup has a
+        // readable candidate, has none left, or failed for a passing reason.
+        let mut transient: HashSet<ManifestId> = HashSet::new();
+        loop {
+            let wanted: Vec<(ManifestId, Box<str>, Box<str>)> = groups
+                .values()
+                .filter_map(|candidates| {
+                    candidates
+                        .iter()
+                        .find(|c| !matches!(self.known.get(&c.id), Some(Known::Skipped)))
+                        .filter(|c| !self.known.contains_key(&c.id) && !transient.contains(&c.id))
+                        .map(|c| (c.id, c.cluster.clone(), c.name.clone()))
+                })
+                .collect();
+            if wanted.is_empty() {
+                break;
+            }
+            let by_root = &self.by_root;
+            let session = &self.session;
+            let results: Vec<_> = futures_util::stream::iter(wanted)
+                .map(|(id, cluster, name)| async move {
+                    let outcome = read_metadata(session, by_root, &id).await;
+                    (id, cluster, name, outcome)
+                })
+                .buffer_unordered(self.window)
+                .collect()
+                .await;
+            for (id, cluster, name, outcome) in results {
+                match outcome? {
+                    Ok((root, record)) => {
+                        let record = self.settle_record(record, &cluster, &name);
+                        match record {
+                            Ok(record) => {
+                                self.by_root.insert(root.clone(), record.clone());
+                                self.known.insert(id, Known::Read { root, record });
+                            }
+                            Err(skip) => self.skipped(id, &cluster, &name, skip, &mut transient),
+                        }
+                    }
+                    Err(skip) => self.skipped(id, &cluster, &name, skip, &mut transient),
+                }
+            }
+        }
+        let roots: HashSet<&Arc<str>> = self
+            .known
+            .values()
+            .filter_map(|k| match k {
+                Known::Read { root, .. } => Some(root),
+                Known::Skipped => None,
+            })
+            .collect();
+        self.by_root.retain(|root, _| roots.contains(root));
+
+        let data = DataSnapshots::index(by_kind);
+        let previous: HashMap<(&str, &str), &Arc<SourceBackup>> =
+            self.last_output.iter().map(|b| ((&*b.record.cluster_name, &*b.record.name), b)).collect();
+        let mut backups = Vec::with_capacity(groups.len());
+        for ((cluster, name), candidates) in &groups {
+            let winner = candidates.iter().find_map(|c| match self.known.get(&c.id) {
+                Some(Known::Read { record, .. }) => Some((c, record)),
+                _ => None,
+            });
+            let pending = candidates.iter().any(|c| transient.contains(&c.id));
+            let fresh = match winner {
+                // A newer candidate that failed for a passing reason does not replace what was
+                // served: the backup stays as it was until that candidate can be read.
+                Some(_) | None if pending => previous.get(&(&**cluster, &**name)).map(|b| (*b).clone()),
+                Some((c, record)) => Some(Arc::new(SourceBackup {
+                    record: record.clone(),
+                    manifest: c.id,
+                    written_nanos: c.mod_time,
+                    snapshots: data.ids(cluster, name),
+                })),
+                None => None,
+            };
+            if let Some(fresh) = fresh {
+                match previous.get(&(&**cluster, &**name)) {
+                    Some(old) if **old == fresh => backups.push((*old).clone()),
+                    _ => backups.push(fresh),
+                }
+            }
+        }
+        drop(previous);
+        self.retry = !transient.is_empty();
+        self.last_listing = if self.retry { vec![] } else { listing };
+        self.last_output = backups.clone();
+        Ok(ReadOutcome::Changed { backups, newest_nanos: newest })
+    }
+
+    fn skipped(
+        &mut self,
+        id: ManifestId,
+        cluster: &str,
+        name: &str,
+        skip: Skip,
+        transient: &mut HashSet<ManifestId>,
+    ) {
+        self.count(skip.reason());
+        let (server, tier) = (self.session.url(), &self.labels.tier);
+        if skip == Skip::Incomplete {
+            tracing::info!(server, tier, manifest = %id, cluster, backup = name, "ignoring an incomplete metadata snapshot");
+        } else {
+            tracing::warn!(server, tier, manifest = %id, cluster, backup = name, reason = %skip, "skipping a backup that cannot be read");
+        }
+        if skip.is_transient() {
+            transient.insert(id);
+        } else {
+            self.known.insert(id, Known::Skipped);
+        }
+    }
+
+    /// The record as the catalog keeps it: cluster and name from the snapshot's labels (which
+    /// Klio sets from the same certificate and backup name), strings shared.
+    fn settle_record(&mut self, record: BackupRecord, cluster: &str, name: &str) -> Result<Arc<BackupRecord>, Skip> {
+        let mut record = record;
+        if &*record.cluster_name != cluster || &*record.name != name {
+            tracing::info!(
+                server = %self.session.url(),
+                cluster,
+                backup = name,
+                record_cluster = %record.cluster_name,
+                record_name = %record.name,
+                "the record names another cluster or backup than its snapshot; using the snapshot's"
+            );
+            record.cluster_name = cluster.into();
+            record.name = name.into();
+        }
+        self.interner.record(&mut record);
+        Ok(Arc::new(record))
+    }
+
+    fn report_duplicates(&mut self, groups: &BTreeMap<(Box<str>, Box<str>), Vec<Listed>>) {
+        self.reported_duplicates.retain(|k| groups.get(k).is_some_and(|c| c.len() > 1));
+        for (key, candidates) in groups {
+            if candidates.len() > 1 && self.reported_duplicates.insert(key.clone()) {
+                tracing::info!(
+                    server = %self.session.url(),
+                    tier = %self.labels.tier,
+                    cluster = %key.0,
+                    backup = %key.1,
+                    snapshots = candidates.len(),
+                    newest = %candidates[0].id,
+                    "several metadata snapshots for one backup; the newest readable one is served"
+                );
+            }
+        }
+    }
+
+    /// Checks a listed entry's labels.
+    fn listed(&self, kind: SnapshotKind, entry: &ManifestEntryMetadata) -> Result<Listed, String> {
+        let id: ManifestId = entry.id.parse()?;
+        let label = |k: &str| entry.labels.get(k).map(String::as_str).unwrap_or_default();
+        if label(labels::TYPE) != labels::SNAPSHOT || label(labels::CONTENT) != kind.label() {
+            return Err(format!("labels {:?} do not describe a Klio {} snapshot", entry.labels, kind.label()));
+        }
+        let (cluster, name) = (label(labels::HOSTNAME), label(labels::BACKUP));
+        for (what, value) in [("cluster (hostname label)", cluster), ("backup name (tag:klio.io/tag)", name)] {
+            if !crate::upstream::record::is_name_part(value) {
+                return Err(format!("the {what} {value:?} cannot be part of a Kubernetes object name"));
+            }
+        }
+        let tablespace = match kind {
+            SnapshotKind::Tablespace => Some(label(labels::TABLESPACE).into()),
+            _ => None,
+        };
+        Ok(Listed { id, mod_time: entry.mod_time_nanos, cluster: cluster.into(), name: name.into(), tablespace })
+    }
+}
+
+/// Data snapshot IDs by (cluster, backup); the newest per kind (and tablespace) wins.
+struct DataSnapshots(HashMap<(Box<str>, Box<str>), Winners>);
+
+#[derive(Default)]
+struct Winners {
+    pgdata: Option<(i64, ManifestId)>,
+    controldata: Option<(i64, ManifestId)>,
+    tablespaces: BTreeMap<Box<str>, (i64, ManifestId)>,
+}
+
+fn newer(slot: &mut Option<(i64, ManifestId)>, candidate: (i64, ManifestId)) {
+    if slot.is_none_or(|s| candidate > s) {
+        *slot = Some(candidate);
+    }
+}
+
+impl DataSnapshots {
+    fn index(by_kind: BTreeMap<SnapshotKind, Vec<Listed>>) -> Self {
+        let mut map: HashMap<(Box<str>, Box<str>), Winners> = HashMap::new();
+        for (kind, entries) in by_kind {
+            for l in entries {
+                let w = map.entry((l.cluster, l.name)).or_default();
+                let candidate = (l.mod_time, l.id);
+                match kind {
+                    SnapshotKind::Pgdata => newer(&mut w.pgdata, candidate),
+                    SnapshotKind::Controldata => newer(&mut w.controldata, candidate),
+                    SnapshotKind::Tablespace => {
+                        let slot = w.tablespaces.entry(l.tablespace.unwrap_or_default()).or_insert(candidate);
+                        if candidate > *slot {
+                            *slot = candidate;
+                        }
+                    }
+                    SnapshotKind::Metadata => {}
+                }
+            }
+        }
+        Self(map)
+    }
+
+    fn ids(&self, cluster: &str, name: &str) -> SnapshotIds {
+        let Some(w) = self.0.get(&(Box::from(cluster), Box::from(name))) else { return SnapshotIds::default() };
+        SnapshotIds {
+            pgdata: w.pgdata.map(|(_, id)| id),
+            controldata: w.controldata.map(|(_, id)| id),
+            tablespaces: w.tablespaces.iter().map(|(n, (_, id))| (n.clone(), *id)).collect(),
+        }
+    }
+}
+
+/// A failed call, for one backup: a skip, or (`Err`) a failure of the whole session.
+fn per_backup(e: CallError) -> Result<Skip, CallError> {
+    match e {
+        CallError::Server { code, message } => Ok(match Code::try_from(code) {
+            Ok(Code::ManifestNotFound) => Skip::Vanished,
+            Ok(Code::ContentNotFound | Code::ObjectNotFound) => Skip::ContentMissing(message),
+            Ok(Code::AccessDenied) => Skip::AccessDenied,
+            _ => Skip::ServerError(format!("{}: {message}", super::session::code_name(code))),
+        }),
+        other => Err(other),
+    }
+}
+
+/// Reads one metadata snapshot: manifest, root directory, `metadata.json`. The outer `Err` is a
+/// failure of the session; the inner one a reason to skip this backup.
+async fn read_metadata(
+    session: &Session,
+    by_root: &HashMap<Arc<str>, Arc<BackupRecord>>,
+    id: &ManifestId,
+) -> Result<Result<(Arc<str>, BackupRecord), Skip>, CallError> {
+    let manifest = match session.get_manifest(id).await {
+        Ok(m) => m,
+        Err(e) => return per_backup(e).map(Err),
+    };
+    if manifest.metadata.as_ref().and_then(|m| m.labels.get(labels::TYPE)).is_some_and(|t| t != labels::SNAPSHOT) {
+        return Ok(Err(Skip::NotASnapshot));
+    }
+    let snapshot: SnapshotManifest = match serde_json::from_slice(&manifest.json_data) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(Skip::MalformedManifest(e.to_string()))),
+    };
+    if !snapshot.incomplete.is_empty() {
+        return Ok(Err(Skip::Incomplete));
+    }
+    let root = &snapshot.root_entry;
+    if root.kind != "d" {
+        return Ok(Err(Skip::MalformedManifest(format!("the root is of type {:?}, not a directory", root.kind))));
+    }
+    let root_id: Arc<str> = root.obj.as_str().into();
+    if let Some(record) = by_root.get(&root_id) {
+        return Ok(Ok((root_id, BackupRecord::clone(record))));
+    }
+    let root_obj: ObjectId = match root.obj.parse() {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(Skip::MalformedManifest(e))),
+    };
+    let dir_bytes = match read_object(session, &root_obj, MAX_RECORD_BYTES).await? {
+        Ok(b) => b,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    let directory: Directory = match serde_json::from_slice(&dir_bytes) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(Skip::MalformedDirectory(e.to_string()))),
+    };
+    if directory.stream != DIRECTORY_STREAM {
+        return Ok(Err(Skip::MalformedDirectory(format!("stream {:?}", directory.stream))));
+    }
+    let Some(file) = directory.entries.iter().find(|e| e.name == "metadata.json" && e.kind == "f") else {
+        return Ok(Err(Skip::NoMetadataJson));
+    };
+    let file_obj: ObjectId = match file.obj.parse() {
+        Ok(o) => o,
+        Err(e) => return Ok(Err(Skip::MalformedDirectory(e))),
+    };
+    let bytes = match read_object(session, &file_obj, MAX_RECORD_BYTES).await? {
+        Ok(b) => b,
+        Err(skip) => return Ok(Err(skip)),
+    };
+    Ok(match serde_json::from_slice::<BackupRecord>(&bytes) {
+        Ok(record) => Ok((root_id, record)),
+        Err(e) => Err(Skip::Undecodable(e.to_string())),
+    })
+}
+
+/// The bytes of an object: one content, or (`I…`) the parts its index lists, in order.
+fn read_object<'a>(
+    session: &'a Session,
+    id: &'a ObjectId,
+    limit: usize,
+) -> futures_util::future::BoxFuture<'a, Result<Result<Vec<u8>, Skip>, CallError>> {
+    Box::pin(async move {
+        if id.compressed {
+            return Ok(Err(Skip::UnsupportedObject(format!(
+                "{id} uses object-level compression (repositories without content compression)"
+            ))));
+        }
+        if id.indirection == 0 {
+            let data = match session.get_content(&id.content).await {
+                Ok(d) => d,
+                Err(e) => return per_backup(e).map(Err),
+            };
+            if data.len() > limit {
+                return Ok(Err(Skip::UnsupportedObject(format!("{id} is larger than {limit} bytes"))));
+            }
+            return Ok(Ok(data));
+        }
+        if id.indirection > 3 {
+            return Ok(Err(Skip::UnsupportedObject(format!("{id} has {} levels of indirection", id.indirection))));
+        }
+        let index_bytes = match read_object(session, &id.index(), limit).await? {
+            Ok(b) => b,
+            Err(skip) => return Ok(Err(skip)),
+        };
+        let index = match serde_json::from_slice::<IndirectIndex>(&index_bytes) {
+            Ok(i) if i.stream == INDIRECT_STREAM => i,
+            Ok(i) => return Ok(Err(Skip::UnsupportedObject(format!("{id}: index stream {:?}", i.stream)))),
+            Err(e) => return Ok(Err(Skip::UnsupportedObject(format!("{id}: index: {e}")))),
+        };
+        let mut data = Vec::new();
+        for part in &index.entries {
+            if part.start != data.len() as i64 || part.length < 0 || data.len() + part.length as usize > limit {
+                return Ok(Err(Skip::UnsupportedObject(format!("{id}: inconsistent or oversized parts"))));
+            }
+            let part_id: ObjectId = match part.object.parse() {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(Skip::UnsupportedObject(format!("{id}: {e}")))),
+            };
+            let bytes = match read_object(session, &part_id, limit - data.len()).await? {
+                Ok(b) => b,
+                Err(skip) => return Ok(Err(skip)),
+            };
+            if bytes.len() as i64 != part.length {
+                return Ok(Err(Skip::UnsupportedObject(format!("{id}: a part is not of its stated length"))));
+            }
+            data.extend_from_slice(&bytes);
+        }
+        Ok(Ok(data))
+    })
+}
