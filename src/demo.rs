@@ -173,6 +173,12 @@ pub fn write_sample_catalog(tier1: &Path, tier2: &Path) -> Result<()> {
     example["startWal"] = json!("000000010000000000000007");
     example["endWal"] = json!("000000010000000000000007");
     put(tier1, &example)?;
+    // Fixed repository keys: the derived snapshot IDs are the same in every demo (and in the
+    // documentation's examples).
+    for (dir, name) in [(tier1, "tier1"), (tier2, "tier2")] {
+        let key = openssl::sha::sha256(format!("klio-api demo repository {name}").as_bytes());
+        crate::upstream::kopia::server::repository::write_key(dir, &key)?;
+    }
     // Its PGDATA and pg_control snapshots have the IDs the product document shows.
     let (key, pgdata, controldata) = EXAMPLE_SNAPSHOT_IDS;
     let ids = json!({ key: { "pgdata": pgdata, "controldata": controldata } });

@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::kopia_fakes::{faulty, Fault};
 use common::*;
-use poem::endpoint::BoxEndpoint;
-use poem::{EndpointExt, IntoResponse};
+use klio_api::upstream::kopia::proto::error_response::Code;
 use serde_json::{json, Value};
 
 const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -239,10 +238,21 @@ fn list_json_shape_and_product_example() {
     // A record with a tablespace.
     let analytics = item(&list, "pg-analytics.backup-20251121010000");
     assert_eq!(analytics["spec"], json!({ "backupID": "backup-20251121010000", "clusterName": "pg-analytics" }));
+    // The tablespace's snapshot ID, as the repository holds it (the record does not carry it).
+    let (cluster, backup) = ("pg-analytics", "backup-20251121010000");
+    let tablespace_id = snapshot_id(&h.tier1_dir, "tablespace", cluster, backup, Some("analytics"));
     assert_eq!(
         analytics["status"]["tablespaces"],
         json!([{ "name": "analytics", "oid": "16385", "path": "/var/lib/postgresql/tablespaces/analytics",
-                 "annotations": { "klio.io/kopiaManifestID": "7f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f" } }])
+                 "annotations": { "klio.io/kopiaManifestID": tablespace_id } }])
+    );
+    assert_eq!(
+        analytics["status"]["annotations"],
+        json!({
+            "klio.io/kopiaManifestID": snapshot_id(&h.tier1_dir, "pgdata", cluster, backup, None),
+            "klio.io/controlDataKopiaManifestID": snapshot_id(&h.tier1_dir, "controldata", cluster, backup, None),
+            "klio.io/tier1": "present",
+        })
     );
     assert_eq!(analytics["status"]["startedAt"], "2025-11-21T01:00:00Z");
     assert_eq!(analytics["status"]["stoppedAt"], "2025-11-21T01:13:32Z");
@@ -766,7 +776,7 @@ fn tier2_going_down_and_coming_back() {
     // Its backups as last read are still served: the catalog is stale, not gone.
     assert_eq!(Harness::names(&r.json()), before);
     // Back up: the warning goes away.
-    h.start_upstream(1, &Up::Reference);
+    h.start_upstream(1, &Up::Kopia);
     let r = poll("the warning to clear", WAIT, || {
         let r = h.admin.get_accept(COLLECTION, "application/json");
         r.header_all("warning").is_empty().then_some(r)
@@ -806,7 +816,7 @@ fn tier1_unreachable_is_service_unavailable_until_it_answers() {
     assert_eq!(h.admin.get("/apis").status, 200);
     assert_eq!(h.anonymous.get("/readyz").status, 503);
 
-    h.start_upstream(0, &Up::Reference);
+    h.start_upstream(0, &Up::Kopia);
     let list = poll("the list to succeed", WAIT, || {
         let r = h.admin.get_accept(COLLECTION, "application/json");
         (r.status == 200).then(|| r.json())
@@ -815,37 +825,18 @@ fn tier1_unreachable_is_service_unavailable_until_it_answers() {
     h.wait_ready();
 }
 
-fn garbage() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| {
-        poem::Response::builder().content_type("text/html").body("<html>this is not a catalog</html>")
-    })
-    .map_to_response()
-    .boxed()
-}
-
-fn failing() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| {
-        poem::Response::builder()
-            .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
-            .content_type("application/json")
-            .body(r#"{"error":"the repository is locked"}"#)
-    })
-    .map_to_response()
-    .boxed()
-}
-
-fn wrong_json() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| json!({ "revision": "seven", "records": [] }).to_string().into_response())
-        .map_to_response()
-        .boxed()
-}
-
 #[test]
-fn a_tier1_answer_that_is_not_a_catalog_is_bad_gateway() {
-    for (make, detail) in
-        [(garbage as fn() -> _, None), (failing, Some("the repository is locked")), (wrong_json, None)]
-    {
-        let h = Harness::start(Options { tier1: Up::Custom(make), wait_ready: false, ..Default::default() });
+fn a_tier1_that_does_not_serve_its_catalog_is_bad_gateway() {
+    for (up, detail) in [
+        (
+            faulty(Fault::Refuse(tonic::Code::PermissionDenied, "access denied for snapshot_reader@klio")),
+            "access denied for snapshot_reader@klio",
+        ),
+        (faulty(Fault::FindError(Code::UnknownError, "the repository is locked")), "the repository is locked"),
+        (faulty(Fault::WrongAnswer), "unexpected answer"),
+    ] {
+        let detail = Some(detail);
+        let h = Harness::start(Options { tier1: up, wait_ready: false, ..Default::default() });
         let tier1 = h.tier_url(0);
         for accept in ["application/json", TABLE_ACCEPT] {
             let r = h.admin.get_accept(COLLECTION, accept);
@@ -1064,7 +1055,7 @@ fn openapi_v2_protobuf_and_json() {
 fn tier1_record_wins_when_both_tiers_hold_a_backup() {
     let h = Harness::start(Options {
         sample: false,
-        tier2: Some(Up::Reference),
+        tier2: Some(Up::Kopia),
         prepare: Some(|t1, t2| {
             let mut on1 = klio_api::demo::sample_record("pg-x", "backup-20251205000000", 1_764_892_800, 30, 9, false);
             on1["annotations"] = json!({ "klio.io/kopiaManifestID": "from-tier-1" });
@@ -1077,10 +1068,20 @@ fn tier1_record_wins_when_both_tiers_hold_a_backup() {
     });
     let list = h.list_json();
     assert_eq!(Harness::names(&list), ["pg-x.backup-20251205000000"]);
+    // The record's own annotation wins; the other IDs come from each tier's repository.
+    let id = |dir: &std::path::Path, kind| snapshot_id(dir, kind, "pg-x", "backup-20251205000000", None);
     assert_eq!(
         list["items"][0]["status"]["annotations"],
-        json!({ "klio.io/kopiaManifestID": "from-tier-1", "klio.io/tier1": "present", "klio.io/tier2": "present" })
+        json!({
+            "klio.io/kopiaManifestID": "from-tier-1",
+            "klio.io/controlDataKopiaManifestID": id(&h.tier1_dir, "controldata"),
+            "klio.io/tier2KopiaManifestID": id(&h.tier2_dir, "pgdata"),
+            "klio.io/tier2ControlDataKopiaManifestID": id(&h.tier2_dir, "controldata"),
+            "klio.io/tier1": "present",
+            "klio.io/tier2": "present",
+        })
     );
+    assert_ne!(id(&h.tier1_dir, "pgdata"), id(&h.tier2_dir, "pgdata"), "each tier's repository has IDs of its own");
 }
 
 #[test]
@@ -1103,17 +1104,9 @@ fn records_with_impossible_timestamps_are_skipped() {
 }
 
 #[test]
-fn a_hanging_klio_server_is_bounded_by_the_client_timeout() {
-    fn hang() -> BoxEndpoint<'static, poem::Response> {
-        poem::endpoint::make(|_| async {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            poem::Response::builder().body("too late")
-        })
-        .map_to_response()
-        .boxed()
-    }
+fn a_silent_klio_server_is_bounded_by_the_client_timeout() {
     let h = Harness::start(Options {
-        tier1: Up::Custom(hang),
+        tier1: faulty(Fault::Silent),
         wait_ready: false,
         klio_timeout_seconds: 1,
         ..Default::default()
@@ -1178,79 +1171,15 @@ fn many_records_are_listed_sorted() {
 }
 
 #[test]
-fn tier2_answering_garbage_serves_tier1_with_a_warning() {
-    fn garbage2() -> BoxEndpoint<'static, poem::Response> {
-        poem::endpoint::make_sync(|_| {
-            poem::Response::builder().content_type("text/plain").body("\"quoted\"\r\nnot a catalog")
-        })
-        .map_to_response()
-        .boxed()
-    }
-    let h = Harness::start(Options { tier2: Some(Up::Custom(garbage2)), ..Default::default() });
+fn tier2_answering_nonsense_serves_tier1_with_a_warning() {
+    let h = Harness::start(Options {
+        tier2: Some(faulty(Fault::FindError(Code::UnknownError, "\"quoted\"\r\nnot a catalog"))),
+        ..Default::default()
+    });
     let r = h.admin.get_accept(COLLECTION, TABLE_ACCEPT);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(Harness::names(&r.json()), SAMPLE_TIER1);
     assert_warning(&r, &h.tier_url(1));
-}
-
-fn no_revision() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| {
-        let record = klio_api::demo::sample_record("pg-old", "backup-20251206000000", 1_764_979_200, 5, 3, false);
-        poem::Response::builder().content_type("application/json").body(json!({ "items": [record] }).to_string())
-    })
-    .map_to_response()
-    .boxed()
-}
-
-/// An older gateway that sends neither `revision` nor `ETag` is still served.
-#[test]
-fn a_catalog_without_revision_is_accepted() {
-    let h = Harness::start(Options { tier1: Up::Custom(no_revision), ..Default::default() });
-    let list = h.list_json();
-    assert_eq!(Harness::names(&list), ["pg-old.backup-20251206000000"]);
-    assert!(list["metadata"]["resourceVersion"].as_str().is_some_and(|rv| !rv.is_empty()), "{}", list["metadata"]);
-    let r = h.admin.get(&format!("{COLLECTION}/pg-old.backup-20251206000000"));
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
-static NO_REVISION_READS: AtomicUsize = AtomicUsize::new(0);
-static NO_REVISION_MORE: AtomicBool = AtomicBool::new(false);
-
-/// An older gateway (no `revision`, no `ETag`) counting its reads; a second record once
-/// `NO_REVISION_MORE` is set.
-fn no_revision_counted() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| {
-        NO_REVISION_READS.fetch_add(1, Ordering::SeqCst);
-        let mut items =
-            vec![klio_api::demo::sample_record("pg-old", "backup-20251206000000", 1_764_979_200, 5, 3, false)];
-        if NO_REVISION_MORE.load(Ordering::SeqCst) {
-            items.push(klio_api::demo::sample_record("pg-old", "backup-20251207000000", 1_765_065_600, 5, 4, false));
-        }
-        poem::Response::builder().content_type("application/json").body(json!({ "items": items }).to_string())
-    })
-    .map_to_response()
-    .boxed()
-}
-
-/// The fallback revision for a gateway without `revision` still identifies a catalog state: the
-/// same catalog keeps its resourceVersion over refreshes; a changed one gets a new one.
-#[test]
-fn without_revision_an_unchanged_catalog_keeps_its_resource_version() {
-    let h = Harness::start(Options { tier1: Up::Custom(no_revision_counted), ..Default::default() });
-    // Waits for two more full reads of the gateway (refreshes), never for a fixed time.
-    let two_more_reads = || {
-        let seen = NO_REVISION_READS.load(Ordering::SeqCst);
-        poll("two more catalog reads", WAIT, || (NO_REVISION_READS.load(Ordering::SeqCst) >= seen + 2).then_some(()));
-    };
-    let rv1 = rv_of(&h.list_json());
-    two_more_reads();
-    assert_eq!(rv_of(&h.list_json()), rv1, "the same catalog read again");
-
-    NO_REVISION_MORE.store(true, Ordering::SeqCst);
-    let changed = h.list_until("the second record", |l| Harness::names(l).len() == 2);
-    assert_ne!(rv_of(&changed), rv1, "a changed catalog has a new resourceVersion");
-    two_more_reads();
-    assert_eq!(rv_of(&h.list_json()), rv_of(&changed));
 }
 
 #[test]

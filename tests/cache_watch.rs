@@ -10,12 +10,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::kopia_fakes::{faulty, Fault};
 use common::*;
-use poem::endpoint::BoxEndpoint;
-use poem::EndpointExt;
+use klio_api::upstream::kopia::proto::error_response::Code;
 use serde_json::{json, Value};
 
 const JSON: &str = "application/json";
@@ -636,25 +636,6 @@ fn list_resource_version_semantics() {
 // ---------------------------------------------------------------------------------------------
 // Stale but available
 
-fn garbage() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| {
-        poem::Response::builder().content_type("text/html").body("<html>not a catalog</html>")
-    })
-    .map_to_response()
-    .boxed()
-}
-
-fn failing() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|_| {
-        poem::Response::builder()
-            .status(poem::http::StatusCode::INTERNAL_SERVER_ERROR)
-            .content_type("application/json")
-            .body(r#"{"error":"the repository is locked"}"#)
-    })
-    .map_to_response()
-    .boxed()
-}
-
 /// The one Warning header of `r`, checked for kubectl's format, and its text.
 fn warning_text(headers: &[String]) -> String {
     assert_eq!(headers.len(), 1, "one Warning header: {headers:?}");
@@ -704,7 +685,7 @@ fn serves_stale_then_recovers(how: Up, mentions: &str) {
     );
     assert!(!ready.text().contains(&url), "not even verbosely: {}", ready.text());
 
-    h.start_upstream(0, &Up::Reference);
+    h.start_upstream(0, &Up::Kopia);
     poll("the warning to clear", WAIT, || {
         h.admin.get_accept(COLLECTION, JSON).header_all("warning").is_empty().then_some(())
     });
@@ -721,13 +702,21 @@ fn tier1_stopped_after_a_first_read_serves_the_last_catalog_with_a_warning() {
 }
 
 #[test]
-fn tier1_answering_500_after_a_first_read_serves_the_last_catalog_with_a_warning() {
-    serves_stale_then_recovers(Up::Custom(failing), "the repository is locked");
+fn tier1_refusing_sessions_after_a_first_read_serves_the_last_catalog_with_a_warning() {
+    serves_stale_then_recovers(
+        faulty(Fault::Refuse(tonic::Code::Unavailable, "not connected to a direct repository")),
+        "not connected to a direct repository",
+    );
 }
 
 #[test]
-fn tier1_answering_garbage_after_a_first_read_serves_the_last_catalog_with_a_warning() {
-    serves_stale_then_recovers(Up::Custom(garbage), "not a catalog");
+fn tier1_failing_its_listings_after_a_first_read_serves_the_last_catalog_with_a_warning() {
+    serves_stale_then_recovers(faulty(Fault::FindError(Code::UnknownError, "the repository is locked")), "the repository is locked");
+}
+
+#[test]
+fn tier1_answering_nonsense_after_a_first_read_serves_the_last_catalog_with_a_warning() {
+    serves_stale_then_recovers(faulty(Fault::WrongAnswer), "unexpected answer");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -807,7 +796,7 @@ fn servers(specs: &[(&'static str, bool)]) -> Options {
     Options {
         servers: specs
             .iter()
-            .map(|(name, tier2)| ServerOpt { name, tier1: Up::Reference, tier2: tier2.then_some(Up::Reference) })
+            .map(|(name, tier2)| ServerOpt { name, tier1: Up::Kopia, tier2: tier2.then_some(Up::Kopia) })
             .collect(),
         ..Default::default()
     }
@@ -881,46 +870,22 @@ fn a_server_with_two_tiers_beside_another_server() {
 // ---------------------------------------------------------------------------------------------
 // Cold start and conditional refreshes
 
-static COLD_TIER1_READS: AtomicUsize = AtomicUsize::new(0);
-static COLD_TIER2_READS: AtomicUsize = AtomicUsize::new(0);
-/// Holds the cold-start upstream answers until the test has its requests waiting.
+/// Holds the cold-start listings until the test has its requests waiting.
 static COLD_RELEASE: AtomicBool = AtomicBool::new(false);
 
-fn held(reads: &'static AtomicUsize, revision: u64, cluster: &'static str) -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make(move |req| async move {
-        reads.fetch_add(1, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !COLD_RELEASE.load(Ordering::SeqCst) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        catalog_response(&req, revision, &[new_record(cluster, "backup-20251201000000", 1)])
-    })
-    .map_to_response()
-    .boxed()
-}
-
-fn held_tier1() -> BoxEndpoint<'static, poem::Response> {
-    held(&COLD_TIER1_READS, 42, "pg-one")
-}
-
-fn held_tier2() -> BoxEndpoint<'static, poem::Response> {
-    held(&COLD_TIER2_READS, 7, "pg-two")
-}
-
-/// Many requests on a cold start wait for the one refresh in flight: one upstream request per
-/// source, not one per client request. The upstream holds its answers while the 20 requests
-/// come in (a bounded window, ended early if a second upstream request shows up).
+/// Many requests on a cold start wait for the one refresh in flight: one catalog read per
+/// source (one FindManifests per snapshot kind), not one per client request. The upstreams hold
+/// their listings while the 20 requests come in.
 #[test]
 fn a_cold_start_reads_each_source_once_however_many_requests_wait() {
     let h = Harness::start(Options {
-        tier1: Up::Custom(held_tier1),
-        tier2: Some(Up::Custom(held_tier2)),
+        tier1: faulty(Fault::HoldFinds(&COLD_RELEASE)),
+        tier2: Some(Up::Kopia),
         wait_ready: false,
         refresh_seconds: 60,
         ..Default::default()
     });
     assert_eq!(h.anonymous.get("/readyz").status, 503, "the first refresh is still in flight");
-    let reads = || COLD_TIER1_READS.load(Ordering::SeqCst) + COLD_TIER2_READS.load(Ordering::SeqCst);
     let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..20)
             .map(|_| {
@@ -931,89 +896,43 @@ fn a_cold_start_reads_each_source_once_however_many_requests_wait() {
                 })
             })
             .collect();
-        let window = Instant::now() + Duration::from_millis(1500);
-        while Instant::now() < window && reads() <= 2 {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        std::thread::sleep(Duration::from_millis(500));
         COLD_RELEASE.store(true, Ordering::SeqCst);
         handles.into_iter().map(|t| t.join().unwrap()).collect()
     });
+    let rv = rv_of(&answers[0].1);
     for (status, body) in &answers {
         assert_eq!(*status, 200, "{body}");
-        assert_eq!(Harness::names(body), ["pg-one.backup-20251201000000", "pg-two.backup-20251201000000"]);
-        assert_eq!(rv_of(body), "42.7", "the resourceVersion is made of the upstream revisions");
+        assert_eq!(Harness::names(body).len(), SAMPLE_TIER1.len() + 1, "{body}");
+        assert_eq!(rv_of(body), rv);
     }
-    assert_eq!(COLD_TIER1_READS.load(Ordering::SeqCst), 1, "tier-1 reads during the cold start");
-    assert_eq!(COLD_TIER2_READS.load(Ordering::SeqCst), 1, "tier-2 reads during the cold start");
+    let (sessions, finds, manifests, contents) = h.upstreams[1].as_ref().unwrap().requests();
+    assert_eq!((sessions, finds), (1, 4), "tier 2: one session, one listing per snapshot kind");
+    assert_eq!((manifests, contents), (2, 4), "tier 2: three reads per backup, two backups");
 }
 
-static ETAG_FULL: AtomicUsize = AtomicUsize::new(0);
-static ETAG_NOT_MODIFIED: AtomicUsize = AtomicUsize::new(0);
-
-fn etag_counting() -> BoxEndpoint<'static, poem::Response> {
-    poem::endpoint::make_sync(|req| {
-        let resp = catalog_response(&req, 5, &[new_record("pg-etag", "backup-20251201000000", 1)]);
-        let counter =
-            if resp.status() == poem::http::StatusCode::NOT_MODIFIED { &ETAG_NOT_MODIFIED } else { &ETAG_FULL };
-        counter.fetch_add(1, Ordering::SeqCst);
-        resp
-    })
-    .map_to_response()
-    .boxed()
-}
-
-/// Refreshes send the ETag back: an unchanged catalog costs a 304, not a full read, and the
-/// service goes on serving it as is.
+/// A refresh that finds nothing new costs the listings only (one FindManifests per snapshot
+/// kind); a new backup costs three reads (manifest, directory, metadata.json), known ones none.
 #[test]
-fn refreshes_are_conditional_and_an_unchanged_catalog_costs_a_304() {
-    let h = Harness::start(Options { tier1: Up::Custom(etag_counting), ..Default::default() });
-    poll("two conditional refreshes", WAIT, || (ETAG_NOT_MODIFIED.load(Ordering::SeqCst) >= 2).then_some(()));
-    assert_eq!(ETAG_FULL.load(Ordering::SeqCst), 1, "one full read; every refresh after it was conditional");
-    let r = h.admin.get_accept(COLLECTION, JSON);
-    assert_eq!(r.status, 200);
-    assert!(r.header_all("warning").is_empty(), "a 304 is not a failure: {:?}", r.header_all("warning"));
-    let list = r.json();
-    assert_eq!(rv_of(&list), "5");
-    assert_eq!(Harness::names(&list), ["pg-etag.backup-20251201000000"]);
+fn refreshes_read_only_what_is_new() {
+    let h = Harness::sample();
+    let up = |h: &Harness| h.upstreams[0].as_ref().unwrap().requests();
+    let (sessions, finds, manifests, contents) = up(&h);
+    assert_eq!(sessions, 1, "one long-lived session");
+    assert_eq!((manifests, contents), (5, 10), "three reads per backup of the sample");
+    poll("two more refreshes", WAIT, || (up(&h).1 >= finds + 8).then_some(()));
+    let (_, _, m, c) = up(&h);
+    assert_eq!((m, c), (manifests, contents), "nothing read for an unchanged catalog");
+    let rv = rv_of(&h.list_json());
+
+    let added = "pg-new.backup-20251201000000";
+    put_record(&h.tier1_dir, &new_record("pg-new", "backup-20251201000000", 0x70));
+    h.list_until("the new backup", |l| has(l, added));
+    let (sessions2, finds2, m, c) = up(&h);
+    assert_eq!((m, c), (manifests + 1, contents + 2), "three reads for the one new backup");
+    assert_eq!(sessions2, 1, "still the same session");
+    assert_eq!(finds2 % 4, 0, "listings come four at a time, one per snapshot kind: {finds2}");
+    assert_ne!(rv_of(&h.list_json()), rv);
     let ready = h.anonymous.get("/readyz?verbose").text();
     assert!(ready.contains("[+]catalog-klio-tier1 ok\n"), "{ready}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// The reference catalog server
-
-/// The contract: `revision` grows with every change, also two changes within one millisecond and
-/// across a restart; `ETag` and `If-None-Match` give a 304 while nothing changed.
-#[test]
-fn the_reference_server_revision_grows_with_every_change() {
-    let mut h = Harness::sample();
-    let ca = std::fs::read(h.pki.path("ca.crt")).unwrap();
-    let (cert, key) =
-        (std::fs::read(h.pki.path("klio-client.crt")).unwrap(), std::fs::read(h.pki.path("klio-client.key")).unwrap());
-    let klio = Client::new(&h.tier_url(0), &ca, Some((&cert, &key)));
-    let read = |klio: &Client| {
-        let r = klio.get_accept("/catalog/v1/backups", JSON);
-        assert_eq!(r.status, 200, "{}", r.text());
-        let etag = r.header("etag").expect("an ETag").to_string();
-        let body = r.json();
-        (body["revision"].as_u64().expect("a revision"), etag, body["items"].as_array().unwrap().len())
-    };
-    let (r1, etag, n) = read(&klio);
-    assert_eq!(n, SAMPLE_TIER1.len());
-    let r = klio.request("GET", "/catalog/v1/backups", &[("If-None-Match", &etag)], None);
-    assert_eq!(r.status, 304);
-
-    // Two changes back to back (well within a millisecond of each other, or close).
-    put_record(&h.tier1_dir, &new_record("pg-new", "backup-20251201000000", 0xB0));
-    let (r2, etag2, _) = read(&klio);
-    rewrite(&record_file(&h.tier1_dir, "pg-new.backup-20251201000000"), |r| r["endLsn"] = json!(1u64));
-    let (r3, _, _) = read(&klio);
-    assert!(r1 < r2 && r2 < r3, "{r1} {r2} {r3}");
-    let r = klio.request("GET", "/catalog/v1/backups", &[("If-None-Match", &etag2)], None);
-    assert_eq!(r.status, 200, "an outdated ETag gets the catalog");
-
-    h.stop_upstream(0);
-    h.start_upstream(0, &Up::Reference);
-    let (r4, _, _) = read(&klio);
-    assert!(r4 >= r3, "the revision never goes back, also across a restart: {r3} -> {r4}");
 }

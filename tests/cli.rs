@@ -80,7 +80,7 @@ impl Setup {
         std::fs::create_dir_all(&tier1).unwrap();
         std::fs::create_dir_all(&tier2).unwrap();
         klio_api::demo::write_sample_catalog(&tier1, &tier2).unwrap();
-        let catalog = Upstream::start(&pki, &tier1, 0, &Up::Reference).unwrap();
+        let catalog = Upstream::start(&pki, &tier1, 0, &Up::Kopia).unwrap();
         Self { dir, pki, catalog }
     }
 

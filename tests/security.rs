@@ -1,5 +1,5 @@
 //! Delegated authentication and authorization, attacked from outside: the real API service
-//! (`ApiServer::bind` + `serve`) on 127.0.0.1, a reference catalog server behind it, and a
+//! (`ApiServer::bind` + `serve`) on 127.0.0.1, our Kopia-protocol catalog server behind it, and a
 //! kube-apiserver double (tests/common/kube_double.rs) that serves the
 //! `extension-apiserver-authentication` ConfigMap, TokenReviews and SubjectAccessReviews.
 //!
@@ -276,9 +276,9 @@ impl Stack {
         let (catalog_tx, catalog_rx) = watch::channel(false);
         let serve_args = pki.catalog_serve_args(tier1.clone());
         let catalog_addr = catalog_rt.block_on(async move {
-            let server = klio_api::catalog::reference_server::bind(&serve_args).await.unwrap();
+            let server = klio_api::upstream::kopia::server::KopiaServer::bind(&serve_args).await.unwrap();
             let addr = server.local_addr();
-            tokio::spawn(server.serve(klio_api::catalog::reference_server::app(serve_args.dir.clone()), catalog_rx));
+            tokio::spawn(server.serve(catalog_rx));
             addr
         });
 

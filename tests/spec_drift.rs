@@ -132,17 +132,26 @@ fn check_instance(doc: &Value, schema_name: &str, instance: &Value, at: &str) {
 #[test]
 fn served_objects_match_the_document() {
     let doc = document();
-    let record: klio_api::catalog::record::BackupRecord =
+    use klio_api::upstream::kopia::ids::ManifestId;
+    use klio_api::upstream::kopia::reader::{SnapshotIds, SourceBackup};
+    let record: klio_api::upstream::record::BackupRecord =
         serde_json::from_value(klio_api::demo::sample_record("pg-analytics", "backup-1", 1_763_600_400, 754, 42, true))
             .unwrap();
-    let backup = klio_api::catalog::Backup::new(
-        "pg-analytics.backup-1".into(),
-        std::sync::Arc::new(record),
-        "klio".into(),
-        [true, true],
-        "1".into(),
-    )
-    .unwrap();
+    let on_tier = |n: u8| {
+        Some(std::sync::Arc::new(SourceBackup {
+            record: std::sync::Arc::new(record.clone()),
+            manifest: ManifestId([n; 16]),
+            written_nanos: 1_763_601_200_000_000_000,
+            snapshots: SnapshotIds {
+                pgdata: Some(ManifestId([n + 1; 16])),
+                controldata: Some(ManifestId([n + 2; 16])),
+                tablespaces: [("analytics".into(), ManifestId([n + 3; 16]))].into(),
+            },
+        }))
+    };
+    let backup =
+        klio_api::catalog::Backup::new("pg-analytics.backup-1".into(), [on_tier(1), on_tier(10)], "klio".into(), "1".into())
+            .unwrap();
     let value = serde_json::to_value(&backup).unwrap();
     assert!(value["status"]["tablespaces"].is_array(), "the sample must exercise every field");
     check_instance(&doc, "io.enterprisedb.kliocatalog.v1alpha1.KlioBackup", &value, "KlioBackup");

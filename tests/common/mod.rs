@@ -1,5 +1,6 @@
 //! The integration-test harness: per test a temporary directory with the demo PKI, a catalog on
-//! disk (tier 1, optionally tier 2), reference catalog servers (or fakes, or nothing listening)
+//! disk (tier 1, optionally tier 2), our Kopia-protocol catalog servers (or servers of a test's
+//! own making, or nothing listening)
 //! and the API service, all on 127.0.0.1 ephemeral ports over TLS, plus blocking HTTPS clients.
 //!
 //! Every upstream server runs on a runtime of its own, so stopping it (dropping the runtime)
@@ -8,15 +9,20 @@
 
 #![allow(dead_code)]
 
+pub mod kopia_fakes;
+
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use klio_api::apiserver::ApiServer;
-use klio_api::config::{ApiServerArgs, KlioClientArgs, ServerSpec};
+use klio_api::config::{ApiServerArgs, CatalogServeArgs, KlioClientArgs, ServerSpec};
 use klio_api::demo::DemoPki;
-use poem::endpoint::BoxEndpoint;
+use klio_api::upstream::kopia::proto::kopia_repository_server::KopiaRepositoryServer;
+use klio_api::upstream::kopia::server::{serve, Acl, Backend, KopiaServer, RequestCounts, SessionService};
+use klio_api::upstream::kopia::tls::server_acceptor;
 use serde_json::Value;
 use tokio::runtime::Runtime;
 use tokio::sync::watch;
@@ -106,25 +112,40 @@ pub fn rewrite(file: &Path, change: impl FnOnce(&mut Value)) {
 /// What answers for one tier.
 #[derive(Clone)]
 pub enum Up {
-    /// The reference catalog server over the tier's directory.
-    Reference,
+    /// Our Kopia-protocol catalog server (`klio-api catalog serve`) over the tier's directory.
+    Kopia,
+    /// The same, its arguments changed first (ACLs, split size).
+    KopiaWith(fn(&mut CatalogServeArgs)),
     /// Nothing listens on the tier's port.
     Down,
-    /// A TLS server (mutual TLS, the catalog server's certificate) answering with this endpoint.
-    Custom(fn() -> BoxEndpoint<'static, poem::Response>),
+    /// A server of the test's own making, on the catalog server's port and TLS.
+    Custom(Arc<dyn Fn(ServeParts) -> BoxFuture<'static, ()> + Send + Sync>),
 }
 
-/// A catalog answer as the contract describes it (`revision`, `ETag`, `304` on a matching
-/// `If-None-Match`), for `Up::Custom` endpoints that serve a catalog of their own.
-pub fn catalog_response(req: &poem::Request, revision: u64, items: &[Value]) -> poem::Response {
-    let etag = format!("\"{revision}\"");
-    if req.header("if-none-match") == Some(etag.as_str()) {
-        return poem::Response::builder().status(poem::http::StatusCode::NOT_MODIFIED).header("ETag", etag).finish();
+/// What a custom upstream server gets to serve with.
+pub struct ServeParts {
+    pub listener: tokio::net::TcpListener,
+    pub acceptor: Arc<openssl::ssl::SslAcceptor>,
+    pub dir: PathBuf,
+    pub stop: watch::Receiver<bool>,
+}
+
+impl Up {
+    /// A custom server: `serve` runs on the upstream's runtime until the upstream stops.
+    pub fn custom(serve: impl Fn(ServeParts) -> BoxFuture<'static, ()> + Send + Sync + 'static) -> Self {
+        Self::Custom(Arc::new(serve))
     }
-    poem::Response::builder()
-        .content_type("application/json")
-        .header("ETag", etag)
-        .body(serde_json::json!({ "revision": revision, "items": items }).to_string())
+
+    /// Our server's session semantics over a repository of the test's making.
+    pub fn backend(make: fn(&Path) -> Arc<dyn Backend>) -> Self {
+        Self::custom(move |parts: ServeParts| {
+            let service = SessionService::new(make(&parts.dir), Acl::Readers(vec!["snapshot_reader@klio".into()]));
+            Box::pin(async move {
+                let svc = KopiaRepositoryServer::new(service);
+                let _ = serve(parts.listener, parts.acceptor, svc, parts.stop).await;
+            })
+        })
+    }
 }
 
 /// One upstream server on its own runtime; dropping it closes its listener and connections.
@@ -132,6 +153,8 @@ pub struct Upstream {
     rt: Option<Runtime>,
     shutdown: Option<watch::Sender<bool>>,
     pub addr: SocketAddr,
+    /// The requests our Kopia server answered (`None` for custom servers).
+    pub counts: Option<Arc<RequestCounts>>,
 }
 
 impl Upstream {
@@ -144,33 +167,56 @@ impl Upstream {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let mut args = pki.catalog_serve_args(dir.to_path_buf());
         args.listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        if let Up::KopiaWith(change) = up {
+            change(&mut args);
+        }
         let (tx, rx) = watch::channel(false);
         let up = up.clone();
-        let addr = rt.block_on(async move {
+        let (addr, counts) = rt.block_on(async move {
             let deadline = Instant::now() + Duration::from_secs(5);
-            let server = loop {
-                match klio_api::catalog::reference_server::bind(&args).await {
-                    Ok(s) => break s,
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                    Err(e) => panic!("binding a catalog server on port {port}: {e:#}"),
-                }
+            let retry = |e: anyhow::Error| {
+                assert!(Instant::now() < deadline, "binding a catalog server on port {port}: {e:#}");
             };
-            let addr = server.local_addr();
             match up {
-                Up::Reference => {
-                    tokio::spawn(server.serve(klio_api::catalog::reference_server::app(args.dir.clone()), rx));
-                }
-                Up::Custom(make) => {
-                    tokio::spawn(server.serve(make(), rx));
-                }
+                Up::Kopia | Up::KopiaWith(_) => loop {
+                    match KopiaServer::bind(&args).await {
+                        Ok(server) => {
+                            let (addr, counts) = (server.local_addr(), server.counts());
+                            tokio::spawn(server.serve(rx));
+                            break (addr, Some(counts));
+                        }
+                        Err(e) => retry(e),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                },
+                Up::Custom(serve) => loop {
+                    match tokio::net::TcpListener::bind(args.listen).await {
+                        Ok(listener) => {
+                            let addr = listener.local_addr().unwrap();
+                            let acceptor = server_acceptor(
+                                &args.tls_cert_file,
+                                &args.tls_private_key_file,
+                                &args.client_ca_file,
+                            )
+                            .unwrap();
+                            let parts =
+                                ServeParts { listener, acceptor: Arc::new(acceptor), dir: args.dir.clone(), stop: rx };
+                            tokio::spawn(serve(parts));
+                            break (addr, None);
+                        }
+                        Err(e) => retry(e.into()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                },
                 Up::Down => unreachable!(),
             }
-            addr
         });
-        Some(Self { rt: Some(rt), shutdown: Some(tx), addr })
+        Some(Self { rt: Some(rt), shutdown: Some(tx), addr, counts })
+    }
+
+    /// `(sessions, find_manifests, get_manifest, get_content)` answered so far.
+    pub fn requests(&self) -> (u64, u64, u64, u64) {
+        self.counts.as_ref().expect("our Kopia server counts its requests").snapshot()
     }
 }
 
@@ -183,6 +229,27 @@ impl Drop for Upstream {
             rt.shutdown_background();
         }
     }
+}
+
+/// The manifest ID of a backup's snapshot of `kind` (`tag:klio.io/content`) in the repository
+/// our Kopia server makes of `dir`, read from the repository itself (what the server holds).
+pub fn snapshot_id(dir: &Path, kind: &str, cluster: &str, backup: &str, tablespace: Option<&str>) -> String {
+    use klio_api::upstream::kopia::labels;
+    let repo = klio_api::upstream::kopia::server::repository::DirRepository::new(dir, 4 << 20, Duration::ZERO).unwrap();
+    let view = repo.view();
+    let found: Vec<String> = view
+        .manifests
+        .iter()
+        .filter(|m| {
+            m.labels.get(labels::CONTENT).map(String::as_str) == Some(kind)
+                && m.labels.get(labels::HOSTNAME).map(String::as_str) == Some(cluster)
+                && m.labels.get(labels::BACKUP).map(String::as_str) == Some(backup)
+                && m.labels.get(labels::TABLESPACE).map(String::as_str) == tablespace
+        })
+        .map(|m| m.id.to_string())
+        .collect();
+    assert_eq!(found.len(), 1, "one {kind} snapshot of {cluster}/{backup} in {}: {found:?}", dir.display());
+    found[0].clone()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -302,7 +369,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            tier1: Up::Reference,
+            tier1: Up::Kopia,
             tier2: None,
             servers: vec![],
             sample: true,
@@ -342,17 +409,17 @@ impl std::ops::Deref for Harness {
 }
 
 impl Harness {
-    /// The sample catalog on one reference server, ready.
+    /// The sample catalog on one Kopia server, ready.
     pub fn sample() -> Self {
         Self::start(Options::default())
     }
 
-    /// The sample catalog on two reference servers (tier 1 and tier 2), ready.
+    /// The sample catalog on two Kopia servers (tier 1 and tier 2), ready.
     pub fn sample_two_tiers() -> Self {
-        Self::start(Options { tier2: Some(Up::Reference), ..Default::default() })
+        Self::start(Options { tier2: Some(Up::Kopia), ..Default::default() })
     }
 
-    /// An empty catalog directory on one reference server; call `put_record` and so on before
+    /// An empty catalog directory on one Kopia server; call `put_record` and so on before
     /// the first request.
     pub fn empty() -> Self {
         Self::start(Options { sample: false, ..Default::default() })

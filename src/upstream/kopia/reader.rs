@@ -156,7 +156,7 @@ pub struct CatalogReader {
     /// Records by root directory object: a manifest saved again over the same data costs no read.
     by_root: HashMap<Arc<str>, Arc<BackupRecord>>,
     /// Every listed ID of the last complete read, sorted: equal again means nothing changed.
-    last_listing: Vec<(SnapshotKind, ManifestId)>,
+    last_listing: Option<Vec<(SnapshotKind, ManifestId)>>,
     /// A backup could not be read for a passing reason: read again even if nothing changed.
     retry: bool,
     last_output: Vec<Arc<SourceBackup>>,
@@ -175,7 +175,7 @@ impl CatalogReader {
             window: window.max(1),
             known: HashMap::new(),
             by_root: HashMap::new(),
-            last_listing: vec![],
+            last_listing: None,
             retry: false,
             last_output: vec![],
             reported_entries: HashSet::new(),
@@ -235,7 +235,7 @@ impl CatalogReader {
         }
         listing.sort();
         self.reported_entries.retain(|id| usable_ids.contains(id));
-        if listing == self.last_listing && !self.retry {
+        if self.last_listing.as_ref() == Some(&listing) && !self.retry {
             return Ok(ReadOutcome::Unchanged);
         }
 
@@ -335,7 +335,7 @@ impl CatalogReader {
         }
         drop(previous);
         self.retry = !transient.is_empty();
-        self.last_listing = if self.retry { vec![] } else { listing };
+        self.last_listing = if self.retry { None } else { Some(listing) };
         self.last_output = backups.clone();
         Ok(ReadOutcome::Changed { backups, newest_nanos: newest })
     }

@@ -357,7 +357,13 @@ impl Session {
         tracing::info!(server = %self.config.url, user = %material.username, host = %material.hostname, "Kopia session open");
 
         let pending: Arc<Mutex<Pending>> = Default::default();
-        let reader = tokio::spawn(read_answers(pending.clone(), inbound, self.config.url.clone(), self.stray_answers.clone()));
+        let reader = tokio::spawn(read_answers(
+            pending.clone(),
+            inbound,
+            self.config.url.clone(),
+            self.config.labels.clone(),
+            self.stray_answers.clone(),
+        ));
         Ok(Arc::new(Live {
             outgoing,
             pending,
@@ -418,6 +424,7 @@ async fn read_answers(
     pending: Arc<Mutex<Pending>>,
     mut inbound: tonic::Streaming<SessionResponse>,
     url: String,
+    labels: SourceLabels,
     stray: Arc<AtomicU64>,
 ) {
     let mut warned_stray = false;
@@ -436,6 +443,12 @@ async fn read_answers(
                     }
                     None => {
                         stray.fetch_add(1, Ordering::Relaxed);
+                        let labels = crate::metrics::ReadErrorLabels {
+                            server: labels.server.clone(),
+                            tier: labels.tier.clone(),
+                            reason: "stray_answer",
+                        };
+                        metrics().read_errors.get_or_create(&labels).inc();
                         if !warned_stray {
                             warned_stray = true;
                             tracing::warn!(server = %url, request_id = id, "the Kopia server answered a request nobody is waiting for; ignoring such answers");

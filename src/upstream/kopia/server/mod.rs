@@ -104,7 +104,7 @@ impl Acl {
 }
 
 /// The `KopiaRepository` gRPC service.
-pub struct SessionService<B> {
+pub struct SessionService<B: ?Sized> {
     backend: Arc<B>,
     acl: Acl,
     counts: Arc<RequestCounts>,
@@ -112,7 +112,7 @@ pub struct SessionService<B> {
     concurrency: usize,
 }
 
-impl<B: Backend> SessionService<B> {
+impl<B: Backend + ?Sized> SessionService<B> {
     pub fn new(backend: Arc<B>, acl: Acl) -> Self {
         Self { backend, acl, counts: Default::default(), concurrency: 8 }
     }
@@ -134,7 +134,7 @@ fn single<'a>(request: &'a Request<Streaming<SessionRequest>>, name: &str) -> Op
 type Answers = tokio_stream::wrappers::ReceiverStream<Result<SessionResponse, Status>>;
 
 #[tonic::async_trait]
-impl<B: Backend> KopiaRepository for SessionService<B> {
+impl<B: Backend + ?Sized> KopiaRepository for SessionService<B> {
     type SessionStream = Answers;
 
     async fn session(&self, request: Request<Streaming<SessionRequest>>) -> Result<Response<Answers>, Status> {
@@ -163,20 +163,7 @@ impl<B: Backend> KopiaRepository for SessionService<B> {
         };
         self.counts.sessions.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(64);
-        let init = SessionResponse {
-            request_id: init_id,
-            has_more: false,
-            response: Some(session_response::Response::InitializeSession(InitializeSessionResponse {
-                parameters: Some(RepositoryParameters {
-                    hash_function: "HMAC-SHA256-128".into(),
-                    hmac_secret: self.backend.hmac_secret(),
-                    splitter: "FIXED-4M".into(),
-                    supports_content_compression: true,
-                }),
-            })),
-        };
-        tx.send(Ok(init)).await.map_err(|_| Status::cancelled("the client went away"))?;
-        let handler = Handler {
+        let handler = SessionAnswers {
             backend: self.backend.clone(),
             acl: self.acl.clone(),
             counts: self.counts.clone(),
@@ -184,6 +171,7 @@ impl<B: Backend> KopiaRepository for SessionService<B> {
             user,
             host,
         };
+        tx.send(Ok(handler.initialized(init_id))).await.map_err(|_| Status::cancelled("the client went away"))?;
         let slots = Arc::new(Semaphore::new(self.concurrency));
         tokio::spawn(async move {
             let mut running = tokio::task::JoinSet::new();
@@ -216,8 +204,9 @@ impl<B: Backend> KopiaRepository for SessionService<B> {
     }
 }
 
-/// Answers the requests of one authenticated session.
-struct Handler<B> {
+/// Answers the requests of one authenticated session (public so that tests can build misbehaving
+/// servers that answer normally in between).
+pub struct SessionAnswers<B: ?Sized> {
     backend: Arc<B>,
     acl: Acl,
     counts: Arc<RequestCounts>,
@@ -226,7 +215,7 @@ struct Handler<B> {
     host: String,
 }
 
-impl<B> Clone for Handler<B> {
+impl<B: ?Sized> Clone for SessionAnswers<B> {
     fn clone(&self) -> Self {
         Self {
             backend: self.backend.clone(),
@@ -256,12 +245,34 @@ fn entry(m: &StoredManifest) -> ManifestEntryMetadata {
     }
 }
 
-impl<B: Backend> Handler<B> {
+impl<B: Backend + ?Sized> SessionAnswers<B> {
+    /// The answers for the session of `user@host`.
+    pub fn new(backend: Arc<B>, acl: Acl, counts: Arc<RequestCounts>, user: &str, host: &str) -> Self {
+        Self { backend, acl, counts, identity: format!("{user}@{host}"), user: user.into(), host: host.into() }
+    }
+
+    /// The answer to `InitializeSession`.
+    pub fn initialized(&self, request_id: i64) -> SessionResponse {
+        SessionResponse {
+            request_id,
+            has_more: false,
+            response: Some(session_response::Response::InitializeSession(InitializeSessionResponse {
+                parameters: Some(RepositoryParameters {
+                    hash_function: "HMAC-SHA256-128".into(),
+                    hmac_secret: self.backend.hmac_secret(),
+                    splitter: "FIXED-4M".into(),
+                    supports_content_compression: true,
+                }),
+            })),
+        }
+    }
+
     fn may_read(&self, m: &StoredManifest) -> bool {
         self.acl.may_read(&self.identity, &self.user, &self.host, m)
     }
 
-    fn answer(&self, req: SessionRequest) -> Vec<SessionResponse> {
+    /// The answers to one request after the session started.
+    pub fn answer(&self, req: SessionRequest) -> Vec<SessionResponse> {
         let id = req.request_id;
         let one = |r| vec![SessionResponse { request_id: id, has_more: false, response: Some(r) }];
         match req.request {
@@ -333,7 +344,7 @@ fn pages(request_id: i64, mut found: Vec<ManifestEntryMetadata>, page_size: i32)
 }
 
 /// A bound Kopia-protocol server.
-pub struct KopiaServer<B> {
+pub struct KopiaServer<B: ?Sized> {
     listener: TcpListener,
     acceptor: Arc<openssl::ssl::SslAcceptor>,
     service: SessionService<B>,
@@ -348,7 +359,7 @@ impl KopiaServer<DirRepository> {
     }
 }
 
-impl<B: Backend> KopiaServer<B> {
+impl<B: Backend + ?Sized> KopiaServer<B> {
     /// Binds `args.listen` with `args`' certificates and serves `service`.
     pub async fn bind_with(args: &CatalogServeArgs, service: SessionService<B>) -> Result<Self> {
         let acceptor = super::tls::server_acceptor(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;

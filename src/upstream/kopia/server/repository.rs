@@ -4,8 +4,9 @@
 //! snapshot manifest JSON, `k` directory objects, file contents, and indirect objects for files
 //! larger than the split size.
 //!
-//! IDs are keyed hashes (HMAC-SHA256, 128 bits, the key derived from the directory's path), so
-//! they are stable across restarts and differ between directories, as two repositories' do. A
+//! IDs are keyed hashes (HMAC-SHA256, 128 bits) under the repository's own key, kept in
+//! `.repository-key` (made at first start), so they are stable across restarts and differ
+//! between directories, as two repositories' do. A
 //! metadata manifest's ID covers the record's bytes: rewriting a record is a new snapshot (a new
 //! ID), as it is in Kopia. A record that is not JSON is still served (its labels come from its
 //! path), so readers meet undecodable records as they would in a damaged repository.
@@ -27,6 +28,9 @@ use crate::upstream::kopia::{labels, SnapshotKind};
 
 /// The file that fixes data snapshot IDs (hidden: never read as a record).
 pub const SNAPSHOT_IDS_FILE: &str = ".snapshot-ids.json";
+
+/// The repository's hash key, 32 bytes in hex (hidden: never read as a record).
+pub const KEY_FILE: &str = ".repository-key";
 
 /// The user part of every snapshot source (Klio's clients connect as `klio@<cluster>`).
 const SOURCE_USER: &str = "klio";
@@ -116,8 +120,7 @@ struct TablespaceShape {
 impl DirRepository {
     pub fn new(dir: &Path, split_bytes: usize, rescan: Duration) -> anyhow::Result<Self> {
         anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
-        let canonical = dir.canonicalize()?;
-        let secret = openssl::sha::sha256(format!("klio-api catalog serve\0{}", canonical.display()).as_bytes());
+        let secret = repository_key(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             key: openssl::pkey::PKey::hmac(&secret)?,
@@ -396,6 +399,41 @@ impl DirRepository {
         snapshot(SnapshotKind::Metadata, id, written, source_path, root, (written, written), None);
         BuiltRecord { manifests, contents }
     }
+}
+
+/// The key in `dir/.repository-key`, made (random) when there is none.
+fn repository_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    let path = dir.join(KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let text = text.trim();
+            let key: Option<Vec<u8>> = (text.len() == 64)
+                .then(|| (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect())
+                .flatten();
+            key.with_context(|| format!("{} must hold 64 hexadecimal characters", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = vec![0; 32];
+            openssl::rand::rand_bytes(&mut key)?;
+            write_key(dir, &key)?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes `key` as the repository key of `dir` (readable by the owner only).
+pub fn write_key(dir: &Path, key: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let path = dir.join(KEY_FILE);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&path)
+        .and_then(|mut f| f.write_all(crate::upstream::kopia::ids::hex(key).as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn same_manifests(a: &BuiltRecord, b: &BuiltRecord) -> bool {
