@@ -63,7 +63,8 @@ fn main() -> Result<()> {
 fn compile_kopia_protocol() -> Result<()> {
     const PROTO: &str = "src/upstream/kopia/repository.proto";
     println!("cargo:rerun-if-changed={PROTO}");
-    let descriptors = protox::compile([PROTO], ["src/upstream/kopia"]).map_err(|e| anyhow!("compiling {PROTO}: {e}"))?;
+    let descriptors =
+        protox::compile([PROTO], ["src/upstream/kopia"]).map_err(|e| anyhow!("compiling {PROTO}: {e}"))?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -183,7 +183,8 @@ pub fn write_sample_catalog(tier1: &Path, tier2: &Path) -> Result<()> {
     let (key, pgdata, controldata) = EXAMPLE_SNAPSHOT_IDS;
     let ids = json!({ key: { "pgdata": pgdata, "controldata": controldata } });
     let ids_file = tier1.join(crate::upstream::kopia::server::repository::SNAPSHOT_IDS_FILE);
-    std::fs::write(&ids_file, serde_json::to_vec_pretty(&ids)?).with_context(|| format!("writing {}", ids_file.display()))?;
+    std::fs::write(&ids_file, serde_json::to_vec_pretty(&ids)?)
+        .with_context(|| format!("writing {}", ids_file.display()))?;
     put(tier1, &sample_record("cluster-example", "backup-20251114093000", 1_763_112_600, 3, 9, false))?;
     // Older backups of cluster-example were moved to tier 2 only.
     put(tier2, &sample_record("cluster-example", "backup-20251101020000", 1_761_962_400, 95, 3, false))?;

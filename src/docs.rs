@@ -20,8 +20,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory};
 use serde_json::{json, Map, Value};
 
-use crate::upstream::record::BackupRecord;
 use crate::catalog::snapshot::{self, labels, SourceRecords, TIER_ANNOTATIONS};
+use crate::upstream::record::BackupRecord;
 
 /// The API's single source of truth, as built into the binary.
 pub static OPENAPI_DOCUMENT: &str = include_str!("../openapi/kliocatalog.enterprisedb.io_v1alpha1.json");
@@ -660,8 +660,6 @@ impl Examples {
             .ok_or_else(|| anyhow!("the demo catalog has no record {cluster}/{id}"))
     }
 }
-
-
 
 fn pretty(v: &impl serde::Serialize) -> Result<String> {
     Ok(serde_json::to_string_pretty(v)?)

@@ -711,7 +711,10 @@ fn tier1_refusing_sessions_after_a_first_read_serves_the_last_catalog_with_a_war
 
 #[test]
 fn tier1_failing_its_listings_after_a_first_read_serves_the_last_catalog_with_a_warning() {
-    serves_stale_then_recovers(faulty(Fault::FindError(Code::UnknownError, "the repository is locked")), "the repository is locked");
+    serves_stale_then_recovers(
+        faulty(Fault::FindError(Code::UnknownError, "the repository is locked")),
+        "the repository is locked",
+    );
 }
 
 #[test]

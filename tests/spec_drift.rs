@@ -149,9 +149,13 @@ fn served_objects_match_the_document() {
             },
         }))
     };
-    let backup =
-        klio_api::catalog::Backup::new("pg-analytics.backup-1".into(), [on_tier(1), on_tier(10)], "klio".into(), "1".into())
-            .unwrap();
+    let backup = klio_api::catalog::Backup::new(
+        "pg-analytics.backup-1".into(),
+        [on_tier(1), on_tier(10)],
+        "klio".into(),
+        "1".into(),
+    )
+    .unwrap();
     let value = serde_json::to_value(&backup).unwrap();
     assert!(value["status"]["tablespaces"].is_array(), "the sample must exercise every field");
     check_instance(&doc, "io.enterprisedb.kliocatalog.v1alpha1.KlioBackup", &value, "KlioBackup");

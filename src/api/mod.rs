@@ -282,6 +282,11 @@ fn readyz(req: &Request, Data(state): Data<&Arc<AppState>>) -> Response {
         for h in state.catalog.health() {
             let check = format!("catalog-{}-tier{}", h.server, h.tier);
             body.push_str(&match (&h.last_error, h.last_success) {
+                // Kopia hides what the reader may not see without an error: say what to check.
+                (None, Some(_)) if h.backups == 0 => format!(
+                    "[+]{check} ok (no backups visible to {0}; if the repository holds backups, grant access: kopia server acl add --user={0} --access=READ --target=type=snapshot)\n",
+                    h.identity
+                ),
                 (None, Some(_)) => format!("[+]{check} ok\n"),
                 (Some(_), Some(_)) => format!("[+]{check} ok (stale: serving the last catalog read)\n"),
                 _ => format!("[-]{check} failed: not read\n"),

@@ -360,7 +360,10 @@ impl Catalog {
             let mut reader = source.reader.lock().await;
             let started = std::time::Instant::now();
             let result = reader.read().await;
-            crate::metrics::metrics().fetch_duration.get_or_create(&source.labels()).observe(started.elapsed().as_secs_f64());
+            crate::metrics::metrics()
+                .fetch_duration
+                .get_or_create(&source.labels())
+                .observe(started.elapsed().as_secs_f64());
             result
         });
         let results = futures_util::future::join_all(reads).await;

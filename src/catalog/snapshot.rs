@@ -119,7 +119,8 @@ pub mod snapshot_annotations {
     /// The PGDATA snapshot's manifest ID (also on each tablespace: its snapshot's ID).
     pub const PGDATA: [&str; 2] = ["klio.io/kopiaManifestID", "klio.io/tier2KopiaManifestID"];
     /// The pg_control snapshot's manifest ID.
-    pub const CONTROLDATA: [&str; 2] = ["klio.io/controlDataKopiaManifestID", "klio.io/tier2ControlDataKopiaManifestID"];
+    pub const CONTROLDATA: [&str; 2] =
+        ["klio.io/controlDataKopiaManifestID", "klio.io/tier2ControlDataKopiaManifestID"];
 }
 
 /// One KlioBackup as the catalog keeps it: what each tier holds of it (shared with the source it

@@ -63,7 +63,10 @@ fn is_find(req: &SessionRequest) -> bool {
 impl KopiaRepository for Faulty {
     type SessionStream = tokio_stream::wrappers::ReceiverStream<Result<SessionResponse, Status>>;
 
-    async fn session(&self, request: Request<Streaming<SessionRequest>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         if let Fault::Refuse(code, message) = &self.fault {
             return Err(Status::new(*code, *message));
         }

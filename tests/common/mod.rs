@@ -193,12 +193,9 @@ impl Upstream {
                     match tokio::net::TcpListener::bind(args.listen).await {
                         Ok(listener) => {
                             let addr = listener.local_addr().unwrap();
-                            let acceptor = server_acceptor(
-                                &args.tls_cert_file,
-                                &args.tls_private_key_file,
-                                &args.client_ca_file,
-                            )
-                            .unwrap();
+                            let acceptor =
+                                server_acceptor(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)
+                                    .unwrap();
                             let parts =
                                 ServeParts { listener, acceptor: Arc::new(acceptor), dir: args.dir.clone(), stop: rx };
                             tokio::spawn(serve(parts));

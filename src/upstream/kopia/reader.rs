@@ -142,7 +142,10 @@ struct Listed {
 
 /// What became of a metadata manifest.
 enum Known {
-    Read { root: Arc<str>, record: Arc<BackupRecord> },
+    Read {
+        root: Arc<str>,
+        record: Arc<BackupRecord>,
+    },
     /// Not readable for a reason tied to the manifest itself (logged and counted once).
     Skipped,
 }
@@ -197,9 +200,8 @@ impl CatalogReader {
     pub async fn read(&mut self) -> Result<ReadOutcome, CallError> {
         let session = &self.session;
         let lists = futures_util::future::try_join_all(SnapshotKind::ALL.map(|kind| async move {
-            let entries = session
-                .find_manifests(&[(labels::TYPE, labels::SNAPSHOT), (labels::CONTENT, kind.label())])
-                .await?;
+            let entries =
+                session.find_manifests(&[(labels::TYPE, labels::SNAPSHOT), (labels::CONTENT, kind.label())]).await?;
             Ok::<_, CallError>((kind, entries))
         }))
         .await?;
@@ -235,6 +237,11 @@ impl CatalogReader {
         }
         listing.sort();
         self.reported_entries.retain(|id| usable_ids.contains(id));
+        if !by_kind.contains_key(&SnapshotKind::Metadata) {
+            // Perhaps the reader may not see the backups yet: Kopia authorizes a session once,
+            // so only a new session sees access granted since.
+            self.session.reopen().await;
+        }
         if self.last_listing.as_ref() == Some(&listing) && !self.retry {
             return Ok(ReadOutcome::Unchanged);
         }
@@ -340,14 +347,7 @@ impl CatalogReader {
         Ok(ReadOutcome::Changed { backups, newest_nanos: newest })
     }
 
-    fn skipped(
-        &mut self,
-        id: ManifestId,
-        cluster: &str,
-        name: &str,
-        skip: Skip,
-        transient: &mut HashSet<ManifestId>,
-    ) {
+    fn skipped(&mut self, id: ManifestId, cluster: &str, name: &str, skip: Skip, transient: &mut HashSet<ManifestId>) {
         self.count(skip.reason());
         let (server, tier) = (self.session.url(), &self.labels.tier);
         if skip == Skip::Incomplete {

@@ -190,6 +190,13 @@ impl Session {
         self.stray_answers.load(Ordering::Relaxed)
     }
 
+    /// Closes the stream (when no request is pending on it): the next request opens a new
+    /// session, which the server authorizes anew (Kopia computes a session's rights once).
+    pub async fn reopen(&self) {
+        let mut state = self.state.lock().await;
+        state.live = None;
+    }
+
     /// Every manifest whose labels include all of `labels`, in pages of
     /// [`super::FIND_PAGE_SIZE`].
     pub async fn find_manifests(&self, labels: &[(&str, &str)]) -> Result<Vec<ManifestEntryMetadata>, CallError> {
@@ -336,18 +343,23 @@ impl Session {
         md.insert("kopia-version", value(concat!("klio-api/", env!("CARGO_PKG_VERSION")))?);
         md.insert("kopia-build-info", value("klio-api")?);
 
-        let refused = |s: tonic::Status| OpenError::Refused { code: format!("{:?}", s.code()), message: s.message().to_string() };
+        let refused =
+            |s: tonic::Status| OpenError::Refused { code: format!("{:?}", s.code()), message: s.message().to_string() };
         let opened = async {
             let mut inbound = client.session(request).await.map_err(refused)?.into_inner();
             let first = inbound.message().await.map_err(refused)?;
             match first {
-                Some(SessionResponse { request_id: 1, response: Some(session_response::Response::InitializeSession(_)), .. }) => {
-                    Ok(inbound)
-                }
+                Some(SessionResponse {
+                    request_id: 1,
+                    response: Some(session_response::Response::InitializeSession(_)),
+                    ..
+                }) => Ok(inbound),
                 Some(SessionResponse { response: Some(session_response::Response::Error(e)), .. }) => {
                     Err(OpenError::Protocol(format!("{}: {}", code_name(e.code), e.message)))
                 }
-                Some(other) => Err(OpenError::Protocol(format!("the first answer is not InitializeSession: {other:?}"))),
+                Some(other) => {
+                    Err(OpenError::Protocol(format!("the first answer is not InitializeSession: {other:?}")))
+                }
                 None => Err(OpenError::Protocol("the server ended the stream before initializing the session".into())),
             }
         };
@@ -376,7 +388,10 @@ impl Session {
 }
 
 /// Sends `request` on the stream and collects its answers.
-async fn exchange(live: &Live, request: session_request::Request) -> Result<Vec<session_response::Response>, CallError> {
+async fn exchange(
+    live: &Live,
+    request: session_request::Request,
+) -> Result<Vec<session_response::Response>, CallError> {
     let _slot = live.window.acquire().await.map_err(|_| CallError::Broken(live.ended_reason()))?;
     let id = live.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut answers) = mpsc::unbounded_channel();

@@ -168,7 +168,8 @@ fn client_ssl(host: &str, material: &ClientMaterial) -> Result<Ssl> {
 /// verifies its chain (as CAs, for a server certificate valid for `host`).
 pub fn check_server(ssl: &SslRef, trust: &ServerTrust, host: &str) -> Result<(), String> {
     // On the client side the peer chain starts with the leaf.
-    let presented: Vec<X509> = ssl.peer_cert_chain().map(|c| c.iter().map(|x| x.to_owned()).collect()).unwrap_or_default();
+    let presented: Vec<X509> =
+        ssl.peer_cert_chain().map(|c| c.iter().map(|x| x.to_owned()).collect()).unwrap_or_default();
     let Some(leaf) = presented.first() else {
         return Err("the Klio server presented no certificate".into());
     };

@@ -154,9 +154,11 @@ impl<B: Backend + ?Sized> KopiaRepository for SessionService<B> {
         }
         let mut inbound = request.into_inner();
         let init_id = match inbound.message().await {
-            Ok(Some(SessionRequest { request_id, request: Some(session_request::Request::InitializeSession(_)), .. })) => {
-                request_id
-            }
+            Ok(Some(SessionRequest {
+                request_id,
+                request: Some(session_request::Request::InitializeSession(_)),
+                ..
+            })) => request_id,
             Ok(Some(_)) => return Err(Status::unknown("missing initialization request")),
             Ok(None) => return Err(Status::unknown("unable to read initialization request: EOF")),
             Err(e) => return Err(Status::unknown(format!("unable to read initialization request: {}", e.message()))),
@@ -295,8 +297,10 @@ impl<B: Backend + ?Sized> SessionAnswers<B> {
             }
             Some(session_request::Request::GetManifest(get)) => {
                 self.counts.get_manifest.fetch_add(1, Ordering::Relaxed);
-                let not_found = || error(id, Code::ManifestNotFound, format!("manifest {}: not found", get.manifest_id));
-                let Some(m) = get.manifest_id.parse().ok().and_then(|mid: ManifestId| self.backend.manifest(&mid)) else {
+                let not_found =
+                    || error(id, Code::ManifestNotFound, format!("manifest {}: not found", get.manifest_id));
+                let Some(m) = get.manifest_id.parse().ok().and_then(|mid: ManifestId| self.backend.manifest(&mid))
+                else {
                     return vec![not_found()];
                 };
                 if !self.may_read(&m) {
@@ -314,7 +318,9 @@ impl<B: Backend + ?Sized> SessionAnswers<B> {
                     Err(e) => return vec![error(id, Code::UnknownError, e)],
                 };
                 match self.backend.content(&content) {
-                    Some(data) => one(session_response::Response::GetContent(GetContentResponse { data: data.to_vec() })),
+                    Some(data) => {
+                        one(session_response::Response::GetContent(GetContentResponse { data: data.to_vec() }))
+                    }
                     None => vec![error(id, Code::ContentNotFound, "content not found")],
                 }
             }
@@ -362,7 +368,8 @@ impl KopiaServer<DirRepository> {
 impl<B: Backend + ?Sized> KopiaServer<B> {
     /// Binds `args.listen` with `args`' certificates and serves `service`.
     pub async fn bind_with(args: &CatalogServeArgs, service: SessionService<B>) -> Result<Self> {
-        let acceptor = super::tls::server_acceptor(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;
+        let acceptor =
+            super::tls::server_acceptor(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)?;
         let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         Ok(Self { listener, acceptor: Arc::new(acceptor), service })
     }

@@ -359,17 +359,41 @@ impl DirRepository {
                 ..Default::default()
             };
             let id = manifest_id(fixed.pgdata.as_ref(), &[b"pgdata", cluster.as_bytes(), backup.as_bytes()]);
-            snapshot(SnapshotKind::Pgdata, id, written - 3_000_000, pg_data.clone(), root(&pg_data, &obj, &summ), (started, stopped), None);
+            snapshot(
+                SnapshotKind::Pgdata,
+                id,
+                written - 3_000_000,
+                pg_data.clone(),
+                root(&pg_data, &obj, &summ),
+                (started, stopped),
+                None,
+            );
             let control = data_file(&format!("{pg_data}/global/pg_control"), &[0; 8192], &mut contents);
             let id = manifest_id(fixed.controldata.as_ref(), &[b"controldata", cluster.as_bytes(), backup.as_bytes()]);
-            snapshot(SnapshotKind::Controldata, id, written - 2_000_000, format!("{pg_data}/global/pg_control"), control, (stopped, stopped), None);
+            snapshot(
+                SnapshotKind::Controldata,
+                id,
+                written - 2_000_000,
+                format!("{pg_data}/global/pg_control"),
+                control,
+                (stopped, stopped),
+                None,
+            );
             for t in shape.tablespaces.iter().flatten() {
                 let (obj, summ) = self.directory(vec![], &mut contents);
                 let id = manifest_id(
                     fixed.tablespaces.get(&t.name),
                     &[b"tablespace", cluster.as_bytes(), backup.as_bytes(), t.name.as_bytes()],
                 );
-                snapshot(SnapshotKind::Tablespace, id, written - 1_000_000, t.path.clone(), root(&t.path, &obj, &summ), (started, stopped), Some(&t.name));
+                snapshot(
+                    SnapshotKind::Tablespace,
+                    id,
+                    written - 1_000_000,
+                    t.path.clone(),
+                    root(&t.path, &obj, &summ),
+                    (started, stopped),
+                    Some(&t.name),
+                );
             }
         }
 
@@ -438,7 +462,10 @@ pub fn write_key(dir: &Path, key: &[u8]) -> anyhow::Result<()> {
 
 fn same_manifests(a: &BuiltRecord, b: &BuiltRecord) -> bool {
     a.manifests.len() == b.manifests.len()
-        && a.manifests.iter().zip(&b.manifests).all(|(x, y)| x.id == y.id && x.mod_time_nanos == y.mod_time_nanos && x.json == y.json)
+        && a.manifests
+            .iter()
+            .zip(&b.manifests)
+            .all(|(x, y)| x.id == y.id && x.mod_time_nanos == y.mod_time_nanos && x.json == y.json)
 }
 
 fn assemble<'a>(records: impl Iterator<Item = &'a BuiltRecord>) -> View {
