@@ -132,7 +132,7 @@ impl ContinueToken {
     fn decode(text: &str) -> Result<Self, ApiError> {
         let bad = || ApiError::bad_request("continue: Invalid value: the continue token is not one this server issued");
         let mut b64 = text.replace('-', "+").replace('_', "/");
-        while b64.len() % 4 != 0 {
+        while !b64.len().is_multiple_of(4) {
             b64.push('=');
         }
         let json = openssl::base64::decode_block(&b64).map_err(|_| bad())?;

@@ -312,8 +312,10 @@ pub fn build(
 ) -> Snapshot {
     let rv_text = resource_version.to_string();
     let rv_shared: Arc<str> = rv_text.as_str().into();
+    // (server, cluster, backup) -> (server, what each tier holds)
     type Key<'a> = (&'a str, &'a str, &'a str);
-    let mut merged: BTreeMap<Key, (&Arc<str>, [Option<Arc<SourceBackup>>; 2])> = BTreeMap::new();
+    type Tiers<'a> = (&'a Arc<str>, [Option<Arc<SourceBackup>>; 2]);
+    let mut merged: BTreeMap<Key, Tiers> = BTreeMap::new();
     for source in sources {
         for b in source.backups {
             let key = (&**source.server, &*b.record.cluster_name, &*b.record.name);

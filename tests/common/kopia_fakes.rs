@@ -12,7 +12,7 @@ use klio_api::upstream::kopia::proto::{
     SessionResponse,
 };
 use klio_api::upstream::kopia::server::repository::{DirRepository, StoredManifest};
-use klio_api::upstream::kopia::server::{serve, Acl, Backend, SessionAnswers};
+use klio_api::upstream::kopia::server::{serve, Acl, Backend, RequestCounts, SessionAnswers};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -38,21 +38,27 @@ pub enum Fault {
     HoldFinds(&'static AtomicBool),
 }
 
-/// A tier served by a fake server with `fault`.
+/// A tier served by a fake server with `fault`, over the tier's directory.
 pub fn faulty(fault: Fault) -> Up {
+    faulty_over(|dir| Arc::new(DirRepository::new(dir, 4 << 20, Duration::from_millis(100)).unwrap()), fault)
+}
+
+/// A tier served by a fake server with `fault`, over a repository of the test's making.
+pub fn faulty_over(make: fn(&Path) -> Arc<dyn Backend>, fault: Fault) -> Up {
     Up::custom(move |parts: ServeParts| {
         let fault = fault.clone();
         Box::pin(async move {
-            let repo = Arc::new(DirRepository::new(&parts.dir, 4 << 20, Duration::from_millis(100)).unwrap());
-            let svc = KopiaRepositoryServer::new(Faulty { repo, fault });
+            let svc =
+                KopiaRepositoryServer::new(Faulty { repo: make(&parts.dir), fault, counts: parts.counts.clone() });
             let _ = serve(parts.listener, parts.acceptor, svc, parts.stop).await;
         })
     })
 }
 
 struct Faulty {
-    repo: Arc<DirRepository>,
+    repo: Arc<dyn Backend>,
     fault: Fault,
+    counts: Arc<RequestCounts>,
 }
 
 fn is_find(req: &SessionRequest) -> bool {
@@ -70,12 +76,13 @@ impl KopiaRepository for Faulty {
         if let Fault::Refuse(code, message) = &self.fault {
             return Err(Status::new(*code, *message));
         }
+        self.counts.sessions.fetch_add(1, Ordering::Relaxed);
         let mut inbound = request.into_inner();
         let init = inbound.message().await?.ok_or_else(|| Status::unknown("no initialization request"))?;
         let answers = SessionAnswers::new(
             self.repo.clone(),
             Acl::Readers(vec!["snapshot_reader@klio".into()]),
-            Default::default(),
+            self.counts.clone(),
             "snapshot_reader",
             "klio",
         );

@@ -128,6 +128,8 @@ pub struct ServeParts {
     pub acceptor: Arc<openssl::ssl::SslAcceptor>,
     pub dir: PathBuf,
     pub stop: watch::Receiver<bool>,
+    /// Where the server should count the requests it answers.
+    pub counts: Arc<RequestCounts>,
 }
 
 impl Up {
@@ -139,7 +141,8 @@ impl Up {
     /// Our server's session semantics over a repository of the test's making.
     pub fn backend(make: fn(&Path) -> Arc<dyn Backend>) -> Self {
         Self::custom(move |parts: ServeParts| {
-            let service = SessionService::new(make(&parts.dir), Acl::Readers(vec!["snapshot_reader@klio".into()]));
+            let service = SessionService::new(make(&parts.dir), Acl::Readers(vec!["snapshot_reader@klio".into()]))
+                .with_counts(parts.counts.clone());
             Box::pin(async move {
                 let svc = KopiaRepositoryServer::new(service);
                 let _ = serve(parts.listener, parts.acceptor, svc, parts.stop).await;
@@ -153,7 +156,7 @@ pub struct Upstream {
     rt: Option<Runtime>,
     shutdown: Option<watch::Sender<bool>>,
     pub addr: SocketAddr,
-    /// The requests our Kopia server answered (`None` for custom servers).
+    /// The requests the server answered (as far as a custom server counts them).
     pub counts: Option<Arc<RequestCounts>>,
 }
 
@@ -196,10 +199,16 @@ impl Upstream {
                             let acceptor =
                                 server_acceptor(&args.tls_cert_file, &args.tls_private_key_file, &args.client_ca_file)
                                     .unwrap();
-                            let parts =
-                                ServeParts { listener, acceptor: Arc::new(acceptor), dir: args.dir.clone(), stop: rx };
+                            let counts = Arc::new(RequestCounts::default());
+                            let parts = ServeParts {
+                                listener,
+                                acceptor: Arc::new(acceptor),
+                                dir: args.dir.clone(),
+                                stop: rx,
+                                counts: counts.clone(),
+                            };
                             tokio::spawn(serve(parts));
-                            break (addr, None);
+                            break (addr, Some(counts));
                         }
                         Err(e) => retry(e.into()),
                     }
@@ -213,7 +222,7 @@ impl Upstream {
 
     /// `(sessions, find_manifests, get_manifest, get_content)` answered so far.
     pub fn requests(&self) -> (u64, u64, u64, u64) {
-        self.counts.as_ref().expect("our Kopia server counts its requests").snapshot()
+        self.counts.as_ref().expect("a running server").snapshot()
     }
 }
 

@@ -254,7 +254,7 @@ impl CatalogReader {
         }
         for candidates in groups.values_mut() {
             // Newest first; equal times by ID, so every replica picks the same.
-            candidates.sort_by(|a, b| (b.mod_time, b.id).cmp(&(a.mod_time, a.id)));
+            candidates.sort_by_key(|c| std::cmp::Reverse((c.mod_time, c.id)));
         }
         self.report_duplicates(&groups);
 

@@ -120,6 +120,11 @@ impl<B: Backend + ?Sized> SessionService<B> {
     pub fn counts(&self) -> Arc<RequestCounts> {
         self.counts.clone()
     }
+
+    /// Counts into `counts` (shared with whoever reads them).
+    pub fn with_counts(self, counts: Arc<RequestCounts>) -> Self {
+        Self { counts, ..self }
+    }
 }
 
 /// The one value of a credential header, if it was sent exactly once.

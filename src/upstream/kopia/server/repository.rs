@@ -479,7 +479,7 @@ fn assemble<'a>(records: impl Iterator<Item = &'a BuiltRecord>) -> View {
             view.contents.entry(id.clone()).or_insert_with(|| data.clone());
         }
     }
-    view.manifests.sort_by(|a, b| (a.mod_time_nanos, a.id).cmp(&(b.mod_time_nanos, b.id)));
+    view.manifests.sort_by_key(|m| (m.mod_time_nanos, m.id));
     view.manifests.dedup_by(|a, b| a.id == b.id);
     view
 }
