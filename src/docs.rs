@@ -1152,14 +1152,14 @@ fn index_page(api: &Api, kubectl: &KubectlSuite) -> Page {
         "<div class=\"flow\" role=\"img\" aria-label=\"kubectl to kube-apiserver to klio-api to the Klio servers\">\
          <span>kubectl</span><span class=\"arrow\">→</span><span>kube-apiserver<small>aggregation layer</small></span>\
          <span class=\"arrow\">→</span><span>klio-api<small>this service, 2 replicas</small></span>\
-         <span class=\"arrow\">→</span><span>Klio server<small>tier 1, tier 2</small></span></div>\n",
+         <span class=\"arrow\">→</span><span>Klio server<small>Kopia repository servers, tier 1 and tier 2</small></span></div>\n",
     );
     arch.push_str(&md(
-        "- The kube-apiserver forwards every request under `/apis/kliocatalog.enterprisedb.io/v1alpha1` to the service named by the APIService, with the user's identity in request headers, over TLS authenticated by its front-proxy client certificate.\n- The service checks that certificate against the `kube-system/extension-apiserver-authentication` ConfigMap, asks the kube-apiserver whether the user may do what they ask (SubjectAccessReview), and answers from its in-memory snapshot of the Klio catalog.\n- In the background it reads each Klio server's catalog (`GET /catalog/v1/backups`, mutual TLS, conditional: an unchanged catalog costs a 304) every few seconds. Requests never wait on Klio once the first snapshot exists: if Klio becomes unreachable the last catalog read is served, with a warning.\n- Backups on tier 1 and tier 2 are merged: a backup on both is one object that says so.",
+        "- The kube-apiserver forwards every request under `/apis/kliocatalog.enterprisedb.io/v1alpha1` to the service named by the APIService, with the user's identity in request headers, over TLS authenticated by its front-proxy client certificate.\n- The service checks that certificate against the `kube-system/extension-apiserver-authentication` ConfigMap, asks the kube-apiserver whether the user may do what they ask (SubjectAccessReview), and answers from its in-memory snapshot of the Klio catalog.\n- In the background it reads each Klio server's catalog the way Klio's own tools do: through Kopia's repository protocol (one long-lived gRPC stream over HTTP/2 and TLS 1.3, mutual TLS, the server pinned by its certificate), as `snapshot_reader@klio`. Each read lists Klio's snapshots (one `FindManifests` per snapshot kind) and reads only the backups it has not seen before: per new backup its metadata snapshot's manifest, root directory and `metadata.json`. Everything behind a manifest ID is immutable, so an unchanged catalog costs the listings only. Requests never wait on Klio once the first snapshot exists: if Klio becomes unreachable the last catalog read is served, with a warning.\n- Backups on tier 1 and tier 2 are merged on cluster and backup name: a backup on both is one object that says so, with the Kopia snapshot IDs of each tier.",
     ));
     sections.push(section("architecture", "How it works", arch));
 
-    let mut quick = md("Try it without a cluster: the demo runs certificates, a sample catalog on two Klio tiers, two reference catalog servers, the API service and a kubeconfig, all on 127.0.0.1.");
+    let mut quick = md("Try it without a cluster: the demo runs certificates, a sample catalog on two Klio tiers served by two Kopia-protocol servers of ours (the same protocol a real Klio server speaks), the API service and a kubeconfig, all on 127.0.0.1.");
     quick.push_str(&pre("cargo run --release -- demo\nexport KUBECONFIG=/tmp/klio-api-demo-<pid>/kubeconfig   # the demo prints the path", None));
     if let Some(case) = kubectl.case("get") {
         quick.push_str(&terminal(case));
@@ -1192,7 +1192,7 @@ fn install_page(api: &Api, deploy: &Deploy) -> Result<Page> {
     sections.push(section(
         "prerequisites",
         "Prerequisites",
-        md("- A Kubernetes cluster with the aggregation layer enabled (the kube-apiserver's `--requestheader-*` and `--proxy-client-*` flags; managed clusters and kubeadm have it), and `kubectl` with cluster-admin rights: the installation creates cluster-wide RBAC and an APIService.\n- A running Klio server, reachable from the cluster over HTTPS, and its CA (or its self-signed certificate).\n- A client certificate for the Klio server whose common name is `snapshot_reader@<hostname>`, with `<hostname>` the value of `CLIENT_BASE_HOSTNAME` (`klio` by default). See the Klio documentation to issue one.\n- For the `cert-manager` overlay: cert-manager, including its CA injector."),
+        md("- A Kubernetes cluster with the aggregation layer enabled (the kube-apiserver's `--requestheader-*` and `--proxy-client-*` flags; managed clusters and kubeadm have it), and `kubectl` with cluster-admin rights: the installation creates cluster-wide RBAC and an APIService.\n- A running Klio server, whose base (tier-1) Kopia repository server is reachable from the cluster (`https://<klio-server>:51515` by default; tier 2, if any, on `51516`), and its TLS certificate (`tls.crt` of the Klio server's Secret).\n- A client certificate for the Klio server, issued by the CA the Klio server trusts for clients, whose common name is `snapshot_reader@<hostname>`, with `<hostname>` the value of `CLIENT_BASE_HOSTNAME` (`klio` by default). See the Klio documentation to issue one.\n- Read access for that identity in the Klio server's repositories (Klio 0.0.13 and later no longer grant it): see [step 5](#grant-access).\n- For the `cert-manager` overlay: cert-manager, including its CA injector."),
     ));
 
     let mut image = md("Build the image from the repository root (the build stage compiles the release binary; the runtime stage is Debian slim with OpenSSL, running as user 65532):");
@@ -1205,8 +1205,8 @@ fn install_page(api: &Api, deploy: &Deploy) -> Result<Page> {
     );
     let describe = |secret: &str| -> &str {
         match secret {
-            "klio-server-tls" => "The Klio server's trust anchor: its CA, or its own self-signed certificate, under the key `tls.crt`.",
-            "klio-client-tls" => "The client certificate and key the service presents to Klio (`tls.crt`, `tls.key`; PKCS#1, PKCS#8 or SEC1 key). Its CN must be `snapshot_reader@<CLIENT_BASE_HOSTNAME>`; the service refuses to start otherwise.",
+            "klio-server-tls" => "The Klio server's own certificate under the key `tls.crt` (the one in the Klio server's Secret): as Kopia's client does, the service accepts the server whose certificate has the same SHA-256. A CA certificate that issued the server's certificate works too (then the URL's host must be in its names).",
+            "klio-client-tls" => "The client certificate and key the service presents to Klio (`tls.crt`, `tls.key`; PKCS#1, PKCS#8 or SEC1 key). Its CN must be `snapshot_reader@<CLIENT_BASE_HOSTNAME>`; the service refuses to start otherwise, and the Klio server refuses sessions whose identity is not the certificate's.",
             "klio-api-tls" => "The service's own serving certificate (`tls.crt`, `tls.key`), presented to the kube-apiserver. The cert-manager overlay creates it; with the static-CA overlay you create it (and keep `ca.crt` beside it).",
             _ => "",
         }
@@ -1218,10 +1218,10 @@ fn install_page(api: &Api, deploy: &Deploy) -> Result<Page> {
         .collect();
     secrets_html.push_str(&table("secrets", &["Secret", "Mounted at", "What it holds"], &rows));
     secrets_html.push_str(&pre(
-        "kubectl -n default create secret generic klio-server-tls --from-file=tls.crt=klio-server-ca.crt\nkubectl -n default create secret tls klio-client-tls --cert=snapshot_reader.crt --key=snapshot_reader.key",
+        "kubectl -n default create secret generic klio-server-tls --from-file=tls.crt=klio-server.crt\nkubectl -n default create secret tls klio-client-tls --cert=snapshot_reader.crt --key=snapshot_reader.key",
         None,
     ));
-    secrets_html.push_str(&md("The service re-reads the serving certificate files every few seconds and switches to a renewed certificate without a restart; the Klio client files are read at start-up."));
+    secrets_html.push_str(&md("The service re-reads the serving certificate files every few seconds and switches to a renewed certificate without a restart. The Klio files are checked at start-up and read again for every new connection to Klio, so a renewed Klio server or client certificate is picked up without a restart."));
     sections.push(section("secrets", "2. Create the Secrets", secrets_html));
 
     // CLIENT_BASE_* variables.
@@ -1249,6 +1249,14 @@ fn install_page(api: &Api, deploy: &Deploy) -> Result<Page> {
     overlay.push_str(&pre(EXAMPLE_OVERLAY, Some("my-klio-api/kustomization.yaml")));
     overlay.push_str(&md("Replace `REGISTRY/klio-api:TAG` and the URL. With several Klio servers, either run one service per server (each with its own API group: `--api-group`, and an APIService for that group) or give one service several servers with `--klio-server` (object names then start with the server's name)."));
     sections.push(section("overlay", "4. Your own overlay", overlay));
+
+    let mut grant = md("The service reads Klio's snapshots as `snapshot_reader@<CLIENT_BASE_HOSTNAME>`. Kopia lets an identity see other hosts' snapshots only when the repository's ACLs say so, and filters the rest out **without an error**. Klio 0.0.7 to 0.0.12 set that up by itself at every start; Klio 0.0.13 and later create repositories without ACLs, where the reader sees no backup at all. Grant it once per repository (tier 1, and tier 2 if you have one), in the Klio server's container, with the same Kopia configuration the running `kopia server start` uses (its `--config-file`, and the repository password in `KOPIA_PASSWORD`; for tier 2 the read-write configuration):");
+    grant.push_str(&pre(
+        "kopia --config-file=<config> server acl enable\nkopia --config-file=<config> server acl add --user=snapshot_reader@klio --access=READ --target=type=snapshot",
+        Some("in the Klio server's pod, per tier"),
+    ));
+    grant.push_str(&md("`acl enable` also installs Kopia's default entries (each host keeps full access to its own snapshots), which is what Klio's clients need; it answers `ACLs already enabled` on a repository that has them. Kopia authorizes a session when it starts; the service opens a new session whenever it sees no backups, so the backups appear within one refresh. Until then `/readyz?verbose` says `no backups visible to snapshot_reader@klio` with this step, and the service logs it once."));
+    sections.push(section("grant-access", "5. Let the reader see the backups", grant));
 
     let mut apply = String::new();
     for o in &deploy.overlays {
@@ -1339,7 +1347,7 @@ patches:
               - name: api-server
                 env:
                   - name: CLIENT_BASE_URL
-                    value: https://klio-server.klio.svc:8443
+                    value: https://klio-server.klio.svc:51515
 ";
 
 fn configuration_page() -> Result<Page> {
@@ -1376,12 +1384,12 @@ fn configuration_page() -> Result<Page> {
     sections.push(section("server-api-server", "klio-api server api-server", server));
 
     let catalog = subcommand(&["catalog", "serve"])?;
-    let mut cat = md("A reference implementation of the Klio catalog contract (`GET /catalog/v1/backups`, mutual TLS) over a directory of backup records, one JSON record per file. The demo and the tests use it; it can stand in for a Klio server in a test cluster.");
+    let mut cat = md("The server side of Kopia's repository protocol, as a Klio server's `kopia server` speaks it to a reader (TLS 1.3, client certificate required and checked against the session's `kopia-username@kopia-hostname`, Klio's labels and tags, snapshot manifests, directory and indirect objects, Kopia's error codes, ACLs), over a directory of backup records: each `<cluster>/<backup>.json` is a backup's `metadata.json`, served with the backup's metadata, PGDATA, pg_control and tablespace snapshots. The demo and the tests use it; it can stand in for a Klio server in a test cluster.");
     cat.push_str(&flags_table(&catalog, "catalog-serve", false));
     sections.push(section("catalog-serve", "klio-api catalog serve", cat));
 
     let demo = subcommand(&["demo"])?;
-    let mut d = md("Everything on 127.0.0.1 in one process: a CA and certificates, a sample catalog on two tiers, two reference catalog servers, the API service and a kubeconfig with an admin client certificate. Logs are text unless `KLIO_API_LOG_FORMAT` says otherwise.");
+    let mut d = md("Everything on 127.0.0.1 in one process: a CA and certificates, a sample catalog on two tiers served by two Kopia-protocol servers (`catalog serve`), the API service reading them as it reads a real Klio server, and a kubeconfig with an admin client certificate. Logs are text unless `KLIO_API_LOG_FORMAT` says otherwise.");
     d.push_str(&flags_table(&demo, "demo", false));
     sections.push(section("demo", "klio-api demo", d));
 
@@ -1512,7 +1520,7 @@ fn reference_page(api: &Api, examples: &Examples) -> Result<Page> {
         .map(|k| vec![code(k), inline(&describe_label(k)), label_value(k)])
         .collect();
     la.push_str(&table("labels", &["Label", "Meaning", "Example"], &rows));
-    la.push_str(&md("`status.annotations` holds what Klio recorded about the backup, copied unchanged, plus the tier markers the service adds:"));
+    la.push_str(&md("`status.annotations` holds the tier markers and the Kopia manifest IDs of the backup's snapshots, which `kopia snapshot list`, `kopia restore` and Klio's own tools take. Klio stopped recording the IDs in the backup's metadata in 0.0.10, and migrating a backup to tier 2 gives its snapshots new IDs, so the service finds them in each tier's repository (Klio tags every snapshot of a backup with its name), at no extra cost per backup. A record that still carries the annotations (backups made before Klio 0.0.10) keeps its own values. A backup without a visible snapshot of a kind has no annotation for it. Each tablespace in `status.tablespaces` carries its own snapshot's IDs the same way."));
     let ann = &example["status"]["annotations"];
     let mut rows: Vec<Vec<String>> = TIER_ANNOTATIONS
         .iter()
@@ -1528,17 +1536,26 @@ fn reference_page(api: &Api, examples: &Examples) -> Result<Page> {
             ]
         })
         .collect();
+    let describe_id = |k: &str| -> &str {
+        match k {
+            "klio.io/kopiaManifestID" => {
+                "The PGDATA snapshot's manifest ID on tier 1 (on a tablespace: its snapshot's)."
+            }
+            "klio.io/controlDataKopiaManifestID" => "The pg_control snapshot's manifest ID on tier 1.",
+            "klio.io/tier2KopiaManifestID" => {
+                "The PGDATA snapshot's manifest ID on tier 2 (on a tablespace: its snapshot's)."
+            }
+            "klio.io/tier2ControlDataKopiaManifestID" => "The pg_control snapshot's manifest ID on tier 2.",
+            _ => "Recorded by Klio in the backup's metadata, copied unchanged.",
+        }
+    };
     for (k, v) in ann.as_object().into_iter().flatten() {
         if !TIER_ANNOTATIONS.contains(&k.as_str()) {
-            rows.push(vec![
-                code(k),
-                "Recorded by Klio (backend metadata), copied unchanged.".into(),
-                v.as_str().map(code).unwrap_or_default(),
-            ]);
+            rows.push(vec![code(k), inline(describe_id(k)), v.as_str().map(code).unwrap_or_default()]);
         }
     }
     la.push_str(&table("labels", &["Annotation", "Meaning", "Example"], &rows));
-    la.push_str(&md("`metadata.annotations` is not set. `metadata.resourceVersion` is the revision of the catalog in which the object last changed, made of the Klio catalog revisions of every source (one per server and tier, joined by dots), so every replica reading the same Klio servers gives the same one."));
+    la.push_str(&md("`metadata.annotations` is not set. `metadata.resourceVersion` is the revision of the catalog in which the object last changed, one number per source (server and tier) joined by dots. Kopia has no revision, so each number is derived from what every replica sees alike: the modification time, in milliseconds of the Klio server's clock, of the newest snapshot manifest the source lists; a change that adds nothing newer (a deletion) moves it one past the previous number. Replicas that saw the same catalogs give the same resourceVersions, and agree again with the next new backup in any case."));
     sections.push(section("labels-and-annotations", "Labels and annotations", la));
 
     // Columns.
@@ -1620,8 +1637,8 @@ fn examples_page(api: &Api, examples: &Examples) -> Result<Page> {
     sections.push(section("list", "A list", l));
 
     let record = examples.record("cluster-example", "backup-20251113093137")?;
-    let mut m = md("What Klio records for the first example (`GET /catalog/v1/backups` answers `{\"revision\": R, \"items\": [record, ...]}`):");
-    m.push_str(&pre(&pretty(record)?, Some("a Klio catalog record")));
+    let mut m = md("What Klio records for the first example: the `metadata.json` of its metadata snapshot (tagged `klio.io/content: metadata` and `klio.io/tag: <backup name>`, on the cluster's host), as the service decodes it:");
+    m.push_str(&pre(&pretty(record)?, Some("metadata.json (the fields the service keeps)")));
     m.push_str(&md("How a record becomes a KlioBackup:"));
     let rows: Vec<Vec<String>> = [
         ("`clusterName`.`name`", "`metadata.name` (with several Klio servers: `server`.`clusterName`.`name`)"),
@@ -1697,7 +1714,7 @@ fn troubleshooting_page(api: &Api, deploy: &Deploy) -> Result<Page> {
         md(&format!("Each TLS relationship, and how it goes wrong:
 
 - **The kube-apiserver → the service.** The kube-apiserver verifies the service's serving certificate (`klio-api-tls`) against the APIService's `caBundle`, for the name `klio-api.default.svc`. A mismatch shows as the APIService condition `Available=False`, reason `FailedDiscoveryCheck`, with `x509: certificate signed by unknown authority` or `certificate is valid for ..., not klio-api.default.svc`. With cert-manager, check that the `Certificate` is `Ready` and that the CA injector filled `caBundle` (`kubectl get apiservice {apiservice} -o jsonpath='{{.spec.caBundle}}'`). With the static-CA overlay, check that `caBundle` is the base64 PEM of the CA that signed `klio-api-tls`, not the placeholder.
-- **The service → the Klio server.** The service verifies the Klio server against `CLIENT_BASE_SERVER_CERT_PATH` (`klio-server-tls`) and connects to the host named in `CLIENT_BASE_URL`, which must be in the server certificate's names. Failures appear in the logs as `reading the Klio catalog failed` and in `/readyz`.
+- **The service → the Klio server.** As Kopia's client does, the service accepts the Klio server whose certificate has the SHA-256 of the first certificate in `CLIENT_BASE_SERVER_CERT_PATH` (`klio-server-tls`), whatever its names and dates; when that file is a CA instead, the server's chain must verify against it for the host named in `CLIENT_BASE_URL`. TLS 1.3 and HTTP/2 only. Failures appear in the logs as `reading the Klio catalog failed`, with the reason, and as a warning on every answer.
 - **The service's client certificate for Klio.** Its CN must be `snapshot_reader@<CLIENT_BASE_HOSTNAME>`: the service checks this at start-up and exits with an error naming the expected CN. Klio rejects other certificates.
 - **Renewal.** The serving certificate files are re-read every few seconds; a renewed pair is used for new connections (a half-written pair is retried). With the cert-manager overlay the certificate comes from a self-signed Issuer, so it is its own CA: each renewal changes the CA, and the kube-apiserver accepts the new certificate only once the CA injector has updated `caBundle`. A short burst of `FailedDiscoveryCheck` right after a renewal is that; one that lasts means the injector is not running.
 - **The front proxy.** The aggregation layer authenticates to the service with its front-proxy client certificate, verified against `requestheader-client-ca-file` from the `kube-system/extension-apiserver-authentication` ConfigMap. If the kube-apiserver was started without `--requestheader-client-ca-file`, aggregation cannot work at all.")),
@@ -1748,12 +1765,23 @@ The unauthenticated request is logged at `info` with the reason (target `access`
         "Klio unreachable",
         md(&format!("The service reads the catalog in the background (every `--catalog-refresh-seconds`, each read bounded by `--klio-timeout-seconds`), so what a Klio outage does depends on whether it has ever read it:
 
-- **Never read** (a new pod while Klio is down): the pod stays unready and requests that reach it are answered `503 ServiceUnavailable` with `the Klio server https://… cannot be reached: …`. `/readyz` shows `[-]klio <server> tier <n> (<url>) never read: <error>`.
+- **Never read** (a new pod while Klio is down): the pod stays unready and requests that reach it are answered `503 ServiceUnavailable` with `the Klio server https://… cannot be reached: …`. `/readyz?verbose` shows `[-]catalog-<server>-tier<n> failed: not read`; the logs say why.
 - **Read before**: the pod stays ready and serves the catalog it last read; each answer carries a `Warning` header that kubectl prints on stderr (`Warning: Klio server klio (tier 1) failing since …; serving its catalog as last read 42s ago`), and `/readyz` marks the source `stale`. The metric `klio_catalog_last_success_timestamp_seconds` tells how old the data is. This is deliberate: an unreachable Klio must not make the APIService unavailable.
 - **A tier-2 failure never hides tier 1**: its backups are missing from lists until it answers again, with a warning saying so.
-- `502` (reason `InternalError`) means Klio answered, but not with a catalog (a wrong URL or path, a proxy in between).
+- `502` (reason `InternalError`) means the Klio server answered, but did not serve its catalog. The message says why; the common ones:
+  - `presented a certificate with SHA-256 … that is neither the certificate in /certs/tls.crt … nor issued by it`: `klio-server-tls` does not hold the Klio server's current certificate (or its CA). Put the certificate of the Klio server's Secret there; the service reads the file again for every connection.
+  - `the Kopia server refused the session: PermissionDenied: access denied for snapshot_reader@klio`: the client certificate is not the one the session names, or the Klio server does not know it (its `--tls-ca-file` must have issued it). `missing credentials`: something between the service and Klio dropped the `kopia-*` headers.
+  - `TLS handshake failed`: the Klio server did not accept the client certificate (another CA, or not for client authentication), or does not speak TLS 1.3 with HTTP/2 at that address (the address must be the Kopia repository server, port 51515 or 51516 by default, not another Klio port).
+  - `Unavailable: not connected to a direct repository`: the Klio server's Kopia server has not opened its repository yet.
+- A backup that cannot be read (its metadata does not decode, a content is missing, the snapshot is incomplete) is left out, logged once with the manifest ID, and counted in `klio_catalog_read_errors_total`; it never hides the others.
 
-Things to check: `CLIENT_BASE_URL` (https, host and port), DNS, the Klio server's certificate names, the client certificate's CN, and the NetworkPolicy: the base only allows egress to {} (the kube-apiserver, Klio and DNS). If your Klio server listens on another port, add it.", deploy.egress_ports())),
+Things to check: `CLIENT_BASE_URL` (https, host and port of the Kopia repository server), DNS, the client certificate's CN, and the NetworkPolicy: the base only allows egress to {} (the kube-apiserver, Klio's tier-1 and tier-2 Kopia servers, and DNS). If your Klio server listens on another port, add it.", deploy.egress_ports())),
+    ));
+
+    sections.push(section(
+        "no-backups",
+        "No backups listed",
+        md("`kubectl get kliobackups` answers `No resources found` although Klio has backups, the pods are ready and no warning is printed: the Klio server's repository does not let `snapshot_reader@klio` see other hosts' snapshots, and Kopia filters them out without an error. That is the default for repositories created by Klio 0.0.13 and later. `/readyz?verbose` then says `no backups visible to snapshot_reader@klio`, and the logs say `the Klio server shows no backups` once. Grant read access as described in [Installation, step 5](install.html#grant-access); the backups appear within one refresh."),
     ));
 
     let mut ns = md(&format!("Kubernetes deletes a namespace by deleting every namespaced object in it, and to know which kinds of objects exist it asks discovery for **every** API group, aggregated ones included. When an APIService is unavailable, discovery of its group fails, the namespace controller cannot prove the namespace is empty, and every namespace being deleted anywhere in the cluster stays `Terminating`, with the condition `NamespaceDeletionDiscoveryFailure`: `Discovery failed for some groups, 1 failing: unable to retrieve the complete list of server APIs: {}: the server is currently unable to handle the request`. This happens even though KlioBackups are cluster-scoped and no namespace holds one. Other discovery-driven controllers and clients (the garbage collector, `kubectl api-resources`, Helm) report errors as well.", api.group_version()));
@@ -1780,7 +1808,7 @@ fn operations_page(deploy: &Deploy) -> Result<Page> {
     let mut health = md(&format!("Three endpoints answer `GET` without credentials (`--authorization-always-allow-paths`):
 
 - `/livez` and `/healthz`: `ok` whenever the process serves HTTPS. The liveness probe uses `{}` every {} seconds.
-- `/readyz`: `200` once a catalog snapshot exists, `503` before that and from the moment shutdown starts. The body lists every Klio source, one line each, kube style: `[+]klio <server> tier <n> (<url>) ok`, `[+]… stale, serving the last catalog read: <error>`, `[-]… never read: <error>`, and ends with `readyz check passed` or `readyz check failed`. The readiness probe uses `{}` every {} seconds.
+- `/readyz`: `200` once a catalog snapshot exists, `503` before that and from the moment shutdown starts. `?verbose` lists every Klio source, one line each, kube style: `[+]catalog-<server>-tier<n> ok`, `[+]… ok (stale: serving the last catalog read)`, `[+]… ok (no backups visible to snapshot_reader@klio; …)`, `[-]… failed: not read`, and ends with `readyz check passed` or `readyz check failed`. It names no address and no error: the probe is open to anyone; the logs and metrics have the details. The readiness probe uses `{}` every {} seconds.
 
 A stale source keeps the pod ready on purpose: see [why](troubleshooting.html#namespace-deletion).",
         deploy.probe_path("livenessProbe"),
@@ -1788,7 +1816,7 @@ A stale source keeps the pod ready on purpose: see [why](troubleshooting.html#na
         deploy.probe_path("readinessProbe"),
         deploy.probe("readinessProbe", "periodSeconds"),
     ));
-    health.push_str(&pre("$ kubectl -n default port-forward deployment/klio-api 8443 &\n$ curl -sk https://127.0.0.1:8443/readyz\n[+]klio klio tier 1 (https://klio:8443) ok\nreadyz check passed", None));
+    health.push_str(&pre("$ kubectl -n default port-forward deployment/klio-api 8443 &\n$ curl -sk https://127.0.0.1:8443/readyz\n[+]catalog-klio-tier1 ok\nreadyz check passed", None));
     sections.push(section("health", "Health endpoints", health));
 
     let mut metrics = md("`GET /metrics` (Prometheus text format) needs authorization like any other request: grant the scraper `get` on the non-resource URL `/metrics` (`nonResourceURLs: [\"/metrics\"]` in a ClusterRole). Request metrics are named after kube-apiserver's; the catalog has its own.");
@@ -1817,7 +1845,9 @@ The delay plus the grace must fit in the pod's `terminationGracePeriodSeconds` (
 
 - `reading the Klio catalog failed` (warn): logged once per new error of a source, with server and tier;
 - `catalog snapshot published` (info): the catalog changed, with its resourceVersion, the number of backups and of changes;
-- `skipping a backup record that does not decode` (warn): a record Klio wrote that the service cannot map; the rest of the catalog is served;
+- `skipping a backup that cannot be read` (warn): once per Klio snapshot the service cannot read or map (with the manifest ID and the reason); the rest of the catalog is served;
+- `the Klio server shows no backups to snapshot_reader@klio` (warn): once per empty spell, with the ACL step (see [No backups listed](troubleshooting.html#no-backups));
+- `Kopia session open` (info): a session with a Klio server (re)started;
 - `serving certificate reloaded` (info), and warnings when a renewed certificate is not usable yet;
 - access logs (target `access`), including unauthenticated requests with the reason."),
     ));
@@ -1825,7 +1855,7 @@ The delay plus the grace must fit in the pod's `terminationGracePeriodSeconds` (
     sections.push(section(
         "scaling",
         "Replicas, caching and consistency",
-        md(&format!("Replicas share nothing: each reads the Klio servers itself, with conditional requests (an unchanged catalog costs one `304` per source and refresh). Because `resourceVersion` is built from the Klio catalog revisions, every replica reading the same servers gives the same versions, so a list continued or a watch resumed on another replica works as long as that replica still holds the revision (`--catalog-history`), and is otherwise answered `410 Expired`, as kube-apiserver does. Memory grows with the catalog (objects are shared between snapshots and the watch history keeps `--catalog-history` snapshots).{}", deploy.resources_text())),
+        md(&format!("Replicas share nothing: each reads the Klio servers itself over one long-lived Kopia session per source (an unchanged catalog costs four label-only listings per source and refresh; only new backups are read). Because `resourceVersion` is derived from the repositories' manifest times, replicas reading the same servers give the same versions, so a list continued or a watch resumed on another replica works as long as that replica still holds the revision (`--catalog-history`), and is otherwise answered `410 Expired`, as kube-apiserver does. Memory grows with the catalog (objects are shared between snapshots and the watch history keeps `--catalog-history` snapshots).{}", deploy.resources_text())),
     ));
 
     Ok(Page { file: "operations.html", title: "Operations", lead, sections })

@@ -727,7 +727,7 @@ fn the_overlay_of_the_installation_guide_renders() {
     assert_eq!(c.image.as_deref(), Some("REGISTRY/klio-api:TAG"));
     let env = c.env.clone().unwrap();
     let url = env.iter().find(|e| e.name == "CLIENT_BASE_URL").unwrap();
-    assert_eq!(url.value.as_deref(), Some("https://klio-server.klio.svc:8443"));
+    assert_eq!(url.value.as_deref(), Some("https://klio-server.klio.svc:51515"));
     let base_env = base.iter().find(|o| o["kind"] == "Deployment").unwrap()["spec"]["template"]["spec"]["containers"]
         [0]["env"]
         .as_array()
