@@ -66,6 +66,9 @@ fn compile_kopia_protocol() -> Result<()> {
     let descriptors =
         protox::compile([PROTO], ["src/upstream/kopia"]).map_err(|e| anyhow!("compiling {PROTO}: {e}"))?;
     tonic_prost_build::configure()
+        // Bytes fields as `bytes::Bytes`: contents and listings are sliced from the received
+        // buffer, not copied.
+        .bytes(".")
         .build_client(true)
         .build_server(true)
         .build_transport(false)

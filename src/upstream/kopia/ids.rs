@@ -19,6 +19,21 @@ impl fmt::Display for ManifestId {
     }
 }
 
+impl ManifestId {
+    /// From the hex text as it comes off the wire.
+    pub fn from_hex(text: &[u8]) -> Option<Self> {
+        if text.len() != 32 {
+            return None;
+        }
+        let mut id = [0; 16];
+        for (i, pair) in text.chunks(2).enumerate() {
+            let digit = |c: u8| (c as char).to_digit(16);
+            id[i] = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+        }
+        Some(Self(id))
+    }
+}
+
 impl fmt::Debug for ManifestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ManifestId({self})")
@@ -29,10 +44,7 @@ impl FromStr for ManifestId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bytes = hex_bytes(s).filter(|b| b.len() == 16).ok_or_else(|| format!("not a manifest ID: {s:?}"))?;
-        let mut id = [0; 16];
-        id.copy_from_slice(&bytes);
-        Ok(Self(id))
+        Self::from_hex(s.as_bytes()).ok_or_else(|| format!("not a manifest ID: {s:?}"))
     }
 }
 

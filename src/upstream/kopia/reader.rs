@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use super::format::{Directory, IndirectIndex, SnapshotManifest, DIRECTORY_STREAM, INDIRECT_STREAM};
 use super::ids::{ManifestId, ObjectId};
 use super::proto::error_response::Code;
-use super::proto::ManifestEntryMetadata;
+use super::proto::ListedManifest;
 use super::session::{CallError, Session};
 use super::{labels, SnapshotKind};
 use crate::metrics::{metrics, ReadErrorLabels, SourceLabels};
@@ -158,8 +158,8 @@ pub struct CatalogReader {
     known: HashMap<ManifestId, Known>,
     /// Records by root directory object: a manifest saved again over the same data costs no read.
     by_root: HashMap<Arc<str>, Arc<BackupRecord>>,
-    /// Every listed ID of the last complete read, sorted: equal again means nothing changed.
-    last_listing: Option<Vec<(SnapshotKind, ManifestId)>>,
+    /// The listings of the last complete read: the same again means nothing changed.
+    last_fingerprint: Option<Fingerprint>,
     /// A backup could not be read for a passing reason: read again even if nothing changed.
     retry: bool,
     last_output: Vec<Arc<SourceBackup>>,
@@ -167,6 +167,8 @@ pub struct CatalogReader {
     /// as having several metadata snapshots; both bounded by the current listing.
     reported_entries: HashSet<ManifestId>,
     reported_duplicates: HashSet<(Box<str>, Box<str>)>,
+    /// Manifests failing for a passing reason, with the reason last reported.
+    reported_transient: HashMap<ManifestId, Skip>,
     interner: Interner,
 }
 
@@ -178,11 +180,12 @@ impl CatalogReader {
             window: window.max(1),
             known: HashMap::new(),
             by_root: HashMap::new(),
-            last_listing: None,
+            last_fingerprint: None,
             retry: false,
             last_output: vec![],
             reported_entries: HashSet::new(),
             reported_duplicates: HashSet::new(),
+            reported_transient: HashMap::new(),
             interner: Interner::default(),
         }
     }
@@ -206,48 +209,45 @@ impl CatalogReader {
         }))
         .await?;
 
-        let mut listing = vec![];
-        let mut newest = 0i64;
+        // Most reads find nothing new: compare a fingerprint of the listings before building
+        // anything from them.
+        let mut fingerprint = Fingerprint::default();
+        for (kind, entries) in &lists {
+            for entry in entries {
+                fingerprint.add(*kind, &entry.id, entry.mod_time_nanos);
+            }
+        }
+        if !lists.iter().any(|(kind, entries)| *kind == SnapshotKind::Metadata && !entries.is_empty()) {
+            // Perhaps the reader may not see the backups yet: Kopia authorizes a session once,
+            // so only a new session sees access granted since.
+            self.session.reopen().await;
+        }
+        if self.last_fingerprint == Some(fingerprint) && !self.retry {
+            return Ok(ReadOutcome::Unchanged);
+        }
+
         let mut by_kind: BTreeMap<SnapshotKind, Vec<Listed>> = BTreeMap::new();
         let mut usable_ids = HashSet::new();
         for (kind, entries) in lists {
             for entry in entries {
-                newest = newest.max(entry.mod_time_nanos);
+                let id = ManifestId::from_hex(&entry.id);
+                usable_ids.extend(id);
                 match self.listed(kind, &entry) {
-                    Ok(l) => {
-                        listing.push((kind, l.id));
-                        usable_ids.insert(l.id);
-                        by_kind.entry(kind).or_default().push(l);
-                    }
+                    Ok(l) => by_kind.entry(kind).or_default().push(l),
                     Err(why) => {
-                        if let Ok(id) = entry.id.parse::<ManifestId>() {
-                            listing.push((kind, id));
-                            usable_ids.insert(id);
-                            if self.reported_entries.insert(id) {
-                                self.count("malformed_manifest");
-                                tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest = %id, reason = %why, "ignoring a listed snapshot");
-                            }
-                        } else {
+                        if id.is_none_or(|id| self.reported_entries.insert(id)) {
                             self.count("malformed_manifest");
-                            tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest = ?entry.id, reason = %why, "ignoring a listed snapshot");
+                            let manifest = String::from_utf8_lossy(&entry.id[..entry.id.len().min(64)]).into_owned();
+                            tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest, reason = %why, "ignoring a listed snapshot");
                         }
                     }
                 }
             }
         }
-        listing.sort();
         self.reported_entries.retain(|id| usable_ids.contains(id));
-        if !by_kind.contains_key(&SnapshotKind::Metadata) {
-            // Perhaps the reader may not see the backups yet: Kopia authorizes a session once,
-            // so only a new session sees access granted since.
-            self.session.reopen().await;
-        }
-        if self.last_listing.as_ref() == Some(&listing) && !self.retry {
-            return Ok(ReadOutcome::Unchanged);
-        }
-
         let metadata = by_kind.remove(&SnapshotKind::Metadata).unwrap_or_default();
         self.known.retain(|id, _| usable_ids.contains(id));
+        self.reported_transient.retain(|id, _| usable_ids.contains(id));
         let mut groups: BTreeMap<(Box<str>, Box<str>), Vec<Listed>> = BTreeMap::new();
         for l in metadata {
             groups.entry((l.cluster.clone(), l.name.clone())).or_default().push(l);
@@ -289,13 +289,9 @@ impl CatalogReader {
                 match outcome? {
                     Ok((root, record)) => {
                         let record = self.settle_record(record, &cluster, &name);
-                        match record {
-                            Ok(record) => {
-                                self.by_root.insert(root.clone(), record.clone());
-                                self.known.insert(id, Known::Read { root, record });
-                            }
-                            Err(skip) => self.skipped(id, &cluster, &name, skip, &mut transient),
-                        }
+                        self.reported_transient.remove(&id);
+                        self.by_root.insert(root.clone(), record.clone());
+                        self.known.insert(id, Known::Read { root, record });
                     }
                     Err(skip) => self.skipped(id, &cluster, &name, skip, &mut transient),
                 }
@@ -342,12 +338,23 @@ impl CatalogReader {
         }
         drop(previous);
         self.retry = !transient.is_empty();
-        self.last_listing = if self.retry { None } else { Some(listing) };
+        self.last_fingerprint = (!self.retry).then_some(fingerprint);
         self.last_output = backups.clone();
-        Ok(ReadOutcome::Changed { backups, newest_nanos: newest })
+        Ok(ReadOutcome::Changed { backups, newest_nanos: fingerprint.newest_nanos })
     }
 
     fn skipped(&mut self, id: ManifestId, cluster: &str, name: &str, skip: Skip, transient: &mut HashSet<ManifestId>) {
+        if skip.is_transient() {
+            transient.insert(id);
+            // Tried again at every read while it fails: reported when the reason changes.
+            if self.reported_transient.get(&id) == Some(&skip) {
+                return;
+            }
+            self.reported_transient.insert(id, skip.clone());
+        } else {
+            self.reported_transient.remove(&id);
+            self.known.insert(id, Known::Skipped);
+        }
         self.count(skip.reason());
         let (server, tier) = (self.session.url(), &self.labels.tier);
         if skip == Skip::Incomplete {
@@ -355,16 +362,11 @@ impl CatalogReader {
         } else {
             tracing::warn!(server, tier, manifest = %id, cluster, backup = name, reason = %skip, "skipping a backup that cannot be read");
         }
-        if skip.is_transient() {
-            transient.insert(id);
-        } else {
-            self.known.insert(id, Known::Skipped);
-        }
     }
 
     /// The record as the catalog keeps it: cluster and name from the snapshot's labels (which
     /// Klio sets from the same certificate and backup name), strings shared.
-    fn settle_record(&mut self, record: BackupRecord, cluster: &str, name: &str) -> Result<Arc<BackupRecord>, Skip> {
+    fn settle_record(&mut self, record: BackupRecord, cluster: &str, name: &str) -> Arc<BackupRecord> {
         let mut record = record;
         if &*record.cluster_name != cluster || &*record.name != name {
             tracing::info!(
@@ -379,7 +381,7 @@ impl CatalogReader {
             record.name = name.into();
         }
         self.interner.record(&mut record);
-        Ok(Arc::new(record))
+        Arc::new(record)
     }
 
     fn report_duplicates(&mut self, groups: &BTreeMap<(Box<str>, Box<str>), Vec<Listed>>) {
@@ -400,11 +402,20 @@ impl CatalogReader {
     }
 
     /// Checks a listed entry's labels.
-    fn listed(&self, kind: SnapshotKind, entry: &ManifestEntryMetadata) -> Result<Listed, String> {
-        let id: ManifestId = entry.id.parse()?;
-        let label = |k: &str| entry.labels.get(k).map(String::as_str).unwrap_or_default();
+    fn listed(&self, kind: SnapshotKind, entry: &ListedManifest) -> Result<Listed, String> {
+        let id = ManifestId::from_hex(&entry.id).ok_or("not a manifest ID")?;
+        let label = |k: &str| {
+            let value = entry.labels.iter().find(|l| l.key == k.as_bytes()).map(|l| &l.value[..]).unwrap_or_default();
+            std::str::from_utf8(value).unwrap_or_default()
+        };
         if label(labels::TYPE) != labels::SNAPSHOT || label(labels::CONTENT) != kind.label() {
-            return Err(format!("labels {:?} do not describe a Klio {} snapshot", entry.labels, kind.label()));
+            return Err(format!(
+                "labels type={:?}, {}={:?} do not describe a Klio {} snapshot",
+                label(labels::TYPE),
+                labels::CONTENT,
+                label(labels::CONTENT),
+                kind.label()
+            ));
         }
         let (cluster, name) = (label(labels::HOSTNAME), label(labels::BACKUP));
         for (what, value) in [("cluster (hostname label)", cluster), ("backup name (tag:klio.io/tag)", name)] {
@@ -417,6 +428,33 @@ impl CatalogReader {
             _ => None,
         };
         Ok(Listed { id, mod_time: entry.mod_time_nanos, cluster: cluster.into(), name: name.into(), tablespace })
+    }
+}
+
+/// What identifies a set of listings: which IDs of which kind, in any order (a keyed mix of
+/// each, summed and xored), how many, and the newest modification time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Fingerprint {
+    count: u64,
+    sum: u64,
+    xor: u64,
+    newest_nanos: i64,
+}
+
+impl Fingerprint {
+    fn add(&mut self, kind: SnapshotKind, id: &[u8], mod_time_nanos: i64) {
+        // FNV-1a over the kind and the ID, then a splitmix64 finish to spread the bits.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in std::iter::once(kind as u8).chain(id.iter().copied()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(h);
+        self.xor ^= h;
+        self.newest_nanos = self.newest_nanos.max(mod_time_nanos);
     }
 }
 
@@ -548,7 +586,7 @@ fn read_object<'a>(
     session: &'a Session,
     id: &'a ObjectId,
     limit: usize,
-) -> futures_util::future::BoxFuture<'a, Result<Result<Vec<u8>, Skip>, CallError>> {
+) -> futures_util::future::BoxFuture<'a, Result<Result<bytes::Bytes, Skip>, CallError>> {
     Box::pin(async move {
         if id.compressed {
             return Ok(Err(Skip::UnsupportedObject(format!(
@@ -595,6 +633,6 @@ fn read_object<'a>(
             }
             data.extend_from_slice(&bytes);
         }
-        Ok(Ok(data))
+        Ok(Ok(data.into()))
     })
 }

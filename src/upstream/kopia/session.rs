@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::ids::{ContentId, ManifestId};
-use super::proto::kopia_repository_client::KopiaRepositoryClient;
+use super::proto::session_answer::Response as Answer;
 use super::proto::{
-    error_response, session_request, session_response, FindManifestsRequest, GetContentRequest, GetManifestRequest,
-    GetManifestResponse, InitializeSessionRequest, ManifestEntryMetadata, SessionRequest, SessionResponse,
+    error_response, session_request, FindManifestsRequest, GetContentRequest, GetManifestRequest, GetManifestResponse,
+    InitializeSessionRequest, ListedManifest, SessionAnswer, SessionRequest,
 };
 use super::tls::{ClientFiles, ConnectError};
 use crate::metrics::{metrics, KopiaRequestLabels, SourceLabels};
@@ -126,12 +126,12 @@ struct Live {
     window: Semaphore,
     reader: tokio::task::JoinHandle<()>,
     /// Keeps the HTTP/2 connection alive with the stream.
-    _client: KopiaRepositoryClient<tonic::transport::Channel>,
+    _channel: tonic::transport::Channel,
 }
 
 #[derive(Default)]
 struct Pending {
-    waiting: HashMap<i64, mpsc::UnboundedSender<SessionResponse>>,
+    waiting: HashMap<i64, mpsc::UnboundedSender<SessionAnswer>>,
     /// Why the stream ended, once it has.
     ended: Option<String>,
 }
@@ -199,7 +199,7 @@ impl Session {
 
     /// Every manifest whose labels include all of `labels`, in pages of
     /// [`super::FIND_PAGE_SIZE`].
-    pub async fn find_manifests(&self, labels: &[(&str, &str)]) -> Result<Vec<ManifestEntryMetadata>, CallError> {
+    pub async fn find_manifests(&self, labels: &[(&str, &str)]) -> Result<Vec<ListedManifest>, CallError> {
         let request = session_request::Request::FindManifests(FindManifestsRequest {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             page_size: super::FIND_PAGE_SIZE,
@@ -207,7 +207,7 @@ impl Session {
         let mut entries = vec![];
         for answer in self.call("find_manifests", request).await? {
             match answer {
-                session_response::Response::FindManifests(page) => entries.extend(page.metadata),
+                Answer::FindManifests(page) => entries.extend(page.metadata),
                 other => return Err(unexpected(&other)),
             }
         }
@@ -217,16 +217,16 @@ impl Session {
     pub async fn get_manifest(&self, id: &ManifestId) -> Result<GetManifestResponse, CallError> {
         let request = session_request::Request::GetManifest(GetManifestRequest { manifest_id: id.to_string() });
         match self.call("get_manifest", request).await?.pop() {
-            Some(session_response::Response::GetManifest(m)) => Ok(m),
+            Some(Answer::GetManifest(m)) => Ok(m),
             Some(other) => Err(unexpected(&other)),
             None => Err(CallError::Protocol("no answer".into())),
         }
     }
 
-    pub async fn get_content(&self, id: &ContentId) -> Result<Vec<u8>, CallError> {
+    pub async fn get_content(&self, id: &ContentId) -> Result<bytes::Bytes, CallError> {
         let request = session_request::Request::GetContent(GetContentRequest { content_id: id.to_string() });
         match self.call("get_content", request).await?.pop() {
-            Some(session_response::Response::GetContent(c)) => Ok(c.data),
+            Some(Answer::GetContent(c)) => Ok(c.data),
             Some(other) => Err(unexpected(&other)),
             None => Err(CallError::Protocol("no answer".into())),
         }
@@ -237,7 +237,7 @@ impl Session {
         &self,
         kind: &'static str,
         request: session_request::Request,
-    ) -> Result<Vec<session_response::Response>, CallError> {
+    ) -> Result<Vec<Answer>, CallError> {
         let timeout = self.config.request_timeout;
         let live = tokio::time::timeout(timeout, self.live())
             .await
@@ -315,7 +315,7 @@ impl Session {
             .connect_with_connector(connector)
             .await
             .map_err(|e| OpenError::Connect(ConnectError::Handshake(error_chain(&e))))?;
-        let mut client = KopiaRepositoryClient::new(channel)
+        let mut client = tonic::client::Grpc::new(channel.clone())
             .max_decoding_message_size(super::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(super::MAX_MESSAGE_BYTES);
 
@@ -346,15 +346,15 @@ impl Session {
         let refused =
             |s: tonic::Status| OpenError::Refused { code: format!("{:?}", s.code()), message: s.message().to_string() };
         let opened = async {
-            let mut inbound = client.session(request).await.map_err(refused)?.into_inner();
+            client.ready().await.map_err(|e| OpenError::Protocol(format!("the HTTP/2 connection: {e}")))?;
+            // The generated message types with SessionAnswer, which decodes listings lean.
+            let codec = tonic_prost::ProstCodec::<SessionRequest, SessionAnswer>::default();
+            let path = http::uri::PathAndQuery::from_static(super::SESSION_PATH);
+            let mut inbound = client.streaming(request, path, codec).await.map_err(refused)?.into_inner();
             let first = inbound.message().await.map_err(refused)?;
             match first {
-                Some(SessionResponse {
-                    request_id: 1,
-                    response: Some(session_response::Response::InitializeSession(_)),
-                    ..
-                }) => Ok(inbound),
-                Some(SessionResponse { response: Some(session_response::Response::Error(e)), .. }) => {
+                Some(SessionAnswer { request_id: 1, response: Some(Answer::InitializeSession(_)), .. }) => Ok(inbound),
+                Some(SessionAnswer { response: Some(Answer::Error(e)), .. }) => {
                     Err(OpenError::Protocol(format!("{}: {}", code_name(e.code), e.message)))
                 }
                 Some(other) => {
@@ -382,7 +382,7 @@ impl Session {
             next_id: AtomicI64::new(2),
             window: Semaphore::new(self.config.window.max(1)),
             reader,
-            _client: client,
+            _channel: channel,
         }))
     }
 }
@@ -391,7 +391,7 @@ impl Session {
 async fn exchange(
     live: &Live,
     request: session_request::Request,
-) -> Result<Vec<session_response::Response>, CallError> {
+) -> Result<Vec<Answer>, CallError> {
     let _slot = live.window.acquire().await.map_err(|_| CallError::Broken(live.ended_reason()))?;
     let id = live.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut answers) = mpsc::unbounded_channel();
@@ -419,7 +419,7 @@ async fn exchange(
         };
         let more = answer.has_more;
         match answer.response {
-            Some(session_response::Response::Error(e)) => {
+            Some(Answer::Error(e)) => {
                 return Err(CallError::Server { code: e.code, message: e.message });
             }
             Some(r) => collected.push(r),
@@ -437,7 +437,7 @@ async fn exchange(
 /// Hands every answer to the request it belongs to, until the stream ends.
 async fn read_answers(
     pending: Arc<Mutex<Pending>>,
-    mut inbound: tonic::Streaming<SessionResponse>,
+    mut inbound: tonic::Streaming<SessionAnswer>,
     url: String,
     labels: SourceLabels,
     stray: Arc<AtomicU64>,
@@ -478,13 +478,13 @@ async fn read_answers(
     pending.lock().expect("pending").end(reason);
 }
 
-fn unexpected(answer: &session_response::Response) -> CallError {
+fn unexpected(answer: &Answer) -> CallError {
     let name = match answer {
-        session_response::Response::Error(_) => "Error",
-        session_response::Response::InitializeSession(_) => "InitializeSession",
-        session_response::Response::GetContent(_) => "GetContent",
-        session_response::Response::GetManifest(_) => "GetManifest",
-        session_response::Response::FindManifests(_) => "FindManifests",
+        Answer::Error(_) => "Error",
+        Answer::InitializeSession(_) => "InitializeSession",
+        Answer::GetContent(_) => "GetContent",
+        Answer::GetManifest(_) => "GetManifest",
+        Answer::FindManifests(_) => "FindManifests",
     };
     CallError::Protocol(format!("a {name} answer"))
 }

@@ -266,7 +266,7 @@ impl<B: Backend + ?Sized> SessionAnswers<B> {
             response: Some(session_response::Response::InitializeSession(InitializeSessionResponse {
                 parameters: Some(RepositoryParameters {
                     hash_function: "HMAC-SHA256-128".into(),
-                    hmac_secret: self.backend.hmac_secret(),
+                    hmac_secret: self.backend.hmac_secret().into(),
                     splitter: "FIXED-4M".into(),
                     supports_content_compression: true,
                 }),
@@ -312,7 +312,7 @@ impl<B: Backend + ?Sized> SessionAnswers<B> {
                     return vec![error(id, Code::AccessDenied, "access denied")];
                 }
                 one(session_response::Response::GetManifest(GetManifestResponse {
-                    json_data: m.json.to_vec(),
+                    json_data: m.json.clone(),
                     metadata: Some(entry(&m)),
                 }))
             }
@@ -324,7 +324,7 @@ impl<B: Backend + ?Sized> SessionAnswers<B> {
                 };
                 match self.backend.content(&content) {
                     Some(data) => {
-                        one(session_response::Response::GetContent(GetContentResponse { data: data.to_vec() }))
+                        one(session_response::Response::GetContent(GetContentResponse { data }))
                     }
                     None => vec![error(id, Code::ContentNotFound, "content not found")],
                 }
