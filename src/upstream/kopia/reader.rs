@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use super::format::{Directory, IndirectIndex, SnapshotManifest, DIRECTORY_STREAM, INDIRECT_STREAM};
 use super::ids::{ManifestId, ObjectId};
 use super::proto::error_response::Code;
-use super::proto::ListedManifest;
+use super::proto::{ListedManifest, ListedManifestHead};
+use prost::Message;
 use super::session::{CallError, Session};
 use super::{labels, SnapshotKind};
 use crate::metrics::{metrics, ReadErrorLabels, SourceLabels};
@@ -142,12 +143,19 @@ struct Listed {
 
 /// What became of a metadata manifest.
 enum Known {
-    Read {
-        root: Arc<str>,
-        record: Arc<BackupRecord>,
-    },
+    /// Read: its root directory (the record is in `by_root`).
+    Read(RootKey),
     /// Not readable for a reason tied to the manifest itself (logged and counted once).
     Skipped,
+}
+
+/// A root directory object, by a 128-bit digest of its ID (kept per backup: 16 bytes instead
+/// of the ID's text).
+type RootKey = u128;
+
+fn root_key(object_id: &str) -> RootKey {
+    let digest = openssl::sha::sha256(object_id.as_bytes());
+    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
 }
 
 /// The incremental reader of one source.
@@ -157,7 +165,7 @@ pub struct CatalogReader {
     window: usize,
     known: HashMap<ManifestId, Known>,
     /// Records by root directory object: a manifest saved again over the same data costs no read.
-    by_root: HashMap<Arc<str>, Arc<BackupRecord>>,
+    by_root: HashMap<RootKey, Arc<BackupRecord>>,
     /// The listings of the last complete read: the same again means nothing changed.
     last_fingerprint: Option<Fingerprint>,
     /// A backup could not be read for a passing reason: read again even if nothing changed.
@@ -213,8 +221,11 @@ impl CatalogReader {
         // anything from them.
         let mut fingerprint = Fingerprint::default();
         for (kind, entries) in &lists {
-            for entry in entries {
-                fingerprint.add(*kind, &entry.id, entry.mod_time_nanos);
+            for raw in entries {
+                match ListedManifestHead::decode(raw.clone()) {
+                    Ok(head) => fingerprint.add(*kind, &head.id, head.mod_time_nanos),
+                    Err(_) => fingerprint.add(*kind, raw, 0),
+                }
             }
         }
         if !lists.iter().any(|(kind, entries)| *kind == SnapshotKind::Metadata && !entries.is_empty()) {
@@ -229,7 +240,15 @@ impl CatalogReader {
         let mut by_kind: BTreeMap<SnapshotKind, Vec<Listed>> = BTreeMap::new();
         let mut usable_ids = HashSet::new();
         for (kind, entries) in lists {
-            for entry in entries {
+            for raw in entries {
+                let entry = match ListedManifest::decode(raw) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        self.count("malformed_manifest");
+                        tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, error = %e, "ignoring a listed manifest that does not decode");
+                        continue;
+                    }
+                };
                 let id = ManifestId::from_hex(&entry.id);
                 usable_ids.extend(id);
                 match self.listed(kind, &entry) {
@@ -290,18 +309,18 @@ impl CatalogReader {
                     Ok((root, record)) => {
                         let record = self.settle_record(record, &cluster, &name);
                         self.reported_transient.remove(&id);
-                        self.by_root.insert(root.clone(), record.clone());
-                        self.known.insert(id, Known::Read { root, record });
+                        self.by_root.insert(root, record);
+                        self.known.insert(id, Known::Read(root));
                     }
                     Err(skip) => self.skipped(id, &cluster, &name, skip, &mut transient),
                 }
             }
         }
-        let roots: HashSet<&Arc<str>> = self
+        let roots: HashSet<RootKey> = self
             .known
             .values()
             .filter_map(|k| match k {
-                Known::Read { root, .. } => Some(root),
+                Known::Read(root) => Some(*root),
                 Known::Skipped => None,
             })
             .collect();
@@ -313,7 +332,7 @@ impl CatalogReader {
         let mut backups = Vec::with_capacity(groups.len());
         for ((cluster, name), candidates) in &groups {
             let winner = candidates.iter().find_map(|c| match self.known.get(&c.id) {
-                Some(Known::Read { record, .. }) => Some((c, record)),
+                Some(Known::Read(root)) => self.by_root.get(root).map(|record| (c, record)),
                 _ => None,
             });
             let pending = candidates.iter().any(|c| transient.contains(&c.id));
@@ -524,9 +543,9 @@ fn per_backup(e: CallError) -> Result<Skip, CallError> {
 /// failure of the session; the inner one a reason to skip this backup.
 async fn read_metadata(
     session: &Session,
-    by_root: &HashMap<Arc<str>, Arc<BackupRecord>>,
+    by_root: &HashMap<RootKey, Arc<BackupRecord>>,
     id: &ManifestId,
-) -> Result<Result<(Arc<str>, BackupRecord), Skip>, CallError> {
+) -> Result<Result<(RootKey, BackupRecord), Skip>, CallError> {
     let manifest = match session.get_manifest(id).await {
         Ok(m) => m,
         Err(e) => return per_backup(e).map(Err),
@@ -545,7 +564,7 @@ async fn read_metadata(
     if root.kind != "d" {
         return Ok(Err(Skip::MalformedManifest(format!("the root is of type {:?}, not a directory", root.kind))));
     }
-    let root_id: Arc<str> = root.obj.as_str().into();
+    let root_id = root_key(&root.obj);
     if let Some(record) = by_root.get(&root_id) {
         return Ok(Ok((root_id, BackupRecord::clone(record))));
     }

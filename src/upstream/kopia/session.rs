@@ -23,7 +23,7 @@ use super::ids::{ContentId, ManifestId};
 use super::proto::session_answer::Response as Answer;
 use super::proto::{
     error_response, session_request, FindManifestsRequest, GetContentRequest, GetManifestRequest, GetManifestResponse,
-    InitializeSessionRequest, ListedManifest, SessionAnswer, SessionRequest,
+    InitializeSessionRequest, SessionAnswer, SessionRequest,
 };
 use super::tls::{ClientFiles, ConnectError};
 use crate::metrics::{metrics, KopiaRequestLabels, SourceLabels};
@@ -198,8 +198,9 @@ impl Session {
     }
 
     /// Every manifest whose labels include all of `labels`, in pages of
-    /// [`super::FIND_PAGE_SIZE`].
-    pub async fn find_manifests(&self, labels: &[(&str, &str)]) -> Result<Vec<ListedManifest>, CallError> {
+    /// [`super::FIND_PAGE_SIZE`]: each entry its encoded `ManifestEntryMetadata`, a slice of the
+    /// received message (decode it with `ListedManifestHead` or `ListedManifest`).
+    pub async fn find_manifests(&self, labels: &[(&str, &str)]) -> Result<Vec<bytes::Bytes>, CallError> {
         let request = session_request::Request::FindManifests(FindManifestsRequest {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             page_size: super::FIND_PAGE_SIZE,
