@@ -395,3 +395,20 @@ fn an_undecodable_record_is_skipped_logged_and_counted_once() {
     assert_eq!(manifests, 6, "read once, not at every refresh");
     assert_eq!(metric(&h, series), Some(1.0));
 }
+
+/// A snapshot saved again (a new manifest ID over the same root directory, as Kopia does when a
+/// pin changes) costs one read, not three.
+#[test]
+fn a_manifest_over_a_known_root_directory_costs_one_read() {
+    let h = Harness::sample();
+    let before = tier1(&h);
+    let rv = rv_of(&h.list_json());
+    // Same bytes, same modification time, another file name: another manifest ID, the same
+    // directory object.
+    let dir = h.tier1_dir.join("pg-orders");
+    std::fs::rename(dir.join("backup-20251122003000.json"), dir.join("backup-20251122003000-resaved.json")).unwrap();
+    let after = h.list_until("the new revision", |l| rv_of(l) != rv);
+    assert_eq!(Harness::names(&after), SAMPLE_TIER1, "the same backups");
+    let (_, _, manifests, contents) = tier1(&h);
+    assert_eq!((manifests - before.2, contents - before.3), (1, 0), "one GetManifest, no GetContent");
+}

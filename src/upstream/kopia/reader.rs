@@ -655,3 +655,47 @@ fn read_object<'a>(
         Ok(Ok(data.into()))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: u8, mod_time: i64, tablespace: Option<&str>) -> Listed {
+        Listed { id: ManifestId([id; 16]), mod_time, cluster: "pg".into(), name: "b1".into(), tablespace: tablespace.map(Into::into) }
+    }
+
+    #[test]
+    fn the_newest_data_snapshot_of_each_kind_wins() {
+        let by_kind = BTreeMap::from([
+            (SnapshotKind::Pgdata, vec![listed(1, 10, None), listed(2, 30, None), listed(3, 20, None)]),
+            (SnapshotKind::Controldata, vec![listed(4, 5, None)]),
+            (
+                SnapshotKind::Tablespace,
+                vec![listed(5, 1, Some("b")), listed(6, 2, Some("a")), listed(7, 3, Some("b"))],
+            ),
+        ]);
+        let ids = DataSnapshots::index(by_kind).ids("pg", "b1");
+        assert_eq!(ids.pgdata, Some(ManifestId([2; 16])));
+        assert_eq!(ids.controldata, Some(ManifestId([4; 16])));
+        assert_eq!(&*ids.tablespaces, [("a".into(), ManifestId([6; 16])), ("b".into(), ManifestId([7; 16]))]);
+        assert_eq!(DataSnapshots::index(BTreeMap::new()).ids("pg", "b1"), SnapshotIds::default(), "none: no IDs");
+    }
+
+    #[test]
+    fn fingerprints_ignore_order_and_see_every_change() {
+        let fp = |entries: &[(SnapshotKind, u8)]| {
+            let mut f = Fingerprint::default();
+            for (kind, id) in entries {
+                f.add(*kind, &[*id; 32], i64::from(*id));
+            }
+            f
+        };
+        use SnapshotKind::*;
+        let base = fp(&[(Metadata, 1), (Metadata, 2), (Pgdata, 3)]);
+        assert_eq!(base, fp(&[(Pgdata, 3), (Metadata, 2), (Metadata, 1)]));
+        assert_ne!(base, fp(&[(Metadata, 1), (Metadata, 2)]), "a deletion");
+        assert_ne!(base, fp(&[(Metadata, 1), (Metadata, 2), (Controldata, 3)]), "the same ID of another kind");
+        assert_ne!(base, fp(&[(Metadata, 1), (Metadata, 4), (Pgdata, 3)]), "a replaced ID");
+        assert_eq!(base.newest_nanos, 3);
+    }
+}
