@@ -142,6 +142,7 @@ fn served_objects_match_the_document() {
             record: std::sync::Arc::new(record.clone()),
             manifest: ManifestId([n; 16]),
             written_nanos: 1_763_601_200_000_000_000,
+            root: [n; 16],
             snapshots: SnapshotIds {
                 pgdata: Some(ManifestId([n + 1; 16])),
                 controldata: Some(ManifestId([n + 2; 16])),

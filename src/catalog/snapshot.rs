@@ -216,6 +216,7 @@ impl Backup {
             record,
             manifest: ManifestId([1; 16]),
             written_nanos: 1_763_026_300_000_000_000,
+            root: [1; 16],
             snapshots: Default::default(),
         };
         Self::new(format!("{cluster}.{id}").into(), [Some(Arc::new(source)), None], "klio".into(), "1".into())
@@ -382,6 +383,7 @@ mod tests {
             record: Arc::new(r),
             manifest: ManifestId([end_lsn as u8; 16]),
             written_nanos: 1,
+            root: [end_lsn as u8; 16],
             snapshots: Default::default(),
         })
     }

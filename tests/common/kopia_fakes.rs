@@ -107,7 +107,9 @@ impl KopiaRepository for Faulty {
                     Fault::WrongAnswer if is_find(&req) => vec![SessionResponse {
                         request_id: id,
                         has_more: false,
-                        response: Some(session_response::Response::GetContent(GetContentResponse { data: vec![1].into() })),
+                        response: Some(session_response::Response::GetContent(GetContentResponse {
+                            data: vec![1].into(),
+                        })),
                     }],
                     Fault::HoldFinds(flag) if is_find(&req) => {
                         for _ in 0..1000 {

@@ -21,11 +21,11 @@ use super::format::{Directory, IndirectIndex, SnapshotManifest, DIRECTORY_STREAM
 use super::ids::{ManifestId, ObjectId};
 use super::proto::error_response::Code;
 use super::proto::{ListedManifest, ListedManifestHead};
-use prost::Message;
 use super::session::{CallError, Session};
 use super::{labels, SnapshotKind};
 use crate::metrics::{metrics, ReadErrorLabels, SourceLabels};
 use crate::upstream::record::{BackupRecord, Interner};
+use prost::Message;
 
 /// A `metadata.json` larger than this is not read (Klio's are about a kilobyte).
 const MAX_RECORD_BYTES: usize = 16 << 20;
@@ -40,6 +40,9 @@ pub struct SourceBackup {
     /// When that manifest was written (the server's clock, nanoseconds since the epoch): when the
     /// backup entered this tier's catalog.
     pub written_nanos: i64,
+    /// Its root directory object (a digest of the ID): a manifest saved again over the same
+    /// directory is not read again.
+    pub root: RootKey,
     /// The IDs of the backup's data snapshots on this tier.
     pub snapshots: SnapshotIds,
 }
@@ -141,21 +144,13 @@ struct Listed {
     tablespace: Option<Box<str>>,
 }
 
-/// What became of a metadata manifest.
-enum Known {
-    /// Read: its root directory (the record is in `by_root`).
-    Read(RootKey),
-    /// Not readable for a reason tied to the manifest itself (logged and counted once).
-    Skipped,
-}
-
-/// A root directory object, by a 128-bit digest of its ID (kept per backup: 16 bytes instead
-/// of the ID's text).
-type RootKey = u128;
+/// A root directory object, by a 128-bit digest of its ID (16 bytes per backup instead of the
+/// ID's text).
+pub type RootKey = [u8; 16];
 
 fn root_key(object_id: &str) -> RootKey {
     let digest = openssl::sha::sha256(object_id.as_bytes());
-    u128::from_le_bytes(digest[..16].try_into().expect("16 bytes"))
+    digest[..16].try_into().expect("16 bytes")
 }
 
 /// The incremental reader of one source.
@@ -163,9 +158,9 @@ pub struct CatalogReader {
     session: Session,
     labels: SourceLabels,
     window: usize,
-    known: HashMap<ManifestId, Known>,
-    /// Records by root directory object: a manifest saved again over the same data costs no read.
-    by_root: HashMap<RootKey, Arc<BackupRecord>>,
+    /// Metadata manifests that cannot be read for a reason tied to the manifest itself (logged
+    /// and counted once, never read again). What was read is in `last_output`.
+    skipped: HashSet<ManifestId>,
     /// The listings of the last complete read: the same again means nothing changed.
     last_fingerprint: Option<Fingerprint>,
     /// A backup could not be read for a passing reason: read again even if nothing changed.
@@ -186,8 +181,7 @@ impl CatalogReader {
             session,
             labels,
             window: window.max(1),
-            known: HashMap::new(),
-            by_root: HashMap::new(),
+            skipped: HashSet::new(),
             last_fingerprint: None,
             retry: false,
             last_output: vec![],
@@ -265,7 +259,7 @@ impl CatalogReader {
         }
         self.reported_entries.retain(|id| usable_ids.contains(id));
         let metadata = by_kind.remove(&SnapshotKind::Metadata).unwrap_or_default();
-        self.known.retain(|id, _| usable_ids.contains(id));
+        self.skipped.retain(|id| usable_ids.contains(id));
         self.reported_transient.retain(|id, _| usable_ids.contains(id));
         let mut groups: BTreeMap<(Box<str>, Box<str>), Vec<Listed>> = BTreeMap::new();
         for l in metadata {
@@ -277,6 +271,12 @@ impl CatalogReader {
         }
         self.report_duplicates(&groups);
 
+        // What was read before (immutable: never read again), for this read only.
+        let mut read: HashMap<ManifestId, (RootKey, Arc<BackupRecord>)> =
+            self.last_output.iter().map(|b| (b.manifest, (b.root, b.record.clone()))).collect();
+        let mut by_root: HashMap<RootKey, Arc<BackupRecord>> =
+            self.last_output.iter().map(|b| (b.root, b.record.clone())).collect();
+
         // Read the first candidate of each backup that is not settled, until every backup has a
         // readable candidate, has none left, or failed for a passing reason.
         let mut transient: HashSet<ManifestId> = HashSet::new();
@@ -286,19 +286,18 @@ impl CatalogReader {
                 .filter_map(|candidates| {
                     candidates
                         .iter()
-                        .find(|c| !matches!(self.known.get(&c.id), Some(Known::Skipped)))
-                        .filter(|c| !self.known.contains_key(&c.id) && !transient.contains(&c.id))
+                        .find(|c| !self.skipped.contains(&c.id))
+                        .filter(|c| !read.contains_key(&c.id) && !transient.contains(&c.id))
                         .map(|c| (c.id, c.cluster.clone(), c.name.clone()))
                 })
                 .collect();
             if wanted.is_empty() {
                 break;
             }
-            let by_root = &self.by_root;
-            let session = &self.session;
+            let (roots, session) = (&by_root, &self.session);
             let results: Vec<_> = futures_util::stream::iter(wanted)
                 .map(|(id, cluster, name)| async move {
-                    let outcome = read_metadata(session, by_root, &id).await;
+                    let outcome = read_metadata(session, roots, &id).await;
                     (id, cluster, name, outcome)
                 })
                 .buffer_unordered(self.window)
@@ -309,41 +308,31 @@ impl CatalogReader {
                     Ok((root, record)) => {
                         let record = self.settle_record(record, &cluster, &name);
                         self.reported_transient.remove(&id);
-                        self.by_root.insert(root, record);
-                        self.known.insert(id, Known::Read(root));
+                        by_root.insert(root, record.clone());
+                        read.insert(id, (root, record));
                     }
                     Err(skip) => self.skipped(id, &cluster, &name, skip, &mut transient),
                 }
             }
         }
-        let roots: HashSet<RootKey> = self
-            .known
-            .values()
-            .filter_map(|k| match k {
-                Known::Read(root) => Some(*root),
-                Known::Skipped => None,
-            })
-            .collect();
-        self.by_root.retain(|root, _| roots.contains(root));
+        drop(by_root);
 
         let data = DataSnapshots::index(by_kind);
         let previous: HashMap<(&str, &str), &Arc<SourceBackup>> =
             self.last_output.iter().map(|b| ((&*b.record.cluster_name, &*b.record.name), b)).collect();
         let mut backups = Vec::with_capacity(groups.len());
         for ((cluster, name), candidates) in &groups {
-            let winner = candidates.iter().find_map(|c| match self.known.get(&c.id) {
-                Some(Known::Read(root)) => self.by_root.get(root).map(|record| (c, record)),
-                _ => None,
-            });
+            let winner = candidates.iter().find_map(|c| read.get(&c.id).map(|(root, record)| (c, root, record)));
             let pending = candidates.iter().any(|c| transient.contains(&c.id));
             let fresh = match winner {
                 // A newer candidate that failed for a passing reason does not replace what was
                 // served: the backup stays as it was until that candidate can be read.
                 Some(_) | None if pending => previous.get(&(&**cluster, &**name)).map(|b| (*b).clone()),
-                Some((c, record)) => Some(Arc::new(SourceBackup {
+                Some((c, root, record)) => Some(Arc::new(SourceBackup {
                     record: record.clone(),
                     manifest: c.id,
                     written_nanos: c.mod_time,
+                    root: *root,
                     snapshots: data.ids(cluster, name),
                 })),
                 None => None,
@@ -372,7 +361,7 @@ impl CatalogReader {
             self.reported_transient.insert(id, skip.clone());
         } else {
             self.reported_transient.remove(&id);
-            self.known.insert(id, Known::Skipped);
+            self.skipped.insert(id);
         }
         self.count(skip.reason());
         let (server, tier) = (self.session.url(), &self.labels.tier);
@@ -661,7 +650,13 @@ mod tests {
     use super::*;
 
     fn listed(id: u8, mod_time: i64, tablespace: Option<&str>) -> Listed {
-        Listed { id: ManifestId([id; 16]), mod_time, cluster: "pg".into(), name: "b1".into(), tablespace: tablespace.map(Into::into) }
+        Listed {
+            id: ManifestId([id; 16]),
+            mod_time,
+            cluster: "pg".into(),
+            name: "b1".into(),
+            tablespace: tablespace.map(Into::into),
+        }
     }
 
     #[test]
@@ -669,10 +664,7 @@ mod tests {
         let by_kind = BTreeMap::from([
             (SnapshotKind::Pgdata, vec![listed(1, 10, None), listed(2, 30, None), listed(3, 20, None)]),
             (SnapshotKind::Controldata, vec![listed(4, 5, None)]),
-            (
-                SnapshotKind::Tablespace,
-                vec![listed(5, 1, Some("b")), listed(6, 2, Some("a")), listed(7, 3, Some("b"))],
-            ),
+            (SnapshotKind::Tablespace, vec![listed(5, 1, Some("b")), listed(6, 2, Some("a")), listed(7, 3, Some("b"))]),
         ]);
         let ids = DataSnapshots::index(by_kind).ids("pg", "b1");
         assert_eq!(ids.pgdata, Some(ManifestId([2; 16])));

@@ -234,11 +234,7 @@ impl Session {
     }
 
     /// Sends one request and collects its answers, bounded by the request timeout.
-    async fn call(
-        &self,
-        kind: &'static str,
-        request: session_request::Request,
-    ) -> Result<Vec<Answer>, CallError> {
+    async fn call(&self, kind: &'static str, request: session_request::Request) -> Result<Vec<Answer>, CallError> {
         let timeout = self.config.request_timeout;
         let live = tokio::time::timeout(timeout, self.live())
             .await
@@ -389,10 +385,7 @@ impl Session {
 }
 
 /// Sends `request` on the stream and collects its answers.
-async fn exchange(
-    live: &Live,
-    request: session_request::Request,
-) -> Result<Vec<Answer>, CallError> {
+async fn exchange(live: &Live, request: session_request::Request) -> Result<Vec<Answer>, CallError> {
     let _slot = live.window.acquire().await.map_err(|_| CallError::Broken(live.ended_reason()))?;
     let id = live.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut answers) = mpsc::unbounded_channel();

@@ -323,9 +323,7 @@ impl<B: Backend + ?Sized> SessionAnswers<B> {
                     Err(e) => return vec![error(id, Code::UnknownError, e)],
                 };
                 match self.backend.content(&content) {
-                    Some(data) => {
-                        one(session_response::Response::GetContent(GetContentResponse { data }))
-                    }
+                    Some(data) => one(session_response::Response::GetContent(GetContentResponse { data })),
                     None => vec![error(id, Code::ContentNotFound, "content not found")],
                 }
             }
