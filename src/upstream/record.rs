@@ -24,8 +24,8 @@ pub struct BackupRecord {
     pub cluster_name: Arc<str>,
     pub start_lsn: u64,
     pub end_lsn: u64,
-    pub start_wal: Box<str>,
-    pub end_wal: Box<str>,
+    pub start_wal: WalName,
+    pub end_wal: WalName,
     // tli, segmentSize, backupLabel, tablespaceMap and pgData are part of the record but not of
     // a KlioBackup: they are not kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +47,58 @@ pub struct TablespaceRecord {
     pub path: Box<str>,
     #[serde(default, skip_serializing_if = "Annotations::is_empty")]
     pub annotations: Annotations,
+}
+
+/// A WAL segment file name. Klio writes 24 upper-case hexadecimal characters (or `""` when the
+/// timeline was unknown); those are kept as the 12 bytes they spell, anything else as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalName {
+    Hex([u8; 12]),
+    Text(Box<str>),
+}
+
+impl WalName {
+    fn parse(text: &str) -> Self {
+        let digit = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let bytes = text.as_bytes();
+        if bytes.len() == 24 {
+            let mut out = [0u8; 12];
+            if bytes
+                .chunks(2)
+                .zip(out.iter_mut())
+                .all(|(pair, o)| digit(pair[0]).zip(digit(pair[1])).map(|(h, l)| *o = h << 4 | l).is_some())
+            {
+                return Self::Hex(out);
+            }
+        }
+        Self::Text(text.into())
+    }
+}
+
+impl fmt::Display for WalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hex(bytes) => bytes.iter().try_for_each(|b| write!(f, "{b:02X}")),
+            Self::Text(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for WalName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WalName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        Ok(Self::parse(&text))
+    }
 }
 
 /// A string map sorted by key. A JSON object with a key twice keeps the last value, as a map
@@ -169,6 +221,16 @@ mod tests {
         let none: Annotations = serde_json::from_str("null").unwrap();
         assert!(none.is_empty());
         assert!(serde_json::from_str::<Annotations>(r#"{"a":1}"#).is_err());
+    }
+
+    #[test]
+    fn wal_names_round_trip() {
+        for text in ["000000010000000000000007", "00000001000000000000002A", "", "00000001000000000000002a", "x"] {
+            let wal: WalName = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(wal.to_string(), text);
+            assert_eq!(serde_json::to_value(&wal).unwrap(), serde_json::json!(text));
+            assert_eq!(matches!(wal, WalName::Hex(_)), text.len() == 24 && text != "00000001000000000000002a");
+        }
     }
 
     #[test]

@@ -131,12 +131,34 @@ struct Live {
 
 #[derive(Default)]
 struct Pending {
-    waiting: HashMap<i64, mpsc::UnboundedSender<SessionAnswer>>,
+    waiting: HashMap<i64, Waiting>,
     /// Why the stream ended, once it has.
     ended: Option<String>,
 }
 
+/// A request waiting for its answers: they gather here until the last one (no `has_more`), then
+/// go to the requester at once. Lighter than a channel per request, of which a cold read of a
+/// large catalog makes tens of thousands.
+struct Waiting {
+    answers: Vec<SessionAnswer>,
+    done: tokio::sync::oneshot::Sender<Vec<SessionAnswer>>,
+}
+
 impl Pending {
+    /// Files an answer under its request; true when the request is complete.
+    fn deliver(&mut self, answer: SessionAnswer) -> Result<(), SessionAnswer> {
+        let id = answer.request_id;
+        let Some(waiting) = self.waiting.get_mut(&id) else { return Err(answer) };
+        let last = !answer.has_more || waiting.answers.len() + 1 >= MAX_ANSWERS;
+        waiting.answers.push(answer);
+        if last {
+            if let Some(w) = self.waiting.remove(&id) {
+                let _ = w.done.send(w.answers);
+            }
+        }
+        Ok(())
+    }
+
     /// Marks the stream ended and fails everything waiting on it.
     fn end(&mut self, reason: String) {
         if self.ended.is_none() {
@@ -388,13 +410,13 @@ impl Session {
 async fn exchange(live: &Live, request: session_request::Request) -> Result<Vec<Answer>, CallError> {
     let _slot = live.window.acquire().await.map_err(|_| CallError::Broken(live.ended_reason()))?;
     let id = live.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut answers) = mpsc::unbounded_channel();
+    let (done, answers) = tokio::sync::oneshot::channel();
     {
         let mut p = live.pending.lock().expect("pending");
         if let Some(reason) = &p.ended {
             return Err(CallError::Broken(reason.clone()));
         }
-        p.waiting.insert(id, tx);
+        p.waiting.insert(id, Waiting { answers: vec![], done });
     }
     // Whatever happens next, this request stops waiting.
     struct Forget<'a>(&'a Live, i64);
@@ -406,26 +428,19 @@ async fn exchange(live: &Live, request: session_request::Request) -> Result<Vec<
     let _forget = Forget(live, id);
     let message = SessionRequest { request_id: id, request: Some(request), ..Default::default() };
     live.outgoing.send(message).await.map_err(|_| CallError::Broken(live.ended_reason()))?;
-    let mut collected = vec![];
-    loop {
-        let Some(answer) = answers.recv().await else {
-            return Err(CallError::Broken(live.ended_reason()));
-        };
-        let more = answer.has_more;
+    let answers = answers.await.map_err(|_| CallError::Broken(live.ended_reason()))?;
+    if answers.last().is_some_and(|a| a.has_more) {
+        return Err(CallError::Protocol(format!("more than {MAX_ANSWERS} answers to one request")));
+    }
+    let mut collected = Vec::with_capacity(answers.len());
+    for answer in answers {
         match answer.response {
-            Some(Answer::Error(e)) => {
-                return Err(CallError::Server { code: e.code, message: e.message });
-            }
+            Some(Answer::Error(e)) => return Err(CallError::Server { code: e.code, message: e.message }),
             Some(r) => collected.push(r),
             None => return Err(CallError::Protocol("an answer without content".into())),
         }
-        if !more {
-            return Ok(collected);
-        }
-        if collected.len() >= MAX_ANSWERS {
-            return Err(CallError::Protocol(format!("more than {MAX_ANSWERS} answers to one request")));
-        }
     }
+    Ok(collected)
 }
 
 /// Hands every answer to the request it belongs to, until the stream ends.
@@ -440,28 +455,18 @@ async fn read_answers(
     let reason = loop {
         match inbound.message().await {
             Ok(Some(answer)) => {
-                let mut p = pending.lock().expect("pending");
                 let id = answer.request_id;
-                let more = answer.has_more;
-                match p.waiting.get(&id) {
-                    Some(tx) => {
-                        let _ = tx.send(answer);
-                        if !more {
-                            p.waiting.remove(&id);
-                        }
-                    }
-                    None => {
-                        stray.fetch_add(1, Ordering::Relaxed);
-                        let labels = crate::metrics::ReadErrorLabels {
-                            server: labels.server.clone(),
-                            tier: labels.tier.clone(),
-                            reason: "stray_answer",
-                        };
-                        metrics().read_errors.get_or_create(&labels).inc();
-                        if !warned_stray {
-                            warned_stray = true;
-                            tracing::warn!(server = %url, request_id = id, "the Kopia server answered a request nobody is waiting for; ignoring such answers");
-                        }
+                if pending.lock().expect("pending").deliver(answer).is_err() {
+                    stray.fetch_add(1, Ordering::Relaxed);
+                    let labels = crate::metrics::ReadErrorLabels {
+                        server: labels.server.clone(),
+                        tier: labels.tier.clone(),
+                        reason: "stray_answer",
+                    };
+                    metrics().read_errors.get_or_create(&labels).inc();
+                    if !warned_stray {
+                        warned_stray = true;
+                        tracing::warn!(server = %url, request_id = id, "the Kopia server answered a request nobody is waiting for; ignoring such answers");
                     }
                 }
             }
