@@ -76,8 +76,9 @@ pub enum OpenError {
     Refused { code: String, message: String },
     #[error("the Kopia session did not start: {0}")]
     Protocol(String),
-    /// An earlier attempt failed and the next one is not due yet.
-    #[error("{last} (next attempt in {wait_ms} ms)")]
+    /// An earlier attempt failed and the next one is not due yet (said as the failure itself, so
+    /// that a repeated failure reads the same and is logged once).
+    #[error("{last}")]
     BackingOff { last: Box<OpenError>, wait_ms: u64 },
 }
 

@@ -55,12 +55,14 @@ impl Backend for DirRepository {
         self.view().manifests.clone()
     }
 
+    // A listing looks at the directory again (when the last look is older than the rescan
+    // interval); reads between listings are answered from what it found.
     fn manifest(&self, id: &ManifestId) -> Option<Arc<StoredManifest>> {
-        self.view().by_id.get(id).cloned()
+        self.current().by_id.get(id).cloned()
     }
 
     fn content(&self, id: &ContentId) -> Option<Bytes> {
-        self.view().contents.get(id).cloned()
+        self.current().contents.get(id).cloned()
     }
 
     fn hmac_secret(&self) -> Vec<u8> {

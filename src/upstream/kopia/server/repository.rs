@@ -135,6 +135,18 @@ impl DirRepository {
         self.key.raw_private_key().unwrap_or_default()
     }
 
+    /// The view of the last scan (made now if there was none), without looking at the
+    /// directory: what manifests and contents are read from between listings.
+    pub fn current(&self) -> Arc<View> {
+        {
+            let state = self.state.lock().expect("repository scan");
+            if state.at.is_some() {
+                return state.view.clone();
+            }
+        }
+        self.view()
+    }
+
     /// The current view: the last one, or a new scan when it is older than `rescan`.
     pub fn view(&self) -> Arc<View> {
         let mut state = self.state.lock().expect("repository scan");
