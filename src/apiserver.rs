@@ -123,6 +123,7 @@ impl ApiServer {
         anyhow::ensure!(args.max_requests_inflight > 0, "--max-requests-inflight must be at least 1");
         let limits = Limits {
             in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_requests_inflight)),
+            watches: Arc::new(tokio::sync::Semaphore::new(api::MAX_WATCHES)),
             request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
         };
         // The shutdown receiver is replaced in `serve`.
