@@ -1158,7 +1158,7 @@ fn a_watch_is_served_and_timed_as_the_first_watch_value_says() {
         "ended at its timeoutSeconds: {took:?}"
     );
     let r = s.get(Some(&u), &format!("{COLLECTION}?watch=0&watch=1&timeoutSeconds=1"), &[]);
-    assert_eq!(served(&r).0, false, "served as a list: {}", r.text());
+    assert!(!served(&r).0, "served as a list: {}", r.text());
     assert_eq!(
         s.kube.sars().iter().filter_map(|a| a.resource_attributes.clone()?.verb).collect::<Vec<_>>(),
         ["watch", "list"]
