@@ -62,9 +62,14 @@ pub struct ConnectionLimits {
     pub write_stall_timeout: Duration,
 }
 
-/// Connections open at once: with the per-connection buffers released while idle, 4096 idle
-/// connections take about 40 MB.
-pub const MAX_CONNECTIONS: usize = 4096;
+/// Connections open at once. An idle TLS connection holds about 20 KiB (OpenSSL's state, the
+/// task), so the cap bounds them to about 40 MiB; an aggregated API server sees few
+/// connections (the aggregation layer multiplexes over HTTP/2).
+pub const MAX_CONNECTIONS: usize = 2048;
+
+/// TLS handshakes in progress at once (each holds about 50 KiB of OpenSSL buffers until it
+/// ends); more wait for a turn, within their handshake timeout.
+pub const MAX_HANDSHAKES: usize = 256;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -146,6 +151,7 @@ impl HttpsServer {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused_at: Option<Instant> = None;
+        let mut trimmer = Trimmer::default();
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -157,7 +163,11 @@ impl HttpsServer {
                     }
                 },
                 _ = housekeeping.tick() => {
-                    registry.release_memory_after_burst();
+                    // A finished connection's task keeps its memory until it is reaped.
+                    while connections.try_join_next().is_some() {}
+                    if trimmer.tick(registry.activity.load(Ordering::Relaxed)) {
+                        tokio::task::spawn_blocking(release_freed_memory);
+                    }
                     continue;
                 }
                 _ = stopped(&mut shutdown) => break,
@@ -239,11 +249,10 @@ struct Registry {
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<ConnState>>>,
-    /// Since memory was last given back: connections closed, the most open at once, requests.
-    closed_since_trim: AtomicUsize,
-    peak_since_trim: AtomicUsize,
-    requests_since_trim: AtomicUsize,
-    requests_at_last_check: AtomicUsize,
+    /// Connections opened plus requests started, ever (for [`Trimmer`]).
+    activity: AtomicUsize,
+    /// Turns for TLS handshakes ([`MAX_HANDSHAKES`]).
+    handshakes: tokio::sync::Semaphore,
 }
 
 /// Live counts of a server's connections.
@@ -263,10 +272,8 @@ impl Registry {
             epoch: Instant::now(),
             next_id: AtomicU64::new(0),
             open: Mutex::new(HashMap::new()),
-            closed_since_trim: AtomicUsize::new(0),
-            peak_since_trim: AtomicUsize::new(0),
-            requests_since_trim: AtomicUsize::new(0),
-            requests_at_last_check: AtomicUsize::new(0),
+            activity: AtomicUsize::new(0),
+            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
         }
     }
 
@@ -309,34 +316,49 @@ impl Registry {
             deadlines: Mutex::new(Vec::new()),
             next_response: AtomicU64::new(0),
         });
-        let mut open = self.open.lock().expect("connections");
-        open.insert(id, conn.clone());
-        self.peak_since_trim.fetch_max(open.len(), Ordering::Relaxed);
+        self.open.lock().expect("connections").insert(id, conn.clone());
+        self.activity.fetch_add(1, Ordering::Relaxed);
         conn
     }
 
     fn close(&self, id: u64) {
         self.open.lock().expect("connections").remove(&id);
-        self.closed_since_trim.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// After a burst (many connections closed, down to half the peak or less; or many requests
-    /// and then a quiet moment), freed memory is returned to the system.
-    fn release_memory_after_burst(&self) {
-        let open = self.open.lock().expect("connections").len();
-        let closed = self.closed_since_trim.load(Ordering::Relaxed);
-        let peak = self.peak_since_trim.load(Ordering::Relaxed);
-        let requests = self.requests_since_trim.load(Ordering::Relaxed);
-        let quiet = self.requests_at_last_check.swap(requests, Ordering::Relaxed) == requests;
-        let connections_gone = closed >= 64 && open * 2 <= peak;
-        let requests_done = requests >= 1000 && quiet;
-        if connections_gone || requests_done {
-            self.closed_since_trim.store(0, Ordering::Relaxed);
-            self.peak_since_trim.store(open, Ordering::Relaxed);
-            self.requests_since_trim.store(0, Ordering::Relaxed);
-            self.requests_at_last_check.store(0, Ordering::Relaxed);
-            tokio::task::spawn_blocking(release_freed_memory);
+}
+
+/// When to give freed memory back: after a burst of activity (connections and requests), once a
+/// housekeeping tick went by without any, and once more a little later (idle blocking threads
+/// exit after 10 s, freeing what they held). Steady traffic causes no trims.
+#[derive(Default)]
+struct Trimmer {
+    seen: usize,
+    at_last_trim: usize,
+    follow_up: Option<Instant>,
+}
+
+/// Connections and requests since the last trim that make a burst.
+const BURST: usize = 64;
+const FOLLOW_UP: Duration = Duration::from_secs(12);
+
+impl Trimmer {
+    /// Called every housekeeping tick with the activity counter; true when it is time to trim.
+    fn tick(&mut self, activity: usize) -> bool {
+        let quiet = activity == self.seen;
+        self.seen = activity;
+        let due = if quiet && activity - self.at_last_trim >= BURST {
+            self.follow_up = Some(Instant::now() + FOLLOW_UP);
+            true
+        } else if self.follow_up.is_some_and(|at| Instant::now() >= at) {
+            self.follow_up = None;
+            true
+        } else {
+            false
+        };
+        if due {
+            self.at_last_trim = activity;
         }
+        due
     }
 }
 
@@ -383,7 +405,7 @@ impl ConnState {
         self.busy.fetch_add(1, Ordering::Relaxed);
         self.touch();
         if let Some(registry) = self.registry.upgrade() {
-            registry.requests_since_trim.fetch_add(1, Ordering::Relaxed);
+            registry.activity.fetch_add(1, Ordering::Relaxed);
         }
         RequestTracker { conn: self.clone(), deadline: None }
     }
@@ -564,8 +586,13 @@ async fn serve_connection(
 ) -> Result<()> {
     // No TLS state before the client's first byte: a connection that never starts TLS costs
     // a socket and this task. The whole handshake is bounded, and given up when evicted.
+    let registry = conn.registry.upgrade().context("the server is gone")?;
+    let handshakes = &registry.handshakes;
     let handshake = async move {
-        tcp.readable().await.context("waiting for the TLS handshake")?;
+        // `readable()` may report a fresh socket ready before any byte arrived; a peek waits
+        // for a byte (or the end) for real.
+        tcp.peek(&mut [0u8; 1]).await.context("waiting for the TLS handshake")?;
+        let _turn = handshakes.acquire().await?;
         let ssl = Ssl::new(acceptor.context())?;
         let mut stream = SslStream::new(ssl, tcp)?;
         Pin::new(&mut stream).accept().await.context("TLS handshake failed")?;
@@ -576,6 +603,20 @@ async fn serve_connection(
         _ = conn.evict.notified() => return Ok(()),
         _ = stopped(&mut shutdown) => return Ok(()),
     };
+    // The HTTP phase is a large future: allocated only now, not while waiting for the handshake.
+    Box::pin(serve_http(stream, local, remote, endpoint, shutdown, conn, limits)).await
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on an established TLS connection, within the connection bounds.
+async fn serve_http(
+    stream: SslStream<TcpStream>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    endpoint: Arc<BoxEndpoint<'static, poem::Response>>,
+    mut shutdown: watch::Receiver<bool>,
+    conn: Arc<ConnState>,
+    limits: &ConnectionLimits,
+) -> Result<()> {
     let peer = Arc::new(PeerCertificates::from_ssl(stream.ssl()));
     conn.touch();
 
@@ -645,5 +686,27 @@ async fn serve_connection(
             closing = Some(Instant::now());
             served.as_mut().graceful_shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_given_back_after_a_burst_once_quiet_and_once_more_later() {
+        let mut t = Trimmer::default();
+        assert!(!t.tick(10), "a little activity is no burst");
+        assert!(!t.tick(10));
+        assert!(!t.tick(500), "busy: not yet");
+        assert!(!t.tick(900));
+        assert!(t.tick(900), "quiet after a burst");
+        assert!(!t.tick(900), "once");
+        t.follow_up = Some(Instant::now());
+        assert!(t.tick(900), "and once more later");
+        assert!(!t.tick(900));
+        // Steady traffic: never quiet, never trimmed.
+        let mut t = Trimmer::default();
+        assert!((1..100).all(|i| !t.tick(i * 100)));
     }
 }
