@@ -56,7 +56,8 @@ mod tests {
     #[test]
     fn wire_dumps_stay_off_whatever_the_filter_asks() {
         let c = ceiling();
-        for target in ["ureq_proto", "ureq_proto::util", "ureq::run", "h2::codec", "hyper::proto", "hyper_util::server"] {
+        for target in ["ureq_proto", "ureq_proto::util", "ureq::run", "h2::codec", "hyper::proto", "hyper_util::server"]
+        {
             assert!(!c.would_enable(target, &Level::TRACE), "{target}");
             assert!(c.would_enable(target, &Level::DEBUG), "{target}");
         }

@@ -324,7 +324,6 @@ impl Registry {
     fn close(&self, id: u64) {
         self.open.lock().expect("connections").remove(&id);
     }
-
 }
 
 /// When to give freed memory back: after a burst of activity (connections and requests), once a
