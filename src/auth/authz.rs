@@ -98,6 +98,17 @@ fn is_path_segment_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
 }
 
+/// Why no verdict was reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    /// Too many reviews waiting already: answered 429 (a client that starts requests and goes
+    /// away must not queue reviews without end).
+    #[error("too many authorization reviews pending")]
+    Overloaded,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// The verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -121,6 +132,8 @@ const CACHE_BYTES: usize = 4 << 20;
 /// SubjectAccessReviews in flight at once (each holds a blocking thread); more wait their turn,
 /// within the request's own bounds (the in-flight cap and the request timeout).
 pub const MAX_SUBJECT_ACCESS_REVIEWS: usize = 32;
+/// Reviews in flight or waiting for a turn; a request needing another one is answered 429.
+pub const MAX_PENDING_REVIEWS: usize = 512;
 /// A denial reason from the kube-apiserver is cut to this in the cache and the answer.
 const MAX_REASON_BYTES: usize = 1024;
 
@@ -143,7 +156,13 @@ fn decision_key(who: &Identity, what: &Attributes) -> DecisionKey {
         h.update(s.as_bytes());
     };
     field(&who.user);
-    field(who.uid.as_deref().unwrap_or("\0none"));
+    match &who.uid {
+        Some(uid) => {
+            field("uid");
+            field(uid);
+        }
+        None => field("no uid"),
+    }
     field(&who.groups.len().to_string());
     for g in &who.groups {
         field(g);
@@ -158,8 +177,15 @@ fn decision_key(who: &Identity, what: &Attributes) -> DecisionKey {
     }
     match what {
         Attributes::Resource { verb, group, version, resource, name } => {
-            for f in ["resource", verb, group, version, resource, name.as_deref().unwrap_or("\0none")] {
+            for f in ["resource", verb, group, version, resource] {
                 field(f);
+            }
+            match name {
+                Some(name) => {
+                    field("name");
+                    field(name);
+                }
+                None => field("no name"),
             }
         }
         Attributes::NonResource { verb, path } => {
@@ -196,7 +222,7 @@ impl Authorizer {
         })
     }
 
-    pub async fn authorize(&self, who: &Identity, what: &Attributes) -> Result<Decision, String> {
+    pub async fn authorize(&self, who: &Identity, what: &Attributes) -> Result<Decision, AuthzError> {
         if who.groups.iter().any(|g| g == "system:masters") {
             return Ok(Decision::Allow);
         }
@@ -216,7 +242,10 @@ impl Authorizer {
             }
         }
         if let Some(flight) = self.reviews.join(&key) {
-            return flight.await;
+            return flight.await.map_err(AuthzError::Failed);
+        }
+        if self.reviews.len() >= MAX_PENDING_REVIEWS {
+            return Err(AuthzError::Overloaded);
         }
         let spec = SubjectAccessReviewSpec {
             user: Some(who.user.clone()),
@@ -261,7 +290,7 @@ impl Authorizer {
             cache.lock().expect("authz cache").insert(key, decision.clone(), bytes);
             Ok(decision)
         };
-        self.reviews.start(key, work, Err).await
+        self.reviews.start(key, work, Err).await.map_err(AuthzError::Failed)
     }
 }
 

@@ -299,6 +299,11 @@ impl KubeDouble {
 
     // -- observations -------------------------------------------------------------------------
 
+    /// TokenReviews in progress now.
+    pub fn token_reviews_in_flight(&self) -> usize {
+        self.state.lock().unwrap().reviews_in_flight
+    }
+
     /// The most TokenReviews that were in progress at once.
     pub fn max_concurrent_token_reviews(&self) -> usize {
         self.state.lock().unwrap().max_reviews_in_flight
