@@ -7,10 +7,12 @@
 //! Connections are bounded ([`ConnectionLimits`]): their number (at the cap, the connection
 //! idle the longest makes room; when none is idle a new one is closed at once), the time a
 //! client may take to start and finish the TLS handshake (no TLS state is allocated before its
-//! first byte), the time a connection may sit idle, the time a client may leave a response
-//! unread (a connection whose writes make no progress is closed, watches included), and the
-//! deadline a response carries ([`ResponseDeadline`]). Memory freed after a burst of
-//! connections or requests is returned to the system.
+//! first byte, and at most [`MAX_HANDSHAKES`] are in progress at once), the time a connection
+//! may sit idle, the time a client may leave a response unread (a connection whose writes make
+//! no progress is closed, watches included), and the deadline a response carries
+//! ([`ResponseDeadline`]). Responses are written without a copy per client (vectored writes of
+//! the shared buffers). Memory freed after a burst of connections or requests is returned to the
+//! system.
 //!
 //! [`PeerIdentity`]: crate::tls::PeerCertificates
 
