@@ -53,6 +53,7 @@ fn query_unescape(text: &str) -> Option<String> {
 }
 
 impl Query {
+    /// Reads a raw query string (`None`: no query).
     pub fn parse(raw: Option<&str>) -> Self {
         let pairs = raw
             .unwrap_or_default()
@@ -71,6 +72,7 @@ impl Query {
         self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// Whether `key` is given at all (with or without a value).
     pub fn has(&self, key: &str) -> bool {
         self.first(key).is_some()
     }
@@ -123,6 +125,7 @@ impl RequestInfo {
         Self { method: method.clone(), path, query, params, attributes }
     }
 
+    /// Reads a poem request.
     pub fn of(req: &Request) -> Self {
         Self::parse(req.method(), req.uri().path(), req.uri().query())
     }

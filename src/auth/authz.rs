@@ -208,12 +208,6 @@ impl Authorizer {
         }
     }
 
-    /// Decisions cached: entries and the bytes counted against the bound.
-    pub fn cached(&self) -> (usize, usize) {
-        let cache = self.cache.lock().expect("authz cache");
-        (cache.len(), cache.bytes())
-    }
-
     /// Is `path` open to anyone? Exact paths, or `prefix*` entries.
     pub fn always_allowed(&self, path: &str) -> bool {
         self.options.always_allow_paths.iter().any(|p| match p.strip_suffix('*') {

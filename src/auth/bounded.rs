@@ -33,6 +33,7 @@ pub struct BoundedCache<K: Hash + Eq, V> {
 }
 
 impl<K: Hash + Eq, V> BoundedCache<K, V> {
+    /// An empty cache with these bounds.
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self { lru: LruCache::unbounded(), max_entries: max_entries.max(1), max_bytes, bytes: 0 }
     }
@@ -42,6 +43,7 @@ impl<K: Hash + Eq, V> BoundedCache<K, V> {
         self.lru.get(key).map(|e| (&e.value, e.at))
     }
 
+    /// Forgets `key` (an expired answer).
     pub fn remove(&mut self, key: &K) {
         if let Some(e) = self.lru.pop(key) {
             self.bytes -= e.cost;
@@ -66,10 +68,12 @@ impl<K: Hash + Eq, V> BoundedCache<K, V> {
         }
     }
 
+    /// Entries held.
     pub fn len(&self) -> usize {
         self.lru.len()
     }
 
+    /// No entry held.
     pub fn is_empty(&self) -> bool {
         self.lru.is_empty()
     }
@@ -132,6 +136,7 @@ where
         self.running.lock().expect("flights").len()
     }
 
+    /// No flight in progress.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -137,11 +137,6 @@ impl Authenticator {
         }
     }
 
-    /// TokenReviews in flight (for tests and the attack figures).
-    pub fn reviews_in_flight(&self) -> usize {
-        self.reviews.len()
-    }
-
     /// The identity of a request; headers are only trusted as the request-header rules allow.
     pub async fn authenticate(&self, peer: &PeerCertificates, headers: &HeaderMap) -> Result<Identity, AuthnError> {
         let trust = self.trust.current();
