@@ -1205,7 +1205,8 @@ fn a_watch_whose_client_never_reads_is_closed_at_its_timeout() {
     let took = sent.elapsed() + until_closed(&s, 0, Duration::from_secs(10));
     eprintln!("a watch with timeoutSeconds=2 whose client does not read: closed after {took:?}");
     assert!(took >= Duration::from_secs(2), "not before its timeout: {took:?}");
-    assert!(took < Duration::from_secs(2) + klio_api::server::OVERDUE_GRACE + Duration::from_secs(3), "{took:?}");
+    // (its connection is checked every second; a loaded machine may add a little)
+    assert!(took < Duration::from_secs(2) + klio_api::server::OVERDUE_GRACE + Duration::from_secs(4), "{took:?}");
     assert_eq!(s.get(Some(&u), COLLECTION, &[]).status, 200, "still serving");
 }
 
@@ -1222,7 +1223,7 @@ fn a_list_whose_client_never_reads_gives_its_slot_back_at_the_write_stall_timeou
     s.get(Some(&u), "/apis", &[]).expect_status(429, "TooManyRequests", "Too many requests, please try again later.");
     let took = sent.elapsed() + until_closed(&s, 0, Duration::from_secs(10));
     eprintln!("a 6 MB list whose client does not read: closed after {took:?}");
-    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
     assert_eq!(s.get(Some(&u), "/apis", &[]).status, 200, "the slot is free again");
 }
 
@@ -1235,6 +1236,8 @@ fn at_the_connection_cap_the_longest_idle_connection_makes_room() {
     // A fifth client is served: the oldest idle connection was closed for it.
     let r = s.get(Some(&u), COLLECTION, &[]);
     assert_eq!(r.status, 200, "{}", r.text());
+    // Three left: the fifth one is done (Connection: close) and the oldest was closed for it.
+    poll("the evicted connection to be closed", WAIT, || (s.connections.open() <= 3).then_some(()));
     let r = idle.remove(0).send("GET", "/apis", &[]);
     assert!(r.is_err(), "the oldest idle connection was closed: {r:?}");
     let r = idle[0].send("GET", "/apis", &[]).expect("a younger idle connection still serves");
@@ -1383,7 +1386,7 @@ fn abandoned_requests_cannot_queue_authorization_reviews_without_end() {
     use klio_api::auth::authz::{Attributes, Authorizer, AuthzError, AuthzOptions, MAX_PENDING_REVIEWS};
     let dir = tempfile::tempdir().unwrap();
     let kube = KubeDouble::start();
-    kube.set_sar_delay(Duration::from_secs(3));
+    kube.set_sar_delay(Duration::from_secs(60));
     let client = klio_api::kube::KubeClient::from_kubeconfig(&kube.write_kubeconfig(dir.path()), WAIT).unwrap();
     let options = AuthzOptions {
         allowed_ttl: Duration::from_secs(10),
@@ -1397,11 +1400,14 @@ fn abandoned_requests_cannot_queue_authorization_reviews_without_end() {
         // Requests that start a review each (distinct paths) and go away (an HTTP/2 client
         // resetting its streams): their reviews go on, bounded.
         for i in 0..MAX_PENDING_REVIEWS {
-            let (a, w) = (authorizer.clone(), who.clone());
             let what = Attributes::of("GET", &format!("/made-up/{i}"), None);
-            let asked = tokio::spawn(async move { a.authorize(&w, &what).await });
-            tokio::time::sleep(Duration::from_millis(2)).await; // it started its review
-            asked.abort();
+            // Polled once (it starts its review and waits for it), then dropped.
+            let mut asked = Box::pin(authorizer.authorize(&who, &what));
+            std::future::poll_fn(|cx| {
+                assert!(std::future::Future::poll(asked.as_mut(), cx).is_pending(), "the review takes a minute");
+                std::task::Poll::Ready(())
+            })
+            .await;
         }
         let what = Attributes::of("GET", "/one-more", None);
         let started = std::time::Instant::now();
@@ -1409,4 +1415,7 @@ fn abandoned_requests_cannot_queue_authorization_reviews_without_end() {
         assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
     });
     assert!(kube.sars_started() <= klio_api::auth::authz::MAX_SUBJECT_ACCESS_REVIEWS, "{}", kube.sars_started());
+    // The reviews still waiting end with the double; nothing waits for them.
+    drop(kube);
+    rt.shutdown_background();
 }
