@@ -19,8 +19,9 @@ Every response is checked:
                    status Failure, code equal to the HTTP status;
   schema           schemathesis' status_code_conformance, content_type_conformance and
                    response_schema_conformance (for the document's media type, JSON);
-  watch-streams    a 200 to watch=true streams JSON lines {"type":...,"object":...} (read for a
-                   moment, then closed: a watch only ends at its timeout);
+  watch-streams    a 200 to a watch (any `watch` value but 0 and false, as kube-apiserver reads
+                   it) streams JSON lines {"type":...,"object":...} (read for a moment, then
+                   closed: a watch only ends at its timeout);
   request-count    at least N requests within --max-seconds;
   still-ready      /readyz answers ok afterwards.
 Failures are grouped by kind with one reproducing request each. Prints `fuzz: N passed, M failed`
@@ -108,7 +109,18 @@ def status_problems(body, code):
 
 
 def is_watch(query):
-    return str((query or {}).get("watch")).lower() in ("true", "1")
+    """Whether the server streams a watch: as kube-apiserver reads `watch` (apimachinery's
+    boolean), its first value is anything but 0 or false."""
+    if "watch" not in (query or {}):
+        return False
+    value = query["watch"]
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return False
+        value = value[0]
+    if isinstance(value, bool):
+        return value
+    return str(value).lower() not in ("0", "false")
 
 
 def describe_request(method, url, params, headers):

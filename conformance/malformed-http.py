@@ -492,7 +492,7 @@ def corpus(target):
     queries = ["limit=99999999999999999999999", "limit=-1", "limit=1e3", "limit=0x10", "limit=", "limit=1&limit=2",
                "labelSelector=%zz", "labelSelector=" + "a%3Db%2C" * 7000, "labelSelector=" + "(" * 5000,
                "fieldSelector=" + "spec.clusterName%3Dx%2C" * 2500, "fieldSelector=%00", "fieldSelector=spec.clusterName%3D%3D%3D",
-               "&&&===&=&", "=", "%00=%00", "a=%ff%fe", "watch=true&watch=false", "watch=yes", "timeoutSeconds=99999999999999999999",
+               "&&&===&=&", "=", "%00=%00", "a=%ff%fe", "watch=true&watch=false&timeoutSeconds=1", "watch=yes&timeoutSeconds=1", "timeoutSeconds=99999999999999999999",
                "timeoutSeconds=-5", "continue=!!!", "continue=" + base64.urlsafe_b64encode(b'{"rv":"x","after":"y"}').decode(),
                "continue=" + base64.urlsafe_b64encode(b'{"rv":"999999999999.999999999999","after":""}').decode(),
                "continue=" + "A" * 60_000, "resourceVersion=18446744073709551616", "resourceVersion=-1",

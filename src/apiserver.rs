@@ -38,7 +38,10 @@ impl ServingCert {
     fn load(&self) -> Result<(Vec<X509>, PKey<Private>, Vec<u8>)> {
         match self {
             Self::Files { cert, key } => {
-                let bytes = [std::fs::read(cert)?, std::fs::read(key)?].concat();
+                let read = |file: &PathBuf, what: &str| {
+                    std::fs::read(file).with_context(|| format!("reading the serving {what} {}", file.display()))
+                };
+                let bytes = [read(cert, "certificate")?, read(key, "key")?].concat();
                 Ok((tls::load_certs(cert)?, tls::load_key(key)?, bytes))
             }
             Self::InMemory { chain, key } => Ok((chain.clone(), key.clone(), vec![])),
@@ -118,11 +121,13 @@ impl ApiServer {
         let authorizer = Arc::new(Authorizer::new(authz_kube, authz_options(auth)));
 
         let servers = ServerConfig::all_from_args(&args.klio)?;
+        warn_about_credential_files(args);
         let catalog = Arc::new(Catalog::new(servers, CatalogOptions::from_args(&args.klio))?);
         let server = HttpsServer::bind(SocketAddr::new(args.bind_address, args.secure_port), acceptor).await?;
         anyhow::ensure!(args.max_requests_inflight > 0, "--max-requests-inflight must be at least 1");
         let limits = Limits {
             in_flight: Arc::new(tokio::sync::Semaphore::new(args.max_requests_inflight)),
+            watches: Arc::new(tokio::sync::Semaphore::new(api::MAX_WATCHES)),
             request_timeout: Duration::from_secs(args.request_timeout_seconds.max(1)),
         };
         // The shutdown receiver is replaced in `serve`.
@@ -148,6 +153,17 @@ impl ApiServer {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// Other connection bounds than the defaults (tests use small ones).
+    pub fn with_connection_limits(mut self, limits: crate::server::ConnectionLimits) -> Self {
+        self.server = self.server.with_limits(limits);
+        self
+    }
+
+    /// Live counts of this server's connections.
+    pub fn connection_stats(&self) -> crate::server::ConnectionStats {
+        self.server.stats()
     }
 
     /// Refreshes the catalog and the trust in the background and serves until `shutdown`.
@@ -177,6 +193,45 @@ impl ApiServer {
             t.abort();
         }
         result
+    }
+}
+
+/// Startup warnings, each naming its file: a serving or Klio client certificate that has
+/// expired or is not valid yet, a private key anyone on the machine may read.
+fn warn_about_credential_files(args: &ApiServerArgs) {
+    let mut certs: Vec<PathBuf> = args.tls_cert_file.iter().cloned().collect();
+    let mut keys: Vec<PathBuf> = args.tls_private_key_file.iter().cloned().collect();
+    for server in args.klio.resolve().unwrap_or_default() {
+        certs.push(server.client_cert);
+        keys.push(server.client_key);
+    }
+    certs.sort();
+    certs.dedup();
+    keys.sort();
+    keys.dedup();
+    let now = openssl::asn1::Asn1Time::days_from_now(0).ok();
+    for file in &certs {
+        let Ok(chain) = tls::load_certs(file) else { continue };
+        let (Some(leaf), Some(now)) = (chain.first(), now.as_ref()) else { continue };
+        if leaf.not_after() < now {
+            tracing::warn!(file = %file.display(), not_after = %leaf.not_after(), "the certificate has expired");
+        } else if leaf.not_before() > now {
+            tracing::warn!(file = %file.display(), not_before = %leaf.not_before(), "the certificate is not valid yet");
+        }
+    }
+    #[cfg(unix)]
+    for file in &keys {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(file) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o004 != 0 {
+                tracing::warn!(
+                    file = %file.display(),
+                    mode = format!("{mode:04o}"),
+                    "the private key file is readable by every user (give it mode 0600 or 0640, or a Secret volume defaultMode of 0440)"
+                );
+            }
+        }
     }
 }
 

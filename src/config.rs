@@ -257,6 +257,19 @@ pub fn is_label_value(v: &str) -> bool {
         && v.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
+/// A Klio URL must not carry `user:password@`: the client certificate is the credential, and a
+/// password in a URL ends up in error messages and logs. The URL itself is not repeated.
+fn refuse_credentials_in_url(what: &str, url: &str) -> anyhow::Result<()> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        anyhow::bail!(
+            "{what} must not hold user information (user:password@): the Klio server is read with the client certificate"
+        );
+    }
+    Ok(())
+}
+
 /// One server with every field resolved.
 #[derive(Debug, Clone)]
 pub struct ResolvedServer {
@@ -351,6 +364,9 @@ impl KlioClientArgs {
         for (name, url) in
             [("CLIENT_BASE_URL (--klio-url)", &self.url), ("CLIENT_BASE_TIER2_URL (--klio-tier2-url)", &self.tier2_url)]
         {
+            if let Some(url) = url {
+                refuse_credentials_in_url(name, url)?;
+            }
             if let Some(url) = url.as_ref().filter(|u| !u.starts_with("https://")) {
                 anyhow::bail!(
                     "{name} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS"
@@ -384,6 +400,7 @@ impl KlioClientArgs {
             for (what, url) in
                 std::iter::once(("url", &spec.url)).chain(spec.tier2_url.iter().map(|u| ("tier-2 url", u)))
             {
+                refuse_credentials_in_url(&format!("Klio server {}: the {what}", spec.name), url)?;
                 if !url.starts_with("https://") {
                     anyhow::bail!(
                         "Klio server {}: the {what} must be an https:// URL (got {url:?}): the Klio server is only read over mutual TLS",
@@ -438,5 +455,15 @@ mod tests {
         assert!(parse_server_spec("name=x").unwrap_err().contains("url is required"));
         assert!(parse_server_spec("name=x,url=https://a,colour=red").unwrap_err().contains("unknown key"));
         assert!(parse_server_spec("name=-x,url=https://a").is_err());
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_repeating_them() {
+        assert!(refuse_credentials_in_url("u", "https://klio:8443/catalog").is_ok());
+        assert!(refuse_credentials_in_url("u", "https://klio:8443/a@b?x=@").is_ok(), "an @ past the host is no user");
+        for bad in ["https://user:s3cret@klio:8443", "https://user@klio", "https://:s3cret@klio/x"] {
+            let err = refuse_credentials_in_url("CLIENT_BASE_URL", bad).unwrap_err().to_string();
+            assert!(err.contains("CLIENT_BASE_URL") && !err.contains("s3cret") && !err.contains("user@"), "{err}");
+        }
     }
 }

@@ -1590,7 +1590,7 @@ fn reference_page(api: &Api, examples: &Examples) -> Result<Page> {
         rows.push(vec![code(name), esc(r["description"].as_str().unwrap_or_default())]);
     }
     errs.push_str(&table("errors", &["Response", "When"], &rows));
-    errs.push_str(&md("Besides these: `403 Forbidden` when authorization denies the request, `405 MethodNotAllowed` for writes, `410 Expired` for a resourceVersion or continue token no longer kept, `429 TooManyRequests` (with `Retry-After`) past `--max-requests-inflight`, and `504 Timeout` past `--request-timeout-seconds`. When one Klio source fails while others answer, the answer carries a `Warning: 299` header that kubectl prints on stderr. See [troubleshooting](troubleshooting.html)."));
+    errs.push_str(&md("Besides these: `403 Forbidden` when authorization denies the request, `405 MethodNotAllowed` for writes, `410 Expired` for a resourceVersion or continue token no longer kept, `429 TooManyRequests` (with `Retry-After`) past `--max-requests-inflight` (a list counts until its answer is written, a watch while it starts), past 1000 open watches, or while 32 TokenReviews of other bearer tokens are in flight, and `504 Timeout` past `--request-timeout-seconds` (a list still being written then is cut; a watch ends at its `timeoutSeconds`). When one Klio source fails while others answer, the answer carries a `Warning: 299` header that kubectl prints on stderr. See [troubleshooting](troubleshooting.html)."));
     sections.push(section("errors", "Errors", errs));
 
     Ok(Page { file: "reference.html", title: "KlioBackup API reference", lead, sections })

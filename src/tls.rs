@@ -62,6 +62,9 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
     // Clients resume TLS sessions on new connections; with client verification on, openssl
     // refuses to resume without a session id context.
     b.set_session_id_context(b"klio-api")?;
+    // An idle connection gives its read and write buffers (about 34 KiB) back: thousands of
+    // idle keep-alive connections must not pin that much each.
+    b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
     b.set_alpn_select_callback(|_, client| {
         openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
     });
@@ -132,6 +135,12 @@ impl AcceptorHandle {
     pub fn replace(&self, acceptor: SslAcceptor) {
         *self.0.write().expect("acceptor") = std::sync::Arc::new(acceptor);
     }
+}
+
+/// The common name a certificate stands for: the last CN of its subject, as Go's crypto/x509
+/// (and so Kubernetes) reads a subject with several.
+pub fn common_name(cert: &openssl::x509::X509Ref) -> Option<String> {
+    name_entries(cert, Nid::COMMONNAME).pop()
 }
 
 /// The subject entries of one kind (CN, O, ...) of a certificate, as text.

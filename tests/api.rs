@@ -499,7 +499,8 @@ fn bad_names_are_bad_requests() {
 #[test]
 fn bad_queries_are_bad_requests() {
     let h = Harness::sample();
-    for query in ["limit=-1", "limit=x", "timeoutSeconds=-5", "watch=maybe"] {
+    // (`watch=maybe` is a watch: apimachinery reads any value but 0 and false as true.)
+    for query in ["limit=-1", "limit=x", "timeoutSeconds=-5", "resourceVersionMatch=Exact"] {
         let r = h.admin.get_accept(&format!("{COLLECTION}?{query}"), TABLE_ACCEPT);
         let s = r.expect_status(400, "BadRequest");
         let key = query.split('=').next().unwrap();
@@ -738,8 +739,16 @@ fn assert_warning(r: &Resp, mentions: &str) {
     assert_eq!(warnings.len(), 1, "one Warning header: {warnings:?}");
     let w = &warnings[0];
     assert!(w.starts_with("299 - \"") && w.ends_with('"') && w.len() > 8, "Warning: 299 - \"<text>\", got {w:?}");
+    // A quoted-string (as kube-apiserver writes it): a quote or backslash inside is escaped.
     let text = &w[7..w.len() - 1];
-    assert!(!text.contains('"'), "the quoted text has no raw quote: {w:?}");
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => assert!(chars.next().is_some_and(|e| e == '"' || e == '\\'), "a stray escape: {w:?}"),
+            '"' => panic!("an unescaped quote in the quoted text: {w:?}"),
+            c => assert!(!c.is_control(), "a control character in the warning: {w:?}"),
+        }
+    }
     assert!(w.contains(mentions), "the warning names {mentions}: {w:?}");
 }
 

@@ -535,3 +535,106 @@ fn access_logs_name_the_user_and_never_a_credential() {
     assert!(!out.contains("mallory"), "an unverified identity reached the log:\n{out}");
     assert!(!out.contains("PRIVATE KEY"), "key material reached the log:\n{out}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Credentials and the files that hold them (issue 12)
+
+#[test]
+fn a_missing_serving_certificate_names_the_file() {
+    let s = Setup::new();
+    let missing = s.dir.path().join("no-such-dir/tls.crt");
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_API_SERVER_CERTFILE", path_str(&missing));
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains(&path_str(&missing)), "the error names the missing file:\n{out}");
+}
+
+#[test]
+fn a_klio_url_with_a_password_is_refused_without_repeating_it() {
+    let s = Setup::new();
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_URL", format!("https://reader:hunter2-pw@127.0.0.1:{}", s.catalog.addr.port()));
+    let out = s.expect_startup_failure(&env);
+    assert!(out.contains("CLIENT_BASE_URL") && out.contains("user:password@"), "says what is wrong:\n{out}");
+    assert!(!out.contains("hunter2"), "the password reached the output:\n{out}");
+}
+
+/// Waits (bounded) for a log line holding every one of `needles`; returns it.
+fn log_line(proc: &Proc, needles: &[&str]) -> String {
+    poll(&format!("a log line with {needles:?}"), WAIT, || {
+        proc.output().lines().find(|l| needles.iter().all(|n| l.contains(n))).map(str::to_string)
+    })
+}
+
+#[test]
+fn expired_certificates_and_readable_keys_are_warned_about_by_file() {
+    let s = Setup::new();
+    let ca = s.ca();
+    let serving = ca.issue_with_validity("klio-api", &[], &["localhost", "127.0.0.1"], Usage::Server, -30, 10).unwrap();
+    let client = ca.issue_with_validity("snapshot_reader@klio", &[], &[], Usage::Client, -30, 10).unwrap();
+    let (serving_crt, serving_key) =
+        (s.write("expired-serving.crt", &serving.cert_pem()), s.write("serving.key", &serving.key_pem()));
+    let client_crt = s.write("expired-client.crt", &client.cert_pem());
+    let client_key = s.write("client.key", &client.key_pem());
+    for key in [&serving_key, &client_key] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut env = s.product_env();
+    set(&mut env, "CLIENT_BASE_API_SERVER_CERTFILE", path_str(&serving_crt));
+    set(&mut env, "CLIENT_BASE_API_SERVER_KEYFILE", path_str(&serving_key));
+    set(&mut env, "CLIENT_BASE_CLIENT_CERT_PATH", path_str(&client_crt));
+    set(&mut env, "CLIENT_BASE_CLIENT_KEY_PATH", path_str(&client_key));
+    let port = free_port().to_string();
+    let proc = Proc::spawn(
+        &mut s.command(&env, &["--secure-port", &port, "--bind-address", "127.0.0.1"]),
+        s.dir.path().join("expired.log"),
+    );
+    for file in [&serving_crt, &client_crt] {
+        let line = log_line(&proc, &[&path_str(file), "expired"]);
+        assert!(line.contains("WARN"), "{line}");
+    }
+    for file in [&serving_key, &client_key] {
+        let line = log_line(&proc, &[&path_str(file), "readable by every user"]);
+        assert!(line.contains("0644"), "{line}");
+    }
+    // The demo's own files (keys 0600, certificates valid) draw no such warning.
+    let (proc, _) = s.start_ready(&s.product_env(), &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = proc.output();
+    assert!(!out.contains("expired") && !out.contains("readable by every user"), "{out}");
+}
+
+#[path = "common/kube_double.rs"]
+mod kube_double;
+
+#[test]
+fn trace_logs_never_hold_a_bearer_token() {
+    let s = Setup::new();
+    let kube = kube_double::KubeDouble::start();
+    let kubeconfig = kube.write_kubeconfig(s.dir.path());
+    let user_token = "Zq7Xk2Lw9Pv4Rt6Ym1Nb8Hc3Jd5Fs0Ga";
+    kube.add_token(user_token, kube_double::TokenUser::new("tina", &[]));
+    kube.set_sar_rule(|_| kube_double::SarAnswer::allow());
+    let mut env = s.product_env();
+    env.push(("KLIO_API_LOG", "trace".into()));
+    env.push(("KLIO_API_KUBECONFIG", path_str(&kubeconfig)));
+    let ca_file = path_str(&s.pki.path("ca.crt"));
+    let (proc, client) = s.start_ready(&env, &["--client-ca-file", &ca_file]);
+    let auth = format!("Bearer {user_token}");
+    let r = client.request("GET", COLLECTION, &[("Authorization", &auth)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(kube.token_reviews(), 1);
+    let out = proc.output();
+    // The low levels really were on: ureq logs its requests at debug, headers redacted.
+    assert!(out.contains("POST https://127.0.0.1:"), "the TokenReview is logged:\n{}", &out[..out.len().min(4000)]);
+    assert!(out.contains("HEADERS ARE REDACTED"), "{}", &out[..out.len().min(4000)]);
+    // Neither the user's token nor the service's own, not even a piece of either (a hex dump
+    // splits them into rows of 16 bytes).
+    for secret in [user_token, kube.service_token.as_str()] {
+        for piece in secret.as_bytes().windows(8) {
+            let piece = std::str::from_utf8(piece).unwrap();
+            assert!(!out.contains(piece), "a piece of a token ({piece}) reached the trace log");
+        }
+    }
+}

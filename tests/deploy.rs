@@ -373,6 +373,7 @@ fn the_deployment_runs_the_binary_hardened_with_probes_and_two_replicas() {
         files.extend(args.tls_cert_file.clone());
         files.extend(args.tls_private_key_file.clone());
         assert_eq!(files.len(), 5, "{}: a serving certificate and key must be configured", r.dir);
+        let keys = [servers[0].client_key.clone(), args.tls_private_key_file.clone().unwrap()];
         for f in files {
             let mount = mounts
                 .iter()
@@ -381,6 +382,15 @@ fn the_deployment_runs_the_binary_hardened_with_probes_and_two_replicas() {
             assert_eq!(mount.read_only, Some(true), "{}: {} is mounted writable", r.dir, mount.mount_path);
             let volume = volumes.iter().find(|v| v.name == mount.name).expect("the mount's volume");
             assert!(volume.secret.is_some(), "{}: {} is not from a Secret", r.dir, f.display());
+            if keys.contains(&f) {
+                // Not world-readable (klio-api warns about such keys), yet readable by the pod's
+                // non-root user through its fsGroup.
+                let mode = volume.secret.as_ref().unwrap().default_mode.unwrap_or(0o644);
+                assert_eq!(mode & 0o007, 0, "{}: {} is readable by others (mode {mode:o})", r.dir, f.display());
+                assert_ne!(mode & 0o040, 0, "{}: {} is not group-readable (mode {mode:o})", r.dir, f.display());
+                let fs_group = pod.security_context.as_ref().and_then(|s| s.fs_group);
+                assert!(fs_group.is_some(), "{}: no fsGroup: the non-root user could not read {}", r.dir, f.display());
+            }
         }
 
         // The port: the one the server listens on, named for the probes and the Service.

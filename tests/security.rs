@@ -221,13 +221,29 @@ struct Opts {
     allowed_ttl: u64,
     denied_ttl: u64,
     refresh: u64,
+    /// Connection bounds other than the defaults.
+    limits: Option<klio_api::server::ConnectionLimits>,
+    /// Backups added to the sample catalog, each with `BIG_ANNOTATION` bytes of annotation
+    /// (enough of them and a list or a watch outgrows every socket buffer).
+    big_backups: usize,
 }
 
 impl Default for Opts {
     fn default() -> Self {
-        Self { anonymous: None, max_inflight: 400, token_ttl: 10, allowed_ttl: 10, denied_ttl: 10, refresh: 30 }
+        Self {
+            anonymous: None,
+            max_inflight: 400,
+            token_ttl: 10,
+            allowed_ttl: 10,
+            denied_ttl: 10,
+            refresh: 30,
+            limits: None,
+            big_backups: 0,
+        }
     }
 }
+
+const BIG_ANNOTATION: usize = 8 * 1024;
 
 /// `ApiServerArgs` with every default, as the command line would give them (robust to new flags).
 #[derive(Parser)]
@@ -250,6 +266,8 @@ struct Stack {
     /// The CA the serving certificate chains to.
     server_ca: X509,
     addr: SocketAddr,
+    /// The API service's open connections.
+    connections: klio_api::server::ConnectionStats,
     runtimes: Vec<(Runtime, watch::Sender<bool>)>,
 }
 
@@ -270,6 +288,14 @@ impl Stack {
         std::fs::create_dir_all(&tier1).unwrap();
         std::fs::create_dir_all(&tier2).unwrap();
         klio_api::demo::write_sample_catalog(&tier1, &tier2).unwrap();
+        for i in 0..opts.big_backups {
+            let mut record =
+                klio_api::demo::sample_record("pg-big", &format!("backup-{i:06}"), 1_700_000_000, 60, 9, false);
+            record["annotations"]["example.com/padding"] = json!("p".repeat(BIG_ANNOTATION));
+            let dir = tier1.join("pg-big");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("backup-{i:06}.json")), record.to_string()).unwrap();
+        }
 
         // The catalog server, on a runtime of its own.
         let catalog_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -326,11 +352,15 @@ impl Stack {
 
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let (tx, rx) = watch::channel(false);
-        let addr = rt.block_on(async move {
-            let api = klio_api::apiserver::ApiServer::bind(&args).await.expect("binding the API service");
+        let (addr, connections) = rt.block_on(async move {
+            let mut api = klio_api::apiserver::ApiServer::bind(&args).await.expect("binding the API service");
+            if let Some(limits) = opts.limits {
+                api = api.with_connection_limits(limits);
+            }
             let addr = api.local_addr();
+            let connections = api.connection_stats();
             tokio::spawn(api.serve(rx));
-            addr
+            (addr, connections)
         });
         let server_ca = X509::from_pem(&std::fs::read(pki.path("ca.crt")).unwrap()).unwrap();
         let stack = Self {
@@ -342,6 +372,7 @@ impl Stack {
             proxy,
             server_ca,
             addr,
+            connections,
             runtimes: vec![(rt, tx), (catalog_rt, catalog_tx)],
         };
         poll("/readyz to answer 200", WAIT, || {
@@ -979,4 +1010,412 @@ fn system_masters_is_not_refused_by_the_in_flight_cap() {
         let r = s.get(Some(&s.user("root", &["system:masters"])), COLLECTION, &[]);
         assert_eq!(r.status, 200, "{}", r.text());
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile clients (issue 12): one parsed request for authorization and serving, bounded state
+
+/// Names a list (JSON) or a watch stream (JSON lines) served, and whether it was a watch.
+fn served(r: &Resp) -> (bool, Vec<String>) {
+    let text = r.text();
+    if let Ok(list) = serde_json::from_str::<Value>(&text) {
+        if list["kind"] == "KlioBackupList" {
+            let names = list["items"].as_array().unwrap().iter();
+            return (false, names.map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect());
+        }
+    }
+    let names = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("neither a list nor a watch ({e}): {text}"))
+        })
+        .filter(|e| e["type"] == "ADDED" || e["type"] == "MODIFIED")
+        .map(|e| e["object"]["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    (true, names)
+}
+
+#[test]
+fn repeated_query_parameters_never_widen_what_rbac_allows() {
+    let s = Stack::start();
+    // RBAC: rita may list, watch and get `resourceNames: [EXAMPLE]` only.
+    s.kube.set_sar_rule(|spec| match spec.resource_attributes.as_ref() {
+        Some(a)
+            if a.name.as_deref() == Some(EXAMPLE) && matches!(a.verb.as_deref(), Some("list" | "watch" | "get")) =>
+        {
+            SarAnswer::allow()
+        }
+        _ => SarAnswer::no_opinion(""),
+    });
+    let rita = s.user("rita", &[]);
+    let x = format!("metadata.name%3D{EXAMPLE}");
+    let other = "pg-orders.backup-20251122003000";
+    let selectors = [
+        String::new(),
+        format!("fieldSelector={x}"),
+        format!("fieldSelector={x}&fieldSelector="),
+        format!("fieldSelector=&fieldSelector={x}"),
+        format!("fieldSelector={x}&fieldSelector=metadata.name%3D{other}"),
+        format!("fieldSelector=metadata.name%3D{other}&fieldSelector={x}"),
+        format!("fieldSelector={x}%2Cspec.clusterName%3Dcluster-example"),
+        format!("fieldSelector=metadata.name!%3D{other}&fieldSelector={x}"),
+        format!("fieldSelector=metadata.name%3D%3D{EXAMPLE}&fieldSelector="),
+        format!("field%53elector={x}&fieldSelector="),
+        format!("fieldSelector={x};fieldSelector="),
+        format!("fieldSelector={x}&limit=1&fieldSelector=&limit=500"),
+        format!("fieldSelector={x}&labelSelector=&fieldSelector=&labelSelector=x%3Dy"),
+        "fieldSelector=metadata.name%3D..&fieldSelector=".to_string(),
+        format!("fieldSelector=metadata.name%3D{EXAMPLE}%25&fieldSelector="),
+    ];
+    let watches = [
+        "",
+        "watch=1&",
+        "watch=1&watch=0&",
+        "watch=0&watch=1&",
+        "watch=&",
+        "watch=true&watch=false&",
+        "watch=FALSE&watch=1&",
+    ];
+    // Every form at once (an allowed watch lasts its timeoutSeconds).
+    let answers: Vec<(&str, String, Resp)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = selectors
+            .iter()
+            .flat_map(|selector| {
+                watches.iter().map(move |watch| (*watch, format!("{watch}{selector}&timeoutSeconds=1")))
+            })
+            .map(|(watch, query)| {
+                let (s, rita) = (&s, &rita);
+                scope.spawn(move || {
+                    let r = s.get(Some(rita), &format!("{COLLECTION}?{query}"), &[]);
+                    (watch, query, r)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let (mut requests, mut allowed, mut bypasses) = (0, 0, vec![]);
+    for (watch, query, r) in answers {
+        {
+            requests += 1;
+            // kube-apiserver's rule: the first `watch` value, false only for 0 and false.
+            let first_watch = watch.strip_prefix("watch=").map(|w| w.split('&').next().unwrap());
+            let is_watch = first_watch.is_some_and(|w| w != "0" && !w.eq_ignore_ascii_case("false"));
+            match r.status {
+                403 => {
+                    let verb = if is_watch { "watch" } else { "list" };
+                    let message = r.json()["message"].as_str().unwrap().to_string();
+                    assert!(
+                        message.contains(&format!("cannot {verb} resource")),
+                        "{query}: denied as the wrong verb: {message}"
+                    );
+                }
+                200 => {
+                    allowed += 1;
+                    let (served_watch, names) = served(&r);
+                    if served_watch != is_watch || names.iter().any(|n| n != EXAMPLE) {
+                        bypasses.push(format!("{query}: served watch={served_watch} {names:?}"));
+                    }
+                }
+                400 => {}
+                other => panic!("{query}: HTTP {other}: {}", r.text()),
+            }
+        }
+    }
+    // A get by name with a selector for another object is a get of that name.
+    s.get(Some(&rita), &format!("{COLLECTION}/{other}?fieldSelector={x}"), &[]).expect_status(
+        403,
+        "Forbidden",
+        &format!("kliobackups.{GROUP} \"{other}\" is forbidden: User \"rita\" cannot get resource \"kliobackups\" in API group \"{GROUP}\" at the cluster scope"),
+    );
+    eprintln!("RBAC bypasses: {} in {requests} requests ({allowed} allowed)", bypasses.len());
+    assert!(bypasses.is_empty(), "served more than authorized: {bypasses:#?}");
+    assert!(allowed >= 20, "the allowed forms were exercised too ({allowed})");
+}
+
+#[test]
+fn every_list_and_watch_takes_an_in_flight_slot() {
+    with_the_only_slot_taken(|s| {
+        let eve = s.user("eve", &[]);
+        for q in ["", "?watch=1", "?watch=1&watch=0", "?watch=0&watch=1", "?watch=", "?watch=true&timeoutSeconds=1"] {
+            let r = s.get(Some(&eve), &format!("{COLLECTION}{q}"), &[]);
+            r.expect_status(429, "TooManyRequests", "Too many requests, please try again later.");
+        }
+    });
+}
+
+#[test]
+fn a_watch_is_served_and_timed_as_the_first_watch_value_says() {
+    let s = Stack::start();
+    let u = s.user("u", &[]);
+    let started = Instant::now();
+    let r = s.get(Some(&u), &format!("{COLLECTION}?watch=1&watch=0&timeoutSeconds=1"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let took = started.elapsed();
+    let (watch, names) = served(&r);
+    assert!(watch && names.contains(&EXAMPLE.to_string()), "served as a watch: {}", r.text());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "ended at its timeoutSeconds: {took:?}"
+    );
+    let r = s.get(Some(&u), &format!("{COLLECTION}?watch=0&watch=1&timeoutSeconds=1"), &[]);
+    assert!(!served(&r).0, "served as a list: {}", r.text());
+    assert_eq!(
+        s.kube.sars().iter().filter_map(|a| a.resource_attributes.clone()?.verb).collect::<Vec<_>>(),
+        ["watch", "list"]
+    );
+}
+
+/// Opens a connection with a tiny receive buffer, sends `GET path`, and never reads.
+fn unread_request(s: &Stack, cred: Option<&Cred>, path: &str) -> Conn {
+    use std::os::fd::AsRawFd;
+    let mut conn = s.connect(cred).unwrap();
+    let fd = conn.reader.get_ref().get_ref().as_raw_fd();
+    let size: libc::c_int = 4096;
+    // SAFETY: setsockopt on a socket this test owns, with a valid pointer and length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: application/json\r\n\r\n");
+    conn.reader.get_mut().write_all(req.as_bytes()).unwrap();
+    conn
+}
+
+/// Waits until the server has closed every connection but `keep` (bounded); how long it took.
+fn until_closed(s: &Stack, keep: usize, within: Duration) -> Duration {
+    let started = Instant::now();
+    poll("the server to close the connection", within, || (s.connections.open() <= keep).then_some(()));
+    started.elapsed()
+}
+
+#[test]
+fn a_watch_whose_client_never_reads_is_closed_at_its_timeout() {
+    // 800 backups of 8 KiB: the initial events outgrow the socket buffers on both sides.
+    let s = Stack::with(Opts { big_backups: 800, ..Default::default() });
+    let u = s.user("u", &[]);
+    let _conn = unread_request(&s, Some(&u), &format!("{COLLECTION}?watch=1&timeoutSeconds=2"));
+    let sent = Instant::now();
+    poll("the watch to start", WAIT, || (s.connections.open() == 1).then_some(()));
+    let took = sent.elapsed() + until_closed(&s, 0, Duration::from_secs(10));
+    eprintln!("a watch with timeoutSeconds=2 whose client does not read: closed after {took:?}");
+    assert!(took >= Duration::from_secs(2), "not before its timeout: {took:?}");
+    // (its connection is checked every second; a loaded machine may add a little)
+    assert!(took < Duration::from_secs(2) + klio_api::server::OVERDUE_GRACE + Duration::from_secs(4), "{took:?}");
+    assert_eq!(s.get(Some(&u), COLLECTION, &[]).status, 200, "still serving");
+}
+
+#[test]
+fn a_list_whose_client_never_reads_gives_its_slot_back_at_the_write_stall_timeout() {
+    let limits =
+        klio_api::server::ConnectionLimits { write_stall_timeout: Duration::from_secs(2), ..Default::default() };
+    let s = Stack::with(Opts { big_backups: 800, max_inflight: 1, limits: Some(limits), ..Default::default() });
+    let u = s.user("u", &[]);
+    let _conn = unread_request(&s, Some(&u), COLLECTION);
+    let sent = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    // Its slot stays taken while the body is unwritten (the cap counts until the response ends).
+    s.get(Some(&u), "/apis", &[]).expect_status(429, "TooManyRequests", "Too many requests, please try again later.");
+    let took = sent.elapsed() + until_closed(&s, 0, Duration::from_secs(10));
+    eprintln!("a 6 MB list whose client does not read: closed after {took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    assert_eq!(s.get(Some(&u), "/apis", &[]).status, 200, "the slot is free again");
+}
+
+#[test]
+fn at_the_connection_cap_the_longest_idle_connection_makes_room() {
+    let limits = klio_api::server::ConnectionLimits { max_connections: 4, ..Default::default() };
+    let s = Stack::with(Opts { limits: Some(limits), ..Default::default() });
+    let u = s.user("u", &[]);
+    let mut idle: Vec<Conn> = (0..4).map(|_| s.connect(Some(&u)).unwrap()).collect();
+    // A fifth client is served: the oldest idle connection was closed for it.
+    let r = s.get(Some(&u), COLLECTION, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Three left: the fifth one is done (Connection: close) and the oldest was closed for it.
+    poll("the evicted connection to be closed", WAIT, || (s.connections.open() <= 3).then_some(()));
+    let r = idle.remove(0).send("GET", "/apis", &[]);
+    assert!(r.is_err(), "the oldest idle connection was closed: {r:?}");
+    let r = idle[0].send("GET", "/apis", &[]).expect("a younger idle connection still serves");
+    assert_eq!(r.status, 200);
+    // Connections busy with watches are never closed for newcomers: at the cap, a new one is.
+    drop(idle);
+    let watches: Vec<Conn> =
+        (0..4).map(|_| unread_request(&s, Some(&u), &format!("{COLLECTION}?watch=1&timeoutSeconds=30"))).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = s.request(Some(&u), "GET", COLLECTION, &[]);
+    assert!(refused.is_err(), "a fifth connection while four are busy is closed: {refused:?}");
+    drop(watches);
+    poll("room again once the watches are gone", WAIT, || {
+        s.request(Some(&u), "GET", COLLECTION, &[]).ok().filter(|r| r.status == 200)
+    });
+}
+
+#[test]
+fn token_floods_are_bounded_and_one_review_serves_every_request_with_the_token() {
+    let s = Stack::start();
+    s.kube.set_token_delay(Duration::from_millis(1500));
+    s.kube.add_token("shared", TokenUser::new("tina", &[]));
+    let alice = s.user("alice", &[]);
+    let outcomes: Vec<u16> = std::thread::scope(|scope| {
+        // 40 requests with one token: its review starts, and the others join it.
+        let shared: Vec<_> = (0..40)
+            .map(|_| scope.spawn(|| s.get(None, COLLECTION, &[("Authorization", "Bearer shared")]).status))
+            .collect();
+        poll("the shared token's review to start", WAIT, || (s.kube.max_concurrent_token_reviews() >= 1).then_some(()));
+        let flood: Vec<_> = (0..120)
+            .map(|i| {
+                let s = &s;
+                scope.spawn(move || {
+                    let auth = format!("Bearer made-up-token-{i}");
+                    s.get(None, COLLECTION, &[("Authorization", &auth)]).status
+                })
+            })
+            .collect();
+        // A client certificate needs no review: served during the flood.
+        std::thread::sleep(Duration::from_millis(300));
+        let r = s.get(Some(&alice), COLLECTION, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let shared: Vec<u16> = shared.into_iter().map(|t| t.join().unwrap()).collect();
+        // Those that arrived while the review was in flight shared it; any that arrived after it
+        // ended found its answer cached.
+        assert!(shared.iter().all(|c| *c == 200), "{shared:?}");
+        flood.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let refused = outcomes.iter().filter(|c| **c == 429).count();
+    let reviewed = s.kube.token_reviews();
+    eprintln!(
+        "120 made-up tokens: {refused} answered 429, {} answered 401; {reviewed} TokenReviews, at most {} at once",
+        outcomes.iter().filter(|c| **c == 401).count(),
+        s.kube.max_concurrent_token_reviews()
+    );
+    assert!(outcomes.iter().all(|c| *c == 401 || *c == 429), "{outcomes:?}");
+    assert!(s.kube.max_concurrent_token_reviews() <= klio_api::auth::MAX_TOKEN_REVIEWS);
+    // Every 401 cost one review, every other request none: it was refused at once.
+    let made_up = s.kube.reviewed_tokens().iter().filter(|t| t.starts_with("made-up-token-")).count();
+    assert_eq!(made_up, outcomes.iter().filter(|c| **c == 401).count());
+    assert!(refused > 0, "the flood went past the bound");
+    let shared_reviews = s.kube.reviewed_tokens().iter().filter(|t| *t == "shared").count();
+    assert_eq!(shared_reviews, 1, "one review for 40 requests with the same token");
+    // A 429 says when to come back.
+    s.kube.set_token_delay(Duration::from_secs(3));
+    std::thread::scope(|scope| {
+        for i in 0..klio_api::auth::MAX_TOKEN_REVIEWS {
+            let s = &s;
+            scope.spawn(move || s.get(None, "/apis", &[("Authorization", &format!("Bearer busy-{i}"))]));
+        }
+        poll("the review slots to fill", WAIT, || {
+            (s.kube.token_reviews_in_flight() == klio_api::auth::MAX_TOKEN_REVIEWS).then_some(())
+        });
+        let r = s.get(None, "/apis", &[("Authorization", "Bearer one-more")]);
+        r.expect_status(429, "TooManyRequests", "Too many requests, please try again later.");
+        assert_eq!(r.header("retry-after"), Some("1"));
+    });
+}
+
+#[test]
+fn invented_methods_never_become_metric_labels() {
+    let s = Stack::with(Opts { anonymous: Some(false), ..Default::default() });
+    let root = s.user("root", &["system:masters"]);
+    let before = s.get(Some(&root), "/metrics", &[]).body.len();
+    let mut conn = s.connect(None).unwrap();
+    for i in 0..300 {
+        let method = format!("XMETHOD{i:04}{}", "Y".repeat(200));
+        let path = if i % 2 == 0 { "/apis".to_string() } else { format!("{COLLECTION}?x={i}") };
+        let r = conn.send(&method, &path, &[]).unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(r.status, 401, "{method}: {}", r.text());
+    }
+    let text = s.get(Some(&root), "/metrics", &[]).text();
+    assert!(!text.contains("XMETHOD"), "a method name became a label");
+    assert!(text.contains(r#"verb="other""#), "unknown methods are counted as other");
+    assert!(text.len() < before + 16 * 1024, "/metrics grew from {before} to {} bytes", text.len());
+}
+
+/// A client certificate of the user CA whose subject holds several CNs, in this order.
+fn with_common_names(ca: &KeyPair, cns: &[&str]) -> Cred {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::{BigNum, MsbOption};
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::x509::extension::{BasicConstraints, ExtendedKeyUsage, KeyUsage};
+    use openssl::x509::{X509Builder, X509NameBuilder};
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(127, MsbOption::MAYBE_ZERO, false).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    for cn in cns {
+        name.append_entry_by_nid(Nid::COMMONNAME, cn).unwrap();
+    }
+    b.set_subject_name(&name.build()).unwrap();
+    b.set_issuer_name(ca.cert.subject_name()).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(30).unwrap()).unwrap();
+    b.append_extension(BasicConstraints::new().critical().build().unwrap()).unwrap();
+    b.append_extension(KeyUsage::new().critical().digital_signature().build().unwrap()).unwrap();
+    b.append_extension(ExtendedKeyUsage::new().client_auth().build().unwrap()).unwrap();
+    b.sign(&ca.key, MessageDigest::sha256()).unwrap();
+    Cred { cert: b.build(), key, chain: vec![] }
+}
+
+#[test]
+fn a_certificate_with_several_common_names_is_its_last_one() {
+    let s = Stack::start();
+    let r = s.get(Some(&with_common_names(&s.user_ca, &["mallory", "alice"])), COLLECTION, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(who(&s.kube.last_sar()).user, "alice", "as Kubernetes (Go's crypto/x509) reads the subject");
+    // The same rule for a front proxy's allowed name.
+    let headers: &[(&str, &str)] = &[("X-Remote-User", "bob")];
+    let r = s.get(Some(&with_common_names(&s.proxy_ca, &["rogue-proxy", PROXY_CN])), COLLECTION, headers);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(who(&s.kube.last_sar()).user, "bob");
+    s.get(Some(&with_common_names(&s.proxy_ca, &[PROXY_CN, "rogue-proxy"])), COLLECTION, headers).expect_unauthorized();
+}
+
+#[test]
+fn abandoned_requests_cannot_queue_authorization_reviews_without_end() {
+    use klio_api::auth::authz::{Attributes, Authorizer, AuthzError, AuthzOptions, MAX_PENDING_REVIEWS};
+    let dir = tempfile::tempdir().unwrap();
+    let kube = KubeDouble::start();
+    kube.set_sar_delay(Duration::from_secs(60));
+    let client = klio_api::kube::KubeClient::from_kubeconfig(&kube.write_kubeconfig(dir.path()), WAIT).unwrap();
+    let options = AuthzOptions {
+        allowed_ttl: Duration::from_secs(10),
+        denied_ttl: Duration::from_secs(10),
+        always_allow_paths: vec![],
+    };
+    let authorizer = Arc::new(Authorizer::new(Some(Arc::new(client)), options));
+    let who = klio_api::auth::Identity { user: "system:anonymous".into(), ..Default::default() };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        // Requests that start a review each (distinct paths) and go away (an HTTP/2 client
+        // resetting its streams): their reviews go on, bounded.
+        for i in 0..MAX_PENDING_REVIEWS {
+            let what = Attributes::of("GET", &format!("/made-up/{i}"), None);
+            // Polled once (it starts its review and waits for it), then dropped.
+            let mut asked = Box::pin(authorizer.authorize(&who, &what));
+            std::future::poll_fn(|cx| {
+                assert!(std::future::Future::poll(asked.as_mut(), cx).is_pending(), "the review takes a minute");
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        let what = Attributes::of("GET", "/one-more", None);
+        let started = std::time::Instant::now();
+        assert_eq!(authorizer.authorize(&who, &what).await, Err(AuthzError::Overloaded));
+        assert!(started.elapsed() < Duration::from_secs(1), "refused at once");
+    });
+    assert!(kube.sars_started() <= klio_api::auth::authz::MAX_SUBJECT_ACCESS_REVIEWS, "{}", kube.sars_started());
+    // The reviews still waiting end with the double; nothing waits for them.
+    drop(kube);
+    rt.shutdown_background();
 }

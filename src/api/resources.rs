@@ -11,6 +11,7 @@ use poem::{handler, Request, Response};
 use serde::{Deserialize, Serialize};
 
 use super::negotiate::{resource_representation, Representation, RESOURCE_MEDIA_TYPES};
+use super::request::{info_of, kube_bool, Query};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
@@ -33,9 +34,10 @@ enum RvMatch {
     Exact,
 }
 
-/// The query parameters of list, watch and get, validated.
-#[derive(Debug, Default)]
-pub(crate) struct Params {
+/// The query parameters of list, watch and get, validated: each the first value given (see
+/// [`super::request`]).
+#[derive(Debug, Default, Clone)]
+pub struct Params {
     pub include: IncludeObject,
     pub selectors: Selectors,
     limit: Option<usize>,
@@ -48,55 +50,52 @@ pub(crate) struct Params {
     pub send_initial_events: Option<bool>,
 }
 
-fn boolean(key: &str, value: &str) -> Result<bool, ApiError> {
-    match value {
-        "" | "false" | "0" => Ok(false),
-        "true" | "1" => Ok(true),
-        other => Err(ApiError::bad_request(format!("{key}: invalid value {other:?}: must be true or false"))),
+/// Reads the options of a list (`is_list`; a watch when `watch`, decided by the caller from the
+/// same query) or a get.
+pub(crate) fn parse_params(query: &Query, is_list: bool, watch: bool) -> Result<Params, ApiError> {
+    let mut p = Params { watch: is_list && watch, ..Default::default() };
+    if let Some(value) = query.first("includeObject") {
+        p.include = value.parse().map_err(ApiError::bad_request)?;
     }
-}
-
-fn parse_params(query: Option<&str>, is_list: bool) -> Result<Params, ApiError> {
-    let mut p = Params::default();
-    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        let value = value.as_ref();
-        match key.as_ref() {
-            "includeObject" => p.include = value.parse().map_err(ApiError::bad_request)?,
-            "limit" | "timeoutSeconds" => {
-                let n = value.parse::<u64>().map_err(|_| {
-                    ApiError::bad_request(format!("{key}: invalid value {value:?}: must be a non-negative integer"))
-                })?;
-                if key == "limit" {
-                    p.limit = (n > 0).then_some(n.min(usize::MAX as u64) as usize);
-                } else {
-                    p.timeout_seconds = Some(n);
-                }
-            }
-            "continue" if is_list && !value.is_empty() => p.continue_token = Some(ContinueToken::decode(value)?),
-            "fieldSelector" if is_list => {
-                p.selectors.fields = FieldSelector::parse(value).map_err(ApiError::bad_request)?
-            }
-            "labelSelector" if is_list => {
-                p.selectors.labels = LabelSelector::parse(value).map_err(ApiError::bad_request)?
-            }
-            "watch" if is_list => p.watch = boolean("watch", value)?,
-            "allowWatchBookmarks" => p.allow_bookmarks = boolean("allowWatchBookmarks", value)?,
-            "sendInitialEvents" => p.send_initial_events = Some(boolean("sendInitialEvents", value)?),
-            "resourceVersion" if !value.is_empty() => p.resource_version = Some(value.to_string()),
-            "resourceVersionMatch" if !value.is_empty() => {
-                p.rv_match = Some(match value {
-                    "NotOlderThan" => RvMatch::NotOlderThan,
-                    "Exact" => RvMatch::Exact,
-                    other => {
-                        return Err(ApiError::bad_request(format!(
-                    "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
-                )))
-                    }
-                })
-            }
-            _ => {} // kube-apiserver ignores parameters it does not know
+    for key in ["limit", "timeoutSeconds"] {
+        let Some(value) = query.first(key) else { continue };
+        let n = value.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("{key}: invalid value {value:?}: must be a non-negative integer"))
+        })?;
+        if key == "limit" {
+            p.limit = (n > 0).then_some(n.min(usize::MAX as u64) as usize);
+        } else {
+            p.timeout_seconds = Some(n);
         }
     }
+    if is_list {
+        if let Some(value) = query.first("continue").filter(|v| !v.is_empty()) {
+            p.continue_token = Some(ContinueToken::decode(value)?);
+        }
+        if let Some(value) = query.first("fieldSelector") {
+            p.selectors.fields = FieldSelector::parse(value).map_err(ApiError::bad_request)?;
+        }
+        if let Some(value) = query.first("labelSelector") {
+            p.selectors.labels = LabelSelector::parse(value).map_err(ApiError::bad_request)?;
+        }
+    }
+    p.allow_bookmarks = query.first("allowWatchBookmarks").is_some_and(kube_bool);
+    p.send_initial_events = query.first("sendInitialEvents").map(kube_bool);
+    if let Some(value) = query.first("resourceVersion").filter(|v| !v.is_empty()) {
+        p.resource_version = Some(value.to_string());
+    }
+    if let Some(value) = query.first("resourceVersionMatch").filter(|v| !v.is_empty()) {
+        p.rv_match = Some(match value {
+            "NotOlderThan" => RvMatch::NotOlderThan,
+            "Exact" => RvMatch::Exact,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+                )))
+            }
+        });
+    }
+    // kube-apiserver ignores parameters it does not know.
     if p.rv_match.is_some() && p.resource_version.is_none() {
         return Err(ApiError::bad_request(
             "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
@@ -146,13 +145,38 @@ pub(crate) fn representation(req: &Request) -> Result<Representation, ApiError> 
 
 /// `Warning: 299` headers for every source that is failing (kubectl prints them on stderr).
 pub(crate) fn with_warnings(mut resp: Response, catalog: &Catalog) -> Response {
-    for w in catalog.warnings() {
-        let text = format!("299 - \"{}\"", w.replace(['"', '\\'], "'").replace(['\r', '\n'], " "));
-        if let Ok(v) = poem::http::HeaderValue::from_str(&text) {
-            resp.headers_mut().append("warning", v);
-        }
+    for value in warning_headers(&catalog.warnings()) {
+        resp.headers_mut().append("warning", value);
     }
     resp
+}
+
+/// k8s.io/apiserver's warning budget: 4096 characters in all; past it, every warning is cut to 256.
+const WARNING_TOTAL_CHARS: usize = 4096;
+const WARNING_ITEM_CHARS: usize = 256;
+
+/// `299 - "<text>"` values for `texts`, as kube-apiserver writes them (a quoted string, `"` and
+/// `\` escaped, UTF-8 kept) within kube's budget. A text is an upstream's error, so it may hold
+/// anything: control characters (NUL, ESC, line breaks, which would drop the header or reach the
+/// user's terminal) become spaces, and duplicates are sent once.
+pub(crate) fn warning_headers(texts: &[String]) -> Vec<poem::http::HeaderValue> {
+    let mut cleaned: Vec<String> = vec![];
+    for text in texts {
+        let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        let clean = clean.trim().to_string();
+        if !clean.is_empty() && !cleaned.contains(&clean) {
+            cleaned.push(clean);
+        }
+    }
+    let truncate = cleaned.iter().map(|t| t.chars().count()).sum::<usize>() > WARNING_TOTAL_CHARS;
+    cleaned
+        .into_iter()
+        .filter_map(|text| {
+            let text: String = if truncate { text.chars().take(WARNING_ITEM_CHARS).collect() } else { text };
+            let quoted = text.replace('\\', r"\\").replace('"', r#"\""#);
+            poem::http::HeaderValue::from_bytes(format!("299 - \"{quoted}\"").as_bytes()).ok()
+        })
+        .collect()
 }
 
 fn json<T: Serialize>(body: &T, content_type: &str) -> Response {
@@ -233,13 +257,15 @@ async fn list_snapshot(catalog: &Catalog, p: &Params) -> Result<Arc<Snapshot>, A
 
 #[handler]
 pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Response, ApiError> {
-    let params = parse_params(req.uri().query(), true)?;
+    // The options the guard authorized, read once for both.
+    let info = info_of(req);
+    let params = info.params.as_ref().map_err(Clone::clone)?;
     let repr = representation(req)?;
     let catalog = &state.catalog;
     if params.watch {
-        return super::watch::serve(state, params, repr).await;
+        return super::watch::serve(state, &info, repr).await;
     }
-    let snapshot = list_snapshot(catalog, &params).await?;
+    let snapshot = list_snapshot(catalog, params).await?;
     let start = match &params.continue_token {
         Some(t) => match snapshot.position(&t.after) {
             Ok(i) => i + 1,
@@ -310,9 +336,10 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 pub async fn get(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Response, ApiError> {
     let name = req.path_params::<String>().map_err(|_| ApiError::bad_request("missing resource name"))?;
     validate_name(&name)?;
-    let params = parse_params(req.uri().query(), false)?;
+    let info = info_of(req);
+    let params = info.params.as_ref().map_err(Clone::clone)?;
     let repr = representation(req)?;
-    let snapshot = list_snapshot(&state.catalog, &params).await?;
+    let snapshot = list_snapshot(&state.catalog, params).await?;
     let backup = snapshot.get(&name).ok_or_else(|| ApiError::not_found(plural(), &name))?;
     let resp = match repr {
         Representation::Json => json(&backup.to_kliobackup(), "application/json"),
@@ -345,19 +372,30 @@ mod tests {
         }
     }
 
+    fn list_params(query: &str) -> Result<Params, ApiError> {
+        let q = Query::parse(Some(query));
+        let watch = q.first("watch").is_some_and(kube_bool);
+        parse_params(&q, true, watch)
+    }
+
     #[test]
     fn params() {
-        let p = parse_params(Some("limit=500&labelSelector=a%3Db&fieldSelector=spec.clusterName%3Dx"), true).unwrap();
+        let p = list_params("limit=500&labelSelector=a%3Db&fieldSelector=spec.clusterName%3Dx").unwrap();
         assert_eq!((p.limit, p.include), (Some(500), IncludeObject::Metadata));
         assert!(!p.selectors.is_empty());
-        assert_eq!(parse_params(Some("limit=0"), true).unwrap().limit, None);
-        assert_eq!(parse_params(Some("includeObject=Object"), true).unwrap().include, IncludeObject::Object);
-        assert!(parse_params(Some("watch=true&allowWatchBookmarks=true"), true).unwrap().allow_bookmarks);
+        assert_eq!(list_params("limit=0").unwrap().limit, None);
+        assert_eq!(list_params("includeObject=Object").unwrap().include, IncludeObject::Object);
+        assert!(list_params("watch=true&allowWatchBookmarks=true").unwrap().allow_bookmarks);
+        // Booleans as apimachinery reads them: only 0 and false are false.
+        assert!(list_params("watch=yes").unwrap().watch);
+        assert!(!list_params("watch=False").unwrap().watch);
+        // The first of repeated values.
+        assert_eq!(list_params("limit=2&limit=x").unwrap().limit, Some(2));
+        assert_eq!(list_params("limit=x&limit=2").unwrap_err().code, 400);
         for bad in [
             "limit=-1",
             "limit=x",
             "includeObject=All",
-            "watch=maybe",
             "timeoutSeconds=1.5",
             "continue=abc",
             "fieldSelector=status.phase%3DX",
@@ -365,9 +403,37 @@ mod tests {
             "resourceVersionMatch=Exact",
             "resourceVersion=1&resourceVersionMatch=Newest",
             "sendInitialEvents=true",
+            "watch=1&continue=abc",
         ] {
-            assert_eq!(parse_params(Some(bad), true).unwrap_err().code, 400, "{bad}");
+            assert_eq!(list_params(bad).unwrap_err().code, 400, "{bad}");
         }
+    }
+
+    #[test]
+    fn warnings_are_sanitized_and_bounded_like_kube_apiserver() {
+        let headers = |texts: &[&str]| -> Vec<String> {
+            warning_headers(&texts.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+                .iter()
+                .map(|v| String::from_utf8(v.as_bytes().to_vec()).unwrap())
+                .collect()
+        };
+        assert_eq!(headers(&["Klio server klio down"]), [r#"299 - "Klio server klio down""#]);
+        assert_eq!(
+            headers(&["nul\0esc\u{1b}[31mred\r\nbell\u{7}"]),
+            [r#"299 - "nul esc [31mred  bell""#],
+            "control characters become spaces, the warning is kept"
+        );
+        assert_eq!(headers(&[r#"say "hi" \ bye"#]), [r#"299 - "say \"hi\" \\ bye""#]);
+        assert_eq!(headers(&["é ü"]), ["299 - \"é ü\""], "UTF-8 is kept, as kube-apiserver sends it");
+        assert_eq!(headers(&["same", "same", "\0"]), [r#"299 - "same""#], "duplicates and empty texts dropped");
+        // 12 MB of error text: cut to kube's budget.
+        let huge = "x".repeat(12 << 20);
+        let out = headers(&[&huge, "second"]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].len(), WARNING_ITEM_CHARS + r#"299 - """#.len());
+        assert!(out.iter().map(String::len).sum::<usize>() < 1024);
+        let fits = "y".repeat(3000);
+        assert_eq!(headers(&[&fits])[0].len(), 3000 + 8, "within the total budget nothing is cut");
     }
 
     #[test]
@@ -377,7 +443,7 @@ mod tests {
         assert!(text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{text} is URL-safe");
         assert_eq!(ContinueToken::decode(&text).unwrap(), t);
         assert_eq!(ContinueToken::decode("not a token").unwrap_err().code, 400);
-        let p = parse_params(Some(&format!("continue={text}&resourceVersion=3")), true).unwrap_err();
+        let p = list_params(&format!("continue={text}&resourceVersion=3")).unwrap_err();
         assert!(p.message.contains("not allowed when using continue"));
     }
 }

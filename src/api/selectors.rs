@@ -42,6 +42,12 @@ impl FieldSelector {
         Ok(Self { requirements })
     }
 
+    /// The name this selector requires (its first `metadata.name=` or `==` term), as
+    /// apimachinery's `RequiresExactMatch("metadata.name")`: every object it matches has it.
+    pub fn required_name(&self) -> Option<&str> {
+        self.requirements.iter().find(|r| r.field == "metadata.name" && r.equal).map(|r| r.value.as_str())
+    }
+
     pub fn matches(&self, b: &Backup) -> bool {
         self.requirements.iter().all(|r| {
             let actual = match r.field {
@@ -73,6 +79,16 @@ mod tests {
         let s = FieldSelector::parse("metadata.name=pg-b.backup-1").unwrap();
         assert!(s.matches(&b) && !s.matches(&a));
         assert!(FieldSelector::parse("").unwrap().matches(&a));
+    }
+
+    #[test]
+    fn the_required_name_is_the_first_name_equality() {
+        let name = |s: &str| FieldSelector::parse(s).unwrap().required_name().map(str::to_string);
+        assert_eq!(name("metadata.name=a"), Some("a".into()));
+        assert_eq!(name("spec.clusterName=x,metadata.name==a"), Some("a".into()));
+        assert_eq!(name("metadata.name=a,metadata.name=b"), Some("a".into()), "and it matches nothing but a");
+        assert_eq!(name("metadata.name!=a"), None);
+        assert_eq!(name(""), None);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::negotiate::Representation;
-use super::resources::{table_content_type, with_warnings, Params};
+use super::request::RequestInfo;
+use super::resources::{table_content_type, with_warnings};
 use super::selectors::Selectors;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
@@ -19,9 +20,6 @@ use super::AppState;
 use crate::catalog::{Backup, EventType, ResourceVersion, Snapshot};
 use crate::routes::group_version;
 
-/// kube-apiserver's default is 30 to 60 minutes; clients reconnect.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
-const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How often a watcher that asked for bookmarks gets one.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
 
@@ -111,7 +109,15 @@ enum Start {
     After(ResourceVersion),
 }
 
-pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Representation) -> Result<Response, ApiError> {
+/// Serves a watch. It ends after the request's watch timeout (`timeoutSeconds`) whether or not
+/// the client reads: the guard ends the response body then, and the task feeding it stops too.
+pub(crate) async fn serve(
+    state: &Arc<AppState>,
+    info: &RequestInfo,
+    repr: Representation,
+) -> Result<Response, ApiError> {
+    let params = info.params.as_ref().map_err(Clone::clone)?;
+    let deadline = tokio::time::Instant::now() + info.watch_timeout();
     let catalog = state.catalog.clone();
     let mut updates = catalog.subscribe();
     updates.borrow_and_update();
@@ -166,9 +172,6 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
         }
     };
     let replayable = !matches!(&start, Start::After(rv) if rv.0.is_empty());
-    // timeoutSeconds=0 means the server's default, as in kube-apiserver.
-    let timeout =
-        params.timeout_seconds.filter(|s| *s > 0).map_or(DEFAULT_TIMEOUT, Duration::from_secs).min(MAX_TIMEOUT);
     let selectors = params.selectors.clone();
     let bookmarks = params.allow_bookmarks;
     let initial_end_bookmark = params.send_initial_events == Some(true) && bookmarks;
@@ -176,7 +179,7 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
 
     let warnings_from = catalog.clone();
     if replayable {
-        tokio::spawn(async move {
+        tokio::spawn(tokio::time::timeout_at(deadline, async move {
             let m = crate::metrics::metrics();
             let open =
                 m.inflight.get_or_create(&crate::metrics::InflightLabels { request_kind: "watch".into() }).clone();
@@ -184,7 +187,6 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
             let _open = super::scopeguard(move || {
                 open.dec();
             });
-            let deadline = tokio::time::Instant::now() + timeout;
             let mut last = match start {
                 Start::State(snap) => {
                     for b in snap.backups.iter().filter(|b| selectors.matches(b)) {
@@ -231,12 +233,11 @@ pub(crate) async fn serve(state: &Arc<AppState>, params: Params, repr: Represent
                     _ = tick.tick(), if bookmarks => {
                         if tx.send(encoder.bookmark(&last.to_string(), false)).await.is_err() { return; }
                     }
-                    _ = tokio::time::sleep_until(deadline) => return,
                     _ = crate::server::stopped(&mut shutdown) => return,
                     _ = tx.closed() => return,
                 }
             }
-        });
+        }));
     } else {
         drop(tx);
     }

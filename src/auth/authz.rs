@@ -2,12 +2,12 @@
 //! kube-apiserver decides through a SubjectAccessReview, with allowed and denied answers cached
 //! separately. Without a kube-apiserver, authenticated users may and anonymous ones may not.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{NonResourceAttributes, ResourceAttributes, SubjectAccessReviewSpec};
 
+use super::bounded::{BoundedCache, Flights};
 use super::Identity;
 use crate::kube::KubeClient;
 
@@ -19,8 +19,11 @@ pub enum Attributes {
 }
 
 impl Attributes {
-    /// Maps a request to attributes, as kube-apiserver's request-info resolver does for this group.
-    pub fn of(method: &str, path: &str, query: Option<&str>) -> Self {
+    /// Maps a request to attributes, as kube-apiserver's request-info resolver does for this
+    /// group. `path` is the decoded path; `watch` and `selected_name` come from the request's one
+    /// parsed query ([`crate::api::request::RequestInfo`]): whether a list is a watch, and the
+    /// name a `metadata.name` field selector requires.
+    pub fn resolve(method: &str, path: &str, watch: bool, selected_name: Option<&str>) -> Self {
         let lower = method.to_ascii_lowercase();
         let prefix = format!("/apis/{}/", crate::routes::group_version());
         let Some(rest) = path.strip_prefix(&prefix).filter(|r| !r.is_empty()) else {
@@ -30,10 +33,6 @@ impl Attributes {
         let mut parts = rest.splitn(2, '/');
         let resource = parts.next().unwrap_or_default().to_string();
         let mut name = parts.next().filter(|n| !n.is_empty()).map(str::to_string);
-        let query: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        let watch = query.iter().any(|(k, v)| k == "watch" && (v == "true" || v == "1"));
         let verb = match (lower.as_str(), &name) {
             ("get" | "head", None) if watch => "watch",
             ("get" | "head", None) => "list",
@@ -43,13 +42,15 @@ impl Attributes {
             ("patch", _) => "patch",
             ("delete", None) => "deletecollection",
             ("delete", Some(_)) => "delete",
-            (other, _) => other,
+            // kube-apiserver leaves the verb empty for methods it does not know.
+            _ => "",
         }
         .to_string();
         // As kube-apiserver: a list or watch of one name (`kubectl get NAME -w`) is authorized for
-        // that name, so RBAC resourceNames work.
+        // that name, so RBAC resourceNames work. The handler filters by the very same selector,
+        // so nothing but that name is ever served.
         if name.is_none() && (verb == "list" || verb == "watch") {
-            name = query.iter().find(|(k, _)| k == "fieldSelector").and_then(|(_, v)| single_name(v));
+            name = selected_name.filter(|n| is_path_segment_name(n)).map(str::to_string);
         }
         Self::Resource {
             verb,
@@ -57,6 +58,20 @@ impl Attributes {
             version: crate::routes::VERSION.to_string(),
             resource,
             name,
+        }
+    }
+
+    /// The attributes of a request given as method, decoded path and raw query (tests, tools):
+    /// the query is parsed as the server parses it.
+    pub fn of(method: &str, path: &str, query: Option<&str>) -> Self {
+        crate::api::request::RequestInfo::parse(&method.parse().unwrap_or(poem::http::Method::GET), path, query)
+            .attributes
+    }
+
+    /// The verb (resource or non-resource).
+    pub fn verb(&self) -> &str {
+        match self {
+            Self::Resource { verb, .. } | Self::NonResource { verb, .. } => verb,
         }
     }
 
@@ -78,11 +93,20 @@ impl Attributes {
     }
 }
 
-/// `metadata.name=X` (or `==`) as the whole field selector.
-fn single_name(selector: &str) -> Option<String> {
-    let (field, value) = selector.split_once("==").or_else(|| selector.split_once('='))?;
-    (field.trim() == "metadata.name" && !value.contains(',') && !value.trim().is_empty())
-        .then(|| value.trim().to_string())
+/// kube's `IsValidPathSegmentName`: a name that can stand for an object in a path.
+fn is_path_segment_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
+}
+
+/// Why no verdict was reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthzError {
+    /// Too many reviews waiting already: answered 429 (a client that starts requests and goes
+    /// away must not queue reviews without end).
+    #[error("too many authorization reviews pending")]
+    Overloaded,
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// The verdict.
@@ -100,18 +124,88 @@ pub struct AuthzOptions {
     pub always_allow_paths: Vec<String>,
 }
 
-type DecisionCache = HashMap<(Identity, Attributes), (Instant, Decision)>;
-const CACHE_LIMIT: usize = 10_000;
+/// Decisions are cached under a SHA-256 of who asked what: a key costs 32 bytes however long
+/// the path or the identity is.
+type DecisionKey = [u8; 32];
+const CACHE_ENTRIES: usize = 8192;
+const CACHE_BYTES: usize = 4 << 20;
+/// SubjectAccessReviews in flight at once (each holds a blocking thread); more wait their turn,
+/// within the request's own bounds (the in-flight cap and the request timeout).
+pub const MAX_SUBJECT_ACCESS_REVIEWS: usize = 32;
+/// Reviews in flight or waiting for a turn; a request needing another one is answered 429.
+pub const MAX_PENDING_REVIEWS: usize = 512;
+/// A denial reason from the kube-apiserver is cut to this in the cache and the answer.
+const MAX_REASON_BYTES: usize = 1024;
+
+type Verdict = Result<Decision, String>;
 
 pub struct Authorizer {
     kube: Option<Arc<KubeClient>>,
     options: AuthzOptions,
-    cache: Mutex<DecisionCache>,
+    cache: Arc<Mutex<BoundedCache<DecisionKey, Decision>>>,
+    reviews: Flights<DecisionKey, Verdict>,
+    review_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// Hashes the identity and the attributes, each field length-prefixed (no two requests share a
+/// key by concatenation).
+fn decision_key(who: &Identity, what: &Attributes) -> DecisionKey {
+    let mut h = openssl::sha::Sha256::new();
+    let mut field = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    field(&who.user);
+    match &who.uid {
+        Some(uid) => {
+            field("uid");
+            field(uid);
+        }
+        None => field("no uid"),
+    }
+    field(&who.groups.len().to_string());
+    for g in &who.groups {
+        field(g);
+    }
+    field(&who.extra.len().to_string());
+    for (k, values) in &who.extra {
+        field(k);
+        field(&values.len().to_string());
+        for v in values {
+            field(v);
+        }
+    }
+    match what {
+        Attributes::Resource { verb, group, version, resource, name } => {
+            for f in ["resource", verb, group, version, resource] {
+                field(f);
+            }
+            match name {
+                Some(name) => {
+                    field("name");
+                    field(name);
+                }
+                None => field("no name"),
+            }
+        }
+        Attributes::NonResource { verb, path } => {
+            for f in ["nonresource", verb, path] {
+                field(f);
+            }
+        }
+    }
+    h.finish()
 }
 
 impl Authorizer {
     pub fn new(kube: Option<Arc<KubeClient>>, options: AuthzOptions) -> Self {
-        Self { kube, options, cache: Mutex::new(HashMap::new()) }
+        Self {
+            kube,
+            options,
+            cache: Arc::new(Mutex::new(BoundedCache::new(CACHE_ENTRIES, CACHE_BYTES))),
+            reviews: Default::default(),
+            review_slots: Arc::new(tokio::sync::Semaphore::new(MAX_SUBJECT_ACCESS_REVIEWS)),
+        }
     }
 
     /// Is `path` open to anyone? Exact paths, or `prefix*` entries.
@@ -122,7 +216,7 @@ impl Authorizer {
         })
     }
 
-    pub async fn authorize(&self, who: &Identity, what: &Attributes) -> Result<Decision, String> {
+    pub async fn authorize(&self, who: &Identity, what: &Attributes) -> Result<Decision, AuthzError> {
         if who.groups.iter().any(|g| g == "system:masters") {
             return Ok(Decision::Allow);
         }
@@ -134,12 +228,18 @@ impl Authorizer {
         let Some(kube) = self.kube.clone() else {
             return Ok(if who.is_anonymous() { Decision::Deny(String::new()) } else { Decision::Allow });
         };
-        let key = (who.clone(), what.clone());
-        if let Some((at, decision)) = self.cache.lock().expect("authz cache").get(&key) {
+        let key = decision_key(who, what);
+        if let Some((decision, at)) = self.cache.lock().expect("authz cache").get(&key) {
             let ttl = if *decision == Decision::Allow { self.options.allowed_ttl } else { self.options.denied_ttl };
             if at.elapsed() < ttl {
                 return Ok(decision.clone());
             }
+        }
+        if let Some(flight) = self.reviews.join(&key) {
+            return flight.await.map_err(AuthzError::Failed);
+        }
+        if self.reviews.len() >= MAX_PENDING_REVIEWS {
+            return Err(AuthzError::Overloaded);
         }
         let spec = SubjectAccessReviewSpec {
             user: Some(who.user.clone()),
@@ -164,25 +264,27 @@ impl Authorizer {
                 _ => None,
             },
         };
-        let status = tokio::task::spawn_blocking(move || kube.subject_access_review(spec))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{e:#}"))?;
-        let decision = if status.allowed && status.denied != Some(true) {
-            Decision::Allow
-        } else {
-            Decision::Deny(status.reason.unwrap_or_default())
+        let slots = self.review_slots.clone();
+        let cache = self.cache.clone();
+        let work = async move {
+            let _slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+            let status = tokio::task::spawn_blocking(move || kube.subject_access_review(spec))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| super::bounded_text(&format!("{e:#}"), MAX_REASON_BYTES))?;
+            let decision = if status.allowed && status.denied != Some(true) {
+                Decision::Allow
+            } else {
+                Decision::Deny(super::bounded_text(status.reason.as_deref().unwrap_or_default(), MAX_REASON_BYTES))
+            };
+            let bytes = match &decision {
+                Decision::Allow => 0,
+                Decision::Deny(reason) => reason.len(),
+            };
+            cache.lock().expect("authz cache").insert(key, decision.clone(), bytes);
+            Ok(decision)
         };
-        let mut cache = self.cache.lock().expect("authz cache");
-        if cache.len() >= CACHE_LIMIT {
-            let longest = self.options.allowed_ttl.max(self.options.denied_ttl);
-            cache.retain(|_, (at, _)| at.elapsed() < longest);
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (Instant::now(), decision.clone()));
-        Ok(decision)
+        self.reviews.start(key, work, Err).await.map_err(AuthzError::Failed)
     }
 }
 
@@ -212,7 +314,12 @@ mod tests {
         assert_eq!(named("watch=true&fieldSelector=metadata.name%3Da.b"), Some("a.b".into()));
         assert_eq!(verb("GET", c, Some("watch=true&fieldSelector=metadata.name%3Da.b")), "watch", "still a watch");
         assert_eq!(verb("GET", c, Some("fieldSelector=metadata.name%3Da.b")), "list", "still a list");
-        assert_eq!(named("fieldSelector=metadata.name%3Da.b%2Cspec.clusterName%3Dx"), None);
+        // apimachinery's RequiresExactMatch: the name term counts whatever else the selector says
+        // (the handler applies every term, so only a.b can be served).
+        assert_eq!(named("fieldSelector=metadata.name%3Da.b%2Cspec.clusterName%3Dx"), Some("a.b".into()));
+        assert_eq!(named("fieldSelector=metadata.name%3D..%2Fx"), None, "not a name a path could hold");
+        assert_eq!(verb("FROB", c, None), "", "kube leaves the verb of an unknown method empty");
+        assert_eq!(verb("FROB", "/apis", None), "nonresource:frob");
         assert_eq!(named("fieldSelector=spec.clusterName%3Dx"), None);
         assert_eq!(verb("GET", "/apis/kliocatalog.enterprisedb.io/v1alpha1", None), "nonresource:get");
     }

@@ -10,11 +10,12 @@
 //! `extension-apiserver-authentication` ConfigMap or the CA files change.
 
 pub mod authz;
+pub mod bounded;
 pub mod trust;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use poem::http::HeaderMap;
 
@@ -58,6 +59,16 @@ impl Identity {
     pub fn is_anonymous(&self) -> bool {
         self.user == ANONYMOUS
     }
+
+    /// About how many bytes this identity takes in a cache.
+    pub(crate) fn approximate_bytes(&self) -> usize {
+        let strings = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+        self.user.len()
+            + self.uid.as_ref().map_or(0, String::len)
+            + strings(&self.groups)
+            + self.extra.iter().map(|(k, v)| k.len() + 64 + strings(v)).sum::<usize>()
+            + std::mem::size_of::<Self>()
+    }
 }
 
 /// What a connection's client certificate was found to be, once per trust generation.
@@ -80,6 +91,10 @@ pub enum AuthnError {
     BadCertificate(String),
     #[error("tokens cannot be verified: no Kubernetes API server is configured")]
     NoTokenReviewer,
+    /// Too many TokenReviews in flight: answered 429 with Retry-After, without asking the
+    /// kube-apiserver (a flood of made-up tokens must not fan out).
+    #[error("too many token reviews in flight")]
+    Overloaded,
 }
 
 /// Knobs of the authenticator.
@@ -89,20 +104,37 @@ pub struct AuthnOptions {
     pub token_cache_ttl: Duration,
 }
 
-/// Cached TokenReview outcomes, keyed by the token's SHA-256 (tokens never stay in memory).
-type TokenCache = HashMap<[u8; 32], (Instant, Result<Identity, String>)>;
-const CACHE_LIMIT: usize = 10_000;
+/// A TokenReview outcome, keyed by the token's SHA-256 (tokens never stay in memory).
+type TokenKey = [u8; 32];
+type Review = Result<Identity, AuthnError>;
+
+/// TokenReview answers kept (an entry is the key, the identity and bookkeeping).
+const TOKEN_CACHE_ENTRIES: usize = 8192;
+const TOKEN_CACHE_BYTES: usize = 8 << 20;
+/// TokenReviews in flight at once; a request needing another one is answered 429.
+pub const MAX_TOKEN_REVIEWS: usize = 32;
+/// An error text from the kube-apiserver kept in the cache and logs is cut to this.
+const MAX_REASON_BYTES: usize = 512;
 
 pub struct Authenticator {
     trust: Arc<TrustStore>,
     kube: Option<Arc<KubeClient>>,
     options: AuthnOptions,
-    tokens: Mutex<TokenCache>,
+    tokens: Arc<Mutex<bounded::BoundedCache<TokenKey, Result<Identity, String>>>>,
+    reviews: bounded::Flights<TokenKey, Review>,
+    review_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Authenticator {
     pub fn new(trust: Arc<TrustStore>, kube: Option<Arc<KubeClient>>, options: AuthnOptions) -> Self {
-        Self { trust, kube, options, tokens: Mutex::new(HashMap::new()) }
+        Self {
+            trust,
+            kube,
+            options,
+            tokens: Arc::new(Mutex::new(bounded::BoundedCache::new(TOKEN_CACHE_ENTRIES, TOKEN_CACHE_BYTES))),
+            reviews: Default::default(),
+            review_slots: Arc::new(tokio::sync::Semaphore::new(MAX_TOKEN_REVIEWS)),
+        }
     }
 
     /// The identity of a request; headers are only trusted as the request-header rules allow.
@@ -131,7 +163,8 @@ impl Authenticator {
             match &verdicts.client {
                 Some(Ok(())) => {
                     let names = |nid| crate::tls::name_entries(leaf, nid);
-                    let user = names(openssl::nid::Nid::COMMONNAME).into_iter().next().unwrap_or_default();
+                    // Go's crypto/x509 keeps the last CN of the subject; Kubernetes uses that one.
+                    let user = crate::tls::common_name(leaf).unwrap_or_default();
                     if !user.is_empty() {
                         return Ok(Identity::authenticated(
                             user,
@@ -163,44 +196,77 @@ impl Authenticator {
         }
     }
 
+    /// A cached answer, the review in flight for the same token, or a new review if a slot is
+    /// free; otherwise [`AuthnError::Overloaded`] at once.
     async fn review_token(&self, token: &str) -> Result<Identity, AuthnError> {
         let Some(kube) = self.kube.clone() else { return Err(AuthnError::NoTokenReviewer) };
         let key = openssl::sha::sha256(token.as_bytes());
-        if let Some((at, cached)) = self.tokens.lock().expect("token cache").get(&key) {
-            if at.elapsed() < self.options.token_cache_ttl {
-                return cached.clone().map_err(AuthnError::BadToken);
+        {
+            let mut cache = self.tokens.lock().expect("token cache");
+            if let Some((cached, at)) = cache.get(&key) {
+                if at.elapsed() < self.options.token_cache_ttl {
+                    return cached.clone().map_err(AuthnError::BadToken);
+                }
+                cache.remove(&key);
             }
         }
-        let token = token.to_string();
-        let outcome = tokio::task::spawn_blocking(move || kube.token_review(&token))
-            .await
-            .map_err(|e| AuthnError::BadToken(e.to_string()))?;
-        let result = match outcome {
-            Ok(status) if status.authenticated == Some(true) => {
-                let user = status.user.unwrap_or_default();
-                let extra = user.extra.unwrap_or_default().into_iter().collect();
-                Ok(Identity::authenticated(
-                    user.username.unwrap_or_default(),
-                    user.uid,
-                    user.groups.unwrap_or_default(),
-                    extra,
-                ))
-            }
-            Ok(status) => Err(status.error.unwrap_or_else(|| "the token is not authenticated".into())),
-            // An unreachable kube-apiserver is not a verdict on the token: do not cache it.
-            Err(e) => return Err(AuthnError::BadToken(format!("TokenReview failed: {e:#}"))),
+        if let Some(flight) = self.reviews.join(&key) {
+            return flight.await;
+        }
+        let Ok(slot) = self.review_slots.clone().try_acquire_owned() else {
+            return Err(AuthnError::Overloaded);
         };
-        let mut cache = self.tokens.lock().expect("token cache");
-        if cache.len() >= CACHE_LIMIT {
-            let ttl = self.options.token_cache_ttl;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-        }
-        cache.insert(key, (Instant::now(), result.clone()));
-        result.map_err(AuthnError::BadToken)
+        let token = token.to_string();
+        let cache = self.tokens.clone();
+        let work = async move {
+            let _slot = slot;
+            let outcome = tokio::task::spawn_blocking(move || kube.token_review(&token))
+                .await
+                .map_err(|e| AuthnError::BadToken(e.to_string()))?;
+            let result = match outcome {
+                Ok(status) if status.authenticated == Some(true) => {
+                    let user = status.user.unwrap_or_default();
+                    let extra = user.extra.unwrap_or_default().into_iter().collect();
+                    Ok(Identity::authenticated(
+                        user.username.unwrap_or_default(),
+                        user.uid,
+                        user.groups.unwrap_or_default(),
+                        extra,
+                    ))
+                }
+                Ok(status) => Err(bounded_text(
+                    status.error.as_deref().unwrap_or("the token is not authenticated"),
+                    MAX_REASON_BYTES,
+                )),
+                // An unreachable kube-apiserver is not a verdict on the token: do not cache it.
+                Err(e) => {
+                    return Err(AuthnError::BadToken(bounded_text(
+                        &format!("TokenReview failed: {e:#}"),
+                        MAX_REASON_BYTES,
+                    )))
+                }
+            };
+            let bytes = match &result {
+                Ok(identity) => identity.approximate_bytes(),
+                Err(reason) => reason.len(),
+            };
+            cache.lock().expect("token cache").insert(key, result.clone(), bytes);
+            result.map_err(AuthnError::BadToken)
+        };
+        self.reviews.start(key, work, |e| Err(AuthnError::BadToken(e))).await
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how long it was.
+pub(crate) fn bounded_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &text[..end], text.len())
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

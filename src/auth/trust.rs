@@ -73,8 +73,7 @@ impl RequestHeaderConfig {
     pub fn verify_proxy(&self, leaf: &X509Ref, intermediates: &[X509]) -> Result<(), String> {
         self.ca.verify(leaf, intermediates).map_err(|e| format!("request-header CA: {e}"))?;
         if !self.allowed_names.is_empty() {
-            let cn =
-                crate::tls::name_entries(leaf, openssl::nid::Nid::COMMONNAME).into_iter().next().unwrap_or_default();
+            let cn = crate::tls::common_name(leaf).unwrap_or_default();
             if !self.allowed_names.contains(&cn) {
                 return Err(format!("request-header client certificate CN {cn:?} is not allowed"));
             }

@@ -78,6 +78,9 @@ struct State {
     tokens: HashMap<String, TokenUser>,
     sar_rule: SarRule,
     sar_delay: Duration,
+    token_delay: Duration,
+    reviews_in_flight: usize,
+    max_reviews_in_flight: usize,
     configmap_gets: usize,
     reviewed_tokens: Vec<String>,
     sars_started: usize,
@@ -144,7 +147,17 @@ async fn handle(state: Arc<Mutex<State>>, service_token: String, mut req: Reques
                 return status(StatusCode::BAD_REQUEST, "BadRequest", "not a TokenReview");
             };
             let token = review.spec.token.clone().unwrap_or_default();
+            let delay = {
+                let mut st = state.lock().unwrap();
+                st.reviews_in_flight += 1;
+                st.max_reviews_in_flight = st.max_reviews_in_flight.max(st.reviews_in_flight);
+                st.token_delay
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let mut st = state.lock().unwrap();
+            st.reviews_in_flight -= 1;
             st.reviewed_tokens.push(token.clone());
             review.status = Some(match st.tokens.get(&token) {
                 Some(u) => TokenReviewStatus {
@@ -201,6 +214,9 @@ impl KubeDouble {
             tokens: HashMap::new(),
             sar_rule: Arc::new(|_: &SubjectAccessReviewSpec| SarAnswer::no_opinion("")),
             sar_delay: Duration::ZERO,
+            token_delay: Duration::ZERO,
+            reviews_in_flight: 0,
+            max_reviews_in_flight: 0,
             configmap_gets: 0,
             reviewed_tokens: vec![],
             sars_started: 0,
@@ -276,7 +292,22 @@ impl KubeDouble {
         self.state.lock().unwrap().sar_delay = delay;
     }
 
+    /// Every TokenReview is answered after this long (a slow kube-apiserver).
+    pub fn set_token_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().token_delay = delay;
+    }
+
     // -- observations -------------------------------------------------------------------------
+
+    /// TokenReviews in progress now.
+    pub fn token_reviews_in_flight(&self) -> usize {
+        self.state.lock().unwrap().reviews_in_flight
+    }
+
+    /// The most TokenReviews that were in progress at once.
+    pub fn max_concurrent_token_reviews(&self) -> usize {
+        self.state.lock().unwrap().max_reviews_in_flight
+    }
 
     pub fn configmap_gets(&self) -> usize {
         self.state.lock().unwrap().configmap_gets

@@ -1,0 +1,355 @@
+//! What every request passes through: the access log (which parses the request once, see
+//! [`super::request`]), then the guard, in kube-apiserver's order: authentication (401; 429 when
+//! too many TokenReviews are in flight), the in-flight cap (429; probes and system:masters
+//! exempt), authorization (403), the request timeout (504).
+//!
+//! The bounds hold until the response is written, not only until the handler returns: the
+//! in-flight slot of a list is released when its body is sent, a list body still being written
+//! at the request timeout is cut (the connection is closed, as kube-apiserver aborts it), and a
+//! watch ends at its `timeoutSeconds`. The deadline also travels with the response
+//! ([`crate::server::ResponseDeadline`]), so the connection is closed when a client that stopped
+//! reading keeps the body from ending.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Request, Response};
+
+use super::request::{info_of, RequestInfo};
+use super::status::ApiError;
+use super::AppState;
+use crate::auth::authz::{Attributes, AuthzError, Decision};
+use crate::auth::{AuthnError, Identity};
+use crate::tls::PeerCertificates;
+
+/// Logged paths, methods and reasons are cut to this many bytes: a request line may be 64 KiB.
+pub const MAX_LOGGED_BYTES: usize = 256;
+
+fn too_many_requests() -> Response {
+    let mut err =
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests, please try again later.");
+    err.retry_after_seconds = Some(1);
+    err.into_response()
+}
+
+fn note_user(req: &Request, identity: &Identity) {
+    if let Some(slot) = req.data::<Arc<UserSlot>>() {
+        let _ = slot.set(identity.user.clone());
+    }
+}
+
+/// Every request passes here, after the access log.
+pub(crate) async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
+    let started = Instant::now();
+    let info = info_of(&req);
+    // Routing sees the decoded path; so does authorization (an escaped name is authorized under
+    // the name it is served as).
+    let Some(path) = info.path.as_deref() else {
+        return Ok(ApiError::bad_request("the request path is not valid UTF-8 once decoded").into_response());
+    };
+    let probe = req.method() == poem::http::Method::GET && state.authorizer.always_allowed(path);
+    let identity = if probe {
+        None
+    } else {
+        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
+        match state.authenticator.authenticate(&peer, req.headers()).await {
+            Ok(identity) => Some(identity),
+            Err(AuthnError::Overloaded) => {
+                tracing::debug!(target: "access", "too many token reviews in flight");
+                return Ok(too_many_requests());
+            }
+            Err(e) => {
+                tracing::info!(
+                    target: "access",
+                    path = %log_text(path),
+                    reason = %log_text(&e.to_string()),
+                    "unauthenticated request"
+                );
+                return Ok(ApiError::unauthorized().into_response());
+            }
+        }
+    };
+    let exempt = probe || identity.as_ref().is_some_and(|i| i.groups.iter().any(|g| g == "system:masters"));
+    let watch = info.is_watch();
+    // Every list and watch takes an in-flight slot (a watch while it is set up, as API Priority
+    // and Fairness counts watch initialization), and every watch a watch slot while it is open.
+    let in_flight = if exempt {
+        None
+    } else {
+        match state.limits.in_flight.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => return Ok(too_many_requests()),
+        }
+    };
+    let watch_slot = if watch && !exempt {
+        match state.limits.watches.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => return Ok(too_many_requests()),
+        }
+    } else {
+        None
+    };
+    if let Some(identity) = identity {
+        let attributes = &info.attributes;
+        match state.authorizer.authorize(&identity, attributes).await {
+            Ok(Decision::Allow) => {}
+            Ok(Decision::Deny(reason)) => {
+                let message = attributes.forbidden_message(&identity.user, &reason);
+                let err = match attributes {
+                    Attributes::Resource { resource, name, .. } => {
+                        ApiError::forbidden(message, Some((resource, name.as_deref())))
+                    }
+                    Attributes::NonResource { .. } => ApiError::forbidden(message, None),
+                };
+                note_user(&req, &identity);
+                return Ok(err.into_response());
+            }
+            Err(AuthzError::Overloaded) => return Ok(too_many_requests()),
+            Err(AuthzError::Failed(e)) => {
+                tracing::warn!(error = %log_text(&e), "authorization failed");
+                return Ok(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("Internal error occurred: authorization failed: {e}"),
+                )
+                .into_response());
+            }
+        }
+        note_user(&req, &identity);
+        req.set_data(identity);
+    }
+
+    // Watches are counted by the watch itself, for as long as the stream lasts.
+    let counted = (!watch).then(|| {
+        let gauge = crate::metrics::metrics()
+            .inflight
+            .get_or_create(&crate::metrics::InflightLabels { request_kind: "readOnly".into() })
+            .clone();
+        gauge.inc();
+        super::scopeguard(move || {
+            gauge.dec();
+        })
+    });
+    let request_timeout = state.limits.request_timeout;
+    let mut resp = match tokio::time::timeout(request_timeout, next.call(req)).await {
+        Ok(resp) => resp.map(IntoResponse::into_response)?,
+        Err(_) => return Ok(ApiError::timeout("the request did not finish in time").into_response()),
+    };
+    let (deadline, expiry, held): (Instant, Expiry, Held) = if watch {
+        // Set up: the in-flight slot is free again; the watch slot stays with the stream.
+        drop(in_flight);
+        (started + info.watch_timeout(), Expiry::End, Box::new(watch_slot))
+    } else {
+        (started + request_timeout, Expiry::Abort, Box::new((in_flight, counted)))
+    };
+    let body = GuardedBody {
+        inner: resp.take_body().into(),
+        deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        expiry,
+        held: Some(held),
+        ended: false,
+    };
+    resp.set_body(poem::Body::from(http_body_util::combinators::BoxBody::new(body)));
+    resp.extensions_mut().insert(crate::server::ResponseDeadline(deadline));
+    Ok(resp)
+}
+
+/// What a response holds until it is written: slots, gauges.
+type Held = Box<dyn Send + Sync>;
+
+/// What happens to a body still being written at its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// A watch: the stream ends cleanly (the client reconnects).
+    End,
+    /// A list or get: the response is cut (an error closes the connection or resets the
+    /// stream), as kube-apiserver's timeout filter aborts a handler that is still writing.
+    Abort,
+}
+
+/// A response body bounded by a deadline, releasing what the request held when it ends.
+struct GuardedBody {
+    inner: http_body_util::combinators::BoxBody<Bytes, std::io::Error>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    expiry: Expiry,
+    held: Option<Held>,
+    ended: bool,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.ended = true;
+            this.held = None;
+            return Poll::Ready(match this.expiry {
+                Expiry::End => None,
+                Expiry::Abort => {
+                    Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the response did not finish in time")))
+                }
+            });
+        }
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &frame {
+            this.ended = true;
+            this.held = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Where the guard leaves the user's name for the access log.
+type UserSlot = std::sync::OnceLock<String>;
+
+/// One line per request: who, what, answer, how long. Never a header value; the path and the
+/// method cut to [`MAX_LOGGED_BYTES`]. Parses the request for everything after it.
+pub(crate) async fn access_log<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    let start = Instant::now();
+    let info = Arc::new(RequestInfo::of(&req));
+    req.set_data(info.clone());
+    let path = log_text(req.uri().path()).into_owned();
+    let user_slot = Arc::new(UserSlot::default());
+    req.set_data(user_slot.clone());
+    let resp = next.call(req).await.map(IntoResponse::into_response)?;
+    let user = user_slot.get().map_or("-", String::as_str);
+    record(&info.attributes, resp.status().as_u16(), start.elapsed());
+    tracing::info!(
+        target: "access",
+        method = %log_text(info.method.as_str()),
+        path,
+        user = %log_text(user),
+        code = resp.status().as_u16(),
+        latency_us = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    Ok(resp)
+}
+
+/// `text` as it may appear in a log line: at most [`MAX_LOGGED_BYTES`] (cut on a character
+/// boundary, saying how long it was), control characters escaped.
+pub fn log_text(text: &str) -> std::borrow::Cow<'_, str> {
+    let clean = text.len() <= MAX_LOGGED_BYTES && !text.chars().any(char::is_control);
+    if clean {
+        return text.into();
+    }
+    let mut end = text.len().min(MAX_LOGGED_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 16);
+    for c in text[..end].chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if end < text.len() {
+        out.push_str(&format!("... ({} bytes)", text.len()));
+    }
+    out.into()
+}
+
+/// The verbs kube-apiserver reports in its metrics; any other is `other`.
+const METRIC_VERBS: &[&str] = &[
+    "APPLY",
+    "CONNECT",
+    "CREATE",
+    "DELETE",
+    "DELETECOLLECTION",
+    "GET",
+    "LIST",
+    "PATCH",
+    "POST",
+    "PROXY",
+    "PUT",
+    "UPDATE",
+    "WATCH",
+    "WATCHLIST",
+];
+
+/// The metric labels of a request, every one from a fixed set (no label ever carries request
+/// text): a verb of [`METRIC_VERBS`] or `other`, this group or none, a served resource,
+/// `unknown` or none.
+pub(crate) fn metric_labels(attributes: &Attributes) -> (&'static str, &'static str, &'static str) {
+    let verb = METRIC_VERBS.iter().find(|v| v.eq_ignore_ascii_case(attributes.verb())).copied().unwrap_or("other");
+    match attributes {
+        Attributes::Resource { resource, .. } => {
+            let known = crate::routes::RESOURCES.iter().find(|r| r.name == resource);
+            (verb, crate::routes::group(), known.map_or("unknown", |r| r.name))
+        }
+        Attributes::NonResource { .. } => (verb, "", ""),
+    }
+}
+
+/// Request metrics, labelled as kube-apiserver labels them.
+fn record(attributes: &Attributes, code: u16, took: Duration) {
+    let (verb, group, resource) = metric_labels(attributes);
+    let m = crate::metrics::metrics();
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+            code: code.to_string(),
+        })
+        .inc();
+    m.request_duration
+        .get_or_create(&crate::metrics::DurationLabels {
+            verb: verb.into(),
+            group: group.into(),
+            resource: resource.into(),
+        })
+        .observe(took.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_labels_come_from_fixed_sets() {
+        let c = "/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups";
+        let labels = |m: &str, p: &str, q: Option<&str>| metric_labels(&Attributes::of(m, p, q));
+        assert_eq!(labels("GET", c, None), ("LIST", "kliocatalog.enterprisedb.io", "kliobackups"));
+        assert_eq!(labels("GET", c, Some("watch=1&watch=0")), ("WATCH", "kliocatalog.enterprisedb.io", "kliobackups"));
+        assert_eq!(labels("HEAD", &format!("{c}/x"), None).0, "GET");
+        assert_eq!(labels("DELETE", c, None).0, "DELETECOLLECTION");
+        assert_eq!(labels("FROBNICATE", c, None), ("other", "kliocatalog.enterprisedb.io", "kliobackups"));
+        assert_eq!(labels("XYZZY-1234", "/apis", None), ("other", "", ""));
+        assert_eq!(labels("OPTIONS", "/apis", None), ("other", "", ""));
+        assert_eq!(labels("GET", "/apis/kliocatalog.enterprisedb.io/v1alpha1/made-up", None).2, "unknown");
+    }
+
+    #[test]
+    fn logged_text_is_bounded_and_escaped() {
+        assert_eq!(log_text("/apis"), "/apis");
+        let long = format!("/{}", "a".repeat(60_000));
+        let logged = log_text(&long);
+        assert!(logged.len() < MAX_LOGGED_BYTES + 32, "{}", logged.len());
+        assert!(logged.ends_with("... (60001 bytes)"), "{logged}");
+        assert_eq!(log_text("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
+        let wide = "é".repeat(200);
+        assert!(log_text(&wide).starts_with("éé"), "cut on a character boundary");
+    }
+}
