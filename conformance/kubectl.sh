@@ -174,6 +174,9 @@ def get-sort-by             0 text get-sort-by              get kliobackups --so
 # The server lists by name, which is also clusterName order; sorting by startLSN puts pg-orders
 # before pg-analytics, so this proves kubectl really sorted the full objects (includeObject=Object).
 def get-sort-by-lsn         0 text get-sort-by-lsn          get kliobackups --sort-by=.status.startLSN
+# Objects have metadata.creationTimestamp (when the backup completed) and uid.
+def get-sort-by-created     0 text get                      get kliobackups --sort-by=.metadata.creationTimestamp
+def get-client-side         0 text get-client-side          get kliobackups --server-print=false
 def explain                 0 text explain                  explain kliobackup
 def explain-status-recursive 0 text explain-status-recursive explain kliobackup.status --recursive
 def get-not-found           1 text get-not-found            get kliobackup nonexistent
@@ -591,9 +594,11 @@ fi
 # Comparing.
 
 # The documented cosmetic differences only: trailing whitespace, blank lines, U+00A0, CR.
+# Ages (the AGE column, last on a line: `395d`, `2y30d`, `45s`) move with the clock.
 normalize() {
     if [[ -f $1 ]]; then
-        LC_ALL=C sed -e 's/\xc2\xa0/ /g' -e 's/[[:space:]]*$//' "$1" | LC_ALL=C grep -v '^$' || true
+        LC_ALL=C sed -e 's/\xc2\xa0/ /g' -e 's/[[:space:]]*$//' "$1" |
+            LC_ALL=C sed -E -e 's/ +([0-9]+[smhdy]){1,2}$/   <AGE>/' | LC_ALL=C grep -v '^$' || true
     fi
 }
 

@@ -1555,6 +1555,7 @@ fn reference_page(api: &Api, examples: &Examples) -> Result<Page> {
         }
     }
     la.push_str(&table("labels", &["Annotation", "Meaning", "Example"], &rows));
+    la.push_str(&md("`metadata.uid` is a name-based UUID (version 5) of the server, the cluster and the backup ID: every replica, and every restart, gives a backup the same one. `metadata.creationTimestamp` is when the backup completed (`status.stoppedAt`), which is when Klio adds it to its catalog; it never changes, and `-o wide` counts the `AGE` column from it."));
     la.push_str(&md("`metadata.annotations` is not set. `metadata.resourceVersion` is the revision of the catalog in which the object last changed, one number per source (server and tier) joined by dots. Kopia has no revision, so each number is derived from what every replica sees alike: the modification time, in milliseconds of the Klio server's clock, of the newest snapshot manifest the source lists; a change that adds nothing newer (a deletion) moves it one past the previous number. Replicas that saw the same catalogs give the same resourceVersions, and agree again with the next new backup in any case."));
     sections.push(section("labels-and-annotations", "Labels and annotations", la));
 

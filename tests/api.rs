@@ -30,6 +30,12 @@ fn product_example() -> Value {
         "kind": "KlioBackup",
         "metadata": {
             "name": "cluster-example.backup-20251113093137",
+            // A name-based UUID (v5) of server, cluster and backup: Python's
+            // uuid.uuid5(uuid.uuid5(uuid.NAMESPACE_DNS, "kliocatalog.enterprisedb.io"),
+            //            "klio/cluster-example/backup-20251113093137")
+            "uid": "078a4a71-22b6-5d76-8e7e-8bb4f7431141",
+            // When the backup completed (status.stoppedAt).
+            "creationTimestamp": "2025-11-13T09:31:39Z",
             "labels": {
                 "kliocatalog.enterprisedb.io/cluster": "cluster-example",
                 "kliocatalog.enterprisedb.io/server": "klio",
@@ -344,6 +350,15 @@ fn list_as_table_like_kubectl_get() {
     let orders = row(&t, "pg-orders.backup-20251122003000");
     assert_eq!(orders["cells"][2], "2025-11-22 00:30:00 +0000 UTC");
     assert_eq!(orders["cells"][3], "2025-11-22 00:30:41 +0000 UTC");
+    // -o wide ends with AGE, a `date` column printed as kube-apiserver prints ages (days
+    // between 8 days and 2 years), counted from creationTimestamp to now.
+    let cols = t["columnDefinitions"].as_array().unwrap();
+    assert_eq!((cols[ncols - 1]["name"].as_str(), cols[ncols - 1]["type"].as_str()), (Some("Age"), Some("date")));
+    let stopped = 1_763_771_441; // 2025-11-22T00:30:41Z
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let days = (now - stopped) / 86_400;
+    let age = orders["cells"][ncols - 1].as_str().unwrap();
+    assert!(age == format!("{days}d") || age == format!("{}d", days + 1), "AGE {age}, {days} days");
 }
 
 #[test]

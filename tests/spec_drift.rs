@@ -161,7 +161,7 @@ fn served_objects_match_the_document() {
     assert!(value["status"]["tablespaces"].is_array(), "the sample must exercise every field");
     check_instance(&doc, "io.enterprisedb.kliocatalog.v1alpha1.KlioBackup", &value, "KlioBackup");
     let meta_keys: Vec<&String> = value["metadata"].as_object().unwrap().keys().collect();
-    assert_eq!(meta_keys, ["labels", "name", "resourceVersion"]);
+    assert_eq!(meta_keys, ["creationTimestamp", "labels", "name", "resourceVersion", "uid"]);
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! Rendered whole-list responses of the current catalog revision, shared by every request that
 //! asks for the same representation: a warm `kubectl get` of a large catalog costs a copy of
-//! bytes, not a serialization. Bounded to a few entries; entries of older revisions fall out.
+//! bytes, not a serialization, and requests arriving while a list is rendered wait for that one
+//! render instead of rendering it again. Bounded to a few entries; entries of older revisions
+//! (and Tables of earlier seconds) fall out.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::OnceCell;
 
 use super::negotiate::Representation;
 use super::table::IncludeObject;
@@ -14,6 +17,15 @@ use super::table::IncludeObject;
 pub struct RenderKey {
     pub repr: Representation,
     pub include: IncludeObject,
+    /// The second a Table was rendered in (its AGE cells): `None` for what does not age.
+    pub at_second: Option<i64>,
+}
+
+impl RenderKey {
+    /// The same response, at another time.
+    fn same_kind(&self, other: &Self) -> bool {
+        self.repr == other.repr && self.include == other.include
+    }
 }
 
 const CAPACITY: usize = 6;
@@ -21,27 +33,36 @@ const CAPACITY: usize = 6;
 #[derive(Default)]
 pub struct RenderCache {
     /// Most recently used last.
-    entries: Mutex<Vec<(String, RenderKey, Bytes)>>,
+    entries: Mutex<Vec<(String, RenderKey, Arc<OnceCell<Bytes>>)>>,
 }
 
 impl RenderCache {
-    pub fn get(&self, resource_version: &str, key: RenderKey) -> Option<Bytes> {
-        let mut entries = self.entries.lock().expect("render cache");
-        let i = entries.iter().position(|(rv, k, _)| rv == resource_version && *k == key)?;
-        let entry = entries.remove(i);
-        let body = entry.2.clone();
-        entries.push(entry);
-        Some(body)
-    }
-
-    pub fn put(&self, resource_version: &str, key: RenderKey, body: Bytes) {
-        let mut entries = self.entries.lock().expect("render cache");
-        // Another revision is here now: older renders will not be asked for again.
-        entries.retain(|(rv, k, _)| rv == resource_version && *k != key);
-        entries.push((resource_version.to_string(), key, body));
-        if entries.len() > CAPACITY {
-            entries.remove(0);
-        }
+    /// The rendered body for `key` at `resource_version`: the kept one, the one being rendered,
+    /// or the one `render` makes now.
+    pub async fn get_or_render(&self, resource_version: &str, key: RenderKey, render: impl FnOnce() -> Bytes) -> Bytes {
+        let cell = {
+            let mut entries = self.entries.lock().expect("render cache");
+            match entries.iter().position(|(rv, k, _)| rv == resource_version && *k == key) {
+                Some(i) => {
+                    let entry = entries.remove(i);
+                    let cell = entry.2.clone();
+                    entries.push(entry);
+                    cell
+                }
+                None => {
+                    // Another revision (or second) is here now: older renders will not be asked
+                    // for again.
+                    entries.retain(|(rv, k, _)| rv == resource_version && !k.same_kind(&key));
+                    let cell = Arc::new(OnceCell::new());
+                    entries.push((resource_version.to_string(), key, cell.clone()));
+                    if entries.len() > CAPACITY {
+                        entries.remove(0);
+                    }
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| async { render() }).await.clone()
     }
 }
 
@@ -49,23 +70,61 @@ impl RenderCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keeps_the_current_revision_only_and_is_bounded() {
+    fn body(text: &'static str) -> impl FnOnce() -> Bytes {
+        move || Bytes::from_static(text.as_bytes())
+    }
+
+    fn unexpected() -> Bytes {
+        panic!("rendered although kept")
+    }
+
+    #[tokio::test]
+    async fn keeps_the_current_revision_only_and_is_bounded() {
         let cache = RenderCache::default();
-        let json = RenderKey { repr: Representation::Json, include: IncludeObject::Metadata };
-        let table = RenderKey { repr: Representation::Table("v1"), include: IncludeObject::Metadata };
-        cache.put("1", json, Bytes::from_static(b"a"));
-        cache.put("1", table, Bytes::from_static(b"b"));
-        assert_eq!(cache.get("1", json).as_deref(), Some(&b"a"[..]));
-        assert_eq!(cache.get("1", table).as_deref(), Some(&b"b"[..]));
-        cache.put("2", json, Bytes::from_static(b"c"));
-        assert_eq!(cache.get("1", table), None, "an older revision is dropped");
-        assert_eq!(cache.get("2", json).as_deref(), Some(&b"c"[..]));
+        let json = RenderKey { repr: Representation::Json, include: IncludeObject::Metadata, at_second: None };
+        let table =
+            RenderKey { repr: Representation::Table("v1"), include: IncludeObject::Metadata, at_second: Some(5) };
+        assert_eq!(cache.get_or_render("1", json, body("a")).await, "a");
+        assert_eq!(cache.get_or_render("1", table, body("b")).await, "b");
+        assert_eq!(cache.get_or_render("1", json, unexpected).await, "a");
+        assert_eq!(cache.get_or_render("1", table, unexpected).await, "b");
+        let later = RenderKey { at_second: Some(6), ..table };
+        assert_eq!(cache.get_or_render("1", later, body("b6")).await, "b6", "a Table of another second");
+        assert_eq!(cache.get_or_render("1", table, body("b5")).await, "b5", "the earlier second was dropped");
+        assert_eq!(cache.get_or_render("2", json, body("c")).await, "c");
+        assert_eq!(cache.get_or_render("1", json, body("a2")).await, "a2", "an older revision is dropped");
         for v in ["v1", "v1beta1"] {
             for include in [IncludeObject::None, IncludeObject::Metadata, IncludeObject::Object] {
-                cache.put("2", RenderKey { repr: Representation::Table(v), include }, Bytes::new());
+                let key = RenderKey { repr: Representation::Table(v), include, at_second: Some(1) };
+                cache.get_or_render("2", key, Bytes::new).await;
             }
         }
         assert!(cache.entries.lock().unwrap().len() <= CAPACITY);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn requests_during_a_render_share_it() {
+        let cache = Arc::new(RenderCache::default());
+        let key = RenderKey { repr: Representation::Json, include: IncludeObject::None, at_second: None };
+        let renders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, renders) = (cache.clone(), renders.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_render("1", key, || {
+                            renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            // A slow render: the others arrive while it runs.
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                            Bytes::from_static(b"list")
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), "list");
+        }
+        assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1, "one render for every request");
     }
 }

@@ -273,18 +273,24 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
         },
         None => 0,
     };
-    // A whole list (no selector, no page) is the same bytes for everyone at this revision.
+    // A whole list (no selector, no page) is the same bytes for everyone at this revision (a
+    // Table within the same second: its AGE column moves with the clock).
     let whole = params.selectors.is_empty() && params.limit.is_none() && params.continue_token.is_none();
-    let key = super::render_cache::RenderKey { repr, include: params.include };
+    let now = jiff::Timestamp::now().as_second();
+    let at_second = matches!(repr, Representation::Table(_)).then_some(now);
+    let key = super::render_cache::RenderKey { repr, include: params.include, at_second };
     let content_type = match repr {
         Representation::Json => "application/json".to_string(),
         Representation::Table(v) => table_content_type(v),
     };
-    if whole {
-        if let Some(body) = state.renders.get(&snapshot.resource_version_text, key) {
-            return Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog));
-        }
-    }
+    let render = || render_list(&snapshot, start, params, repr, now);
+    let body =
+        if whole { state.renders.get_or_render(&snapshot.resource_version_text, key, render).await } else { render() };
+    Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
+}
+
+/// The body of a list (JSON or Table) from position `start` of `snapshot`.
+fn render_list(snapshot: &Snapshot, start: usize, params: &Params, repr: Representation, now: i64) -> bytes::Bytes {
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
     let items: Vec<&Backup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
     let mut metadata =
@@ -298,22 +304,18 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
             metadata.remaining_item_count = params.selectors.is_empty().then_some(remaining as i64);
         }
     }
-    let body = bytes::Bytes::from(
+    bytes::Bytes::from(
         match repr {
             Representation::Json => {
-                let list = ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items };
-                serde_json::to_vec(&list)
+                let body = ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items };
+                serde_json::to_vec(&body)
             }
             Representation::Table(v) => {
-                serde_json::to_vec(&table::render(v, items.into_iter(), metadata, params.include))
+                serde_json::to_vec(&table::render_at(v, items.into_iter(), metadata, params.include, now))
             }
         }
         .expect("API objects serialize"),
-    );
-    if whole {
-        state.renders.put(&snapshot.resource_version_text, key, body.clone());
-    }
-    Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
+    )
 }
 
 /// Names that cannot be any object's name are a client error; well-formed unknown names are 404.

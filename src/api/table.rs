@@ -23,6 +23,8 @@ pub struct Rows<'a> {
     backups: Vec<&'a Backup>,
     include: IncludeObject,
     api_version: &'static str,
+    /// Unix seconds the ages are counted to.
+    now: i64,
 }
 
 impl Serialize for Rows<'_> {
@@ -30,7 +32,7 @@ impl Serialize for Rows<'_> {
         let mut seq = serializer.serialize_seq(Some(self.backups.len()))?;
         for b in &self.backups {
             seq.serialize_element(&Row {
-                cells: cells(b),
+                cells: cells(b, self.now),
                 object: match self.include {
                     IncludeObject::None => None,
                     IncludeObject::Metadata => Some(RowObject::Metadata(PartialObjectMetadata {
@@ -58,7 +60,7 @@ pub struct Column {
 
 #[derive(Debug, Serialize)]
 struct Row {
-    cells: [serde_json::Value; 10],
+    cells: [serde_json::Value; 11],
     #[serde(skip_serializing_if = "Option::is_none")]
     object: Option<RowObject>,
 }
@@ -152,6 +154,13 @@ pub const COLUMNS: &[Column] = &[
     },
     Column { name: "Duration", kind: "string", format: "", description: "How long the backup took.", priority: 1 },
     Column { name: "Tier", kind: "string", format: "", description: "The Klio tiers holding the backup.", priority: 1 },
+    Column {
+        name: "Age",
+        kind: "date",
+        format: "",
+        description: "Time since the backup completed (metadata.creationTimestamp), when Klio added it to its catalog.",
+        priority: 1,
+    },
 ];
 
 /// `2025-11-13 09:31:37 +0000 UTC`, as Go prints a UTC time.
@@ -193,7 +202,7 @@ pub fn human_duration(seconds: i64) -> String {
     }
 }
 
-fn cells(b: &Backup) -> [serde_json::Value; 10] {
+fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
     let r = b.record();
     let text = |v: &str| serde_json::Value::String(v.to_string());
     let tiers: Vec<&str> = crate::catalog::TIER_ANNOTATIONS
@@ -213,18 +222,32 @@ fn cells(b: &Backup) -> [serde_json::Value; 10] {
         pg_lsn(r.end_lsn).into(),
         human_duration(r.stopped_at - r.started_at).into(),
         tiers.join(",").into(),
+        // As kube-apiserver prints a `date` column: the age, now.
+        b.created().map_or_else(|| "<unknown>".into(), |t| human_duration(now - t.0.as_second()).into()),
     ]
 }
 
-/// Renders backups as a Table of the given `meta.k8s.io` version (`v1` or `v1beta1`).
+/// Renders backups as a Table of the given `meta.k8s.io` version (`v1` or `v1beta1`), ages as
+/// of now.
 pub fn render<'a>(
     version: &str,
     backups: impl Iterator<Item = &'a Backup>,
     metadata: ListMeta,
     include: IncludeObject,
 ) -> Table<'a> {
+    render_at(version, backups, metadata, include, jiff::Timestamp::now().as_second())
+}
+
+/// The same, ages as of `now` (Unix seconds).
+pub fn render_at<'a>(
+    version: &str,
+    backups: impl Iterator<Item = &'a Backup>,
+    metadata: ListMeta,
+    include: IncludeObject,
+    now: i64,
+) -> Table<'a> {
     let api_version = if version == "v1beta1" { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" };
-    let rows = Rows { backups: backups.collect(), include, api_version };
+    let rows = Rows { backups: backups.collect(), include, api_version, now };
     Table { kind: "Table", api_version, metadata, column_definitions: COLUMNS, rows }
 }
 

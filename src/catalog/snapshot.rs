@@ -204,8 +204,24 @@ impl Backup {
             name: Some(self.name.to_string()),
             labels: Some(labels),
             resource_version: Some(self.resource_version.to_string()),
+            uid: Some(self.uid()),
+            creation_timestamp: self.created(),
             ..Default::default()
         }
+    }
+
+    /// `metadata.uid`: a name-based UUID (version 5) of the server, the cluster and the backup
+    /// ID, so every replica, and every restart, gives a backup the same one, and two backups
+    /// never share one (not even two clusters' backups of the same name).
+    pub fn uid(&self) -> String {
+        let record = self.record();
+        uuid_v5(&[&self.server, &record.cluster_name, &record.name])
+    }
+
+    /// `metadata.creationTimestamp`: when the backup completed (its `stoppedAt`), which is when
+    /// Klio adds it to its catalog. The same on every tier and replica, and it never changes.
+    pub fn created(&self) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
+        time(self.record().stopped_at)
     }
 
     /// A backup of the demo's shape, on tier 1 of the server `klio`.
@@ -370,6 +386,29 @@ fn object_name(server: &str, cluster: &str, name: &str, prefix_server: bool) -> 
     }
 }
 
+/// The namespace of KlioBackup UIDs: the UUID v5 of `kliocatalog.enterprisedb.io` in RFC 4122's
+/// DNS namespace.
+const UID_NAMESPACE: [u8; 16] =
+    [0x9d, 0xf1, 0xc5, 0x32, 0x16, 0xda, 0x58, 0xb7, 0x83, 0xfd, 0x3b, 0xf0, 0x3d, 0x07, 0x0d, 0xc1];
+
+/// RFC 4122 version 5: SHA-1 of the namespace and the name, with the version and variant bits
+/// set. The name is the parts joined by `/`.
+fn uuid_v5(parts: &[&str]) -> String {
+    let mut sha = openssl::sha::Sha1::new();
+    sha.update(&UID_NAMESPACE);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            sha.update(b"/");
+        }
+        sha.update(part.as_bytes());
+    }
+    let mut b = sha.finish();
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+}
+
 fn time(seconds: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
     jiff::Timestamp::from_second(seconds).ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
 }
@@ -397,6 +436,19 @@ mod tests {
 
     fn names(events: &[Event]) -> Vec<(EventType, String)> {
         events.iter().map(|e| (e.kind, e.object.name().to_string())).collect()
+    }
+
+    #[test]
+    fn uids_are_rfc4122_version_5() {
+        // Python: uuid.uuid5(uuid.NAMESPACE_DNS, "kliocatalog.enterprisedb.io")
+        let namespace: String = UID_NAMESPACE.iter().map(|x| format!("{x:02x}")).collect();
+        assert_eq!(namespace, "9df1c53216da58b783fd3bf03d070dc1");
+        // Python: uuid.uuid5(uuid.UUID("9df1c532-16da-58b7-83fd-3bf03d070dc1"), "klio/pg/b1")
+        assert_eq!(uuid_v5(&["klio", "pg", "b1"]), "ade2041b-d97a-50ce-8712-3263ea32f31e");
+        assert_ne!(uuid_v5(&["klio", "pg", "b1"]), uuid_v5(&["klio", "pg-b1", ""]));
+        let b = Backup::sample("cluster-example", "backup-20251113093137");
+        assert_eq!(b.uid(), uuid_v5(&["klio", "cluster-example", "backup-20251113093137"]));
+        assert_eq!(b.created().unwrap().0.as_second(), 1_763_026_299);
     }
 
     #[test]
