@@ -32,9 +32,11 @@ const CAPACITY: usize = 6;
 
 #[derive(Default)]
 pub struct RenderCache {
-    /// Most recently used last.
-    entries: Mutex<Vec<(String, RenderKey, Arc<OnceCell<Bytes>>)>>,
+    /// (resourceVersion, key, the body once rendered), most recently used last.
+    entries: Mutex<Vec<Entry>>,
 }
+
+type Entry = (String, RenderKey, Arc<OnceCell<Bytes>>);
 
 impl RenderCache {
     /// The rendered body for `key` at `resource_version`: the kept one, the one being rendered,

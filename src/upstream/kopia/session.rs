@@ -146,10 +146,11 @@ struct Waiting {
 }
 
 impl Pending {
-    /// Files an answer under its request; true when the request is complete.
-    fn deliver(&mut self, answer: SessionAnswer) -> Result<(), SessionAnswer> {
+    /// Files an answer under its request (handing the request its answers with the last one);
+    /// false for an answer nobody waits for.
+    fn deliver(&mut self, answer: SessionAnswer) -> bool {
         let id = answer.request_id;
-        let Some(waiting) = self.waiting.get_mut(&id) else { return Err(answer) };
+        let Some(waiting) = self.waiting.get_mut(&id) else { return false };
         let last = !answer.has_more || waiting.answers.len() + 1 >= MAX_ANSWERS;
         waiting.answers.push(answer);
         if last {
@@ -157,7 +158,7 @@ impl Pending {
                 let _ = w.done.send(w.answers);
             }
         }
-        Ok(())
+        true
     }
 
     /// Marks the stream ended and fails everything waiting on it.
@@ -457,7 +458,7 @@ async fn read_answers(
         match inbound.message().await {
             Ok(Some(answer)) => {
                 let id = answer.request_id;
-                if pending.lock().expect("pending").deliver(answer).is_err() {
+                if !pending.lock().expect("pending").deliver(answer) {
                     stray.fetch_add(1, Ordering::Relaxed);
                     let labels = crate::metrics::ReadErrorLabels {
                         server: labels.server.clone(),
