@@ -1,4 +1,4 @@
-//! Discovery: `/api`, `/apis` (legacy APIGroupList, or the aggregated APIGroupDiscoveryList in
+//! Discovery: `/api`, `/api/v1` (an empty core group), `/apis` (legacy APIGroupList, or the aggregated APIGroupDiscoveryList in
 //! v2 and v2beta1 when asked), `/apis/<group>`, `/apis/<group>/<version>`, and `/version`.
 //! The facts come from the OpenAPI document, through the generated `routes` module.
 
@@ -154,6 +154,15 @@ pub fn api_resource_list(headers: &HeaderMap) -> Result<Response, ApiError> {
         })
         .collect();
     let body = json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(), "resources": resources });
+    Ok(json_response(&body, "application/json"))
+}
+
+/// `/api/v1`: the core group's resource list, empty here (kube-apiserver's shape for the
+/// legacy group: no `apiVersion`, group version `v1`).
+#[handler]
+pub fn core_resource_list(headers: &HeaderMap) -> Result<Response, ApiError> {
+    form(headers)?;
+    let body = json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [] });
     Ok(json_response(&body, "application/json"))
 }
 

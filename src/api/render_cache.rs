@@ -47,13 +47,17 @@ impl RenderCache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::negotiate::{Format, Shape};
     use super::*;
 
     #[test]
     fn keeps_the_current_revision_only_and_is_bounded() {
         let cache = RenderCache::default();
-        let json = RenderKey { repr: Representation::Json, include: IncludeObject::Metadata };
-        let table = RenderKey { repr: Representation::Table("v1"), include: IncludeObject::Metadata };
+        let json = RenderKey { repr: Representation::JSON, include: IncludeObject::Metadata };
+        let table = RenderKey {
+            repr: Representation { shape: Shape::Table("v1"), format: Format::Json },
+            include: IncludeObject::Metadata,
+        };
         cache.put("1", json, Bytes::from_static(b"a"));
         cache.put("1", table, Bytes::from_static(b"b"));
         assert_eq!(cache.get("1", json).as_deref(), Some(&b"a"[..]));
@@ -63,7 +67,8 @@ mod tests {
         assert_eq!(cache.get("2", json).as_deref(), Some(&b"c"[..]));
         for v in ["v1", "v1beta1"] {
             for include in [IncludeObject::None, IncludeObject::Metadata, IncludeObject::Object] {
-                cache.put("2", RenderKey { repr: Representation::Table(v), include }, Bytes::new());
+                let repr = Representation { shape: Shape::Table(v), format: Format::Json };
+                cache.put("2", RenderKey { repr, include }, Bytes::new());
             }
         }
         assert!(cache.entries.lock().unwrap().len() <= CAPACITY);
