@@ -1,5 +1,6 @@
-//! Discovery: `/api`, `/api/v1` (an empty core group), `/apis` (legacy APIGroupList, or the aggregated APIGroupDiscoveryList in
-//! v2 and v2beta1 when asked), `/apis/<group>`, `/apis/<group>/<version>`, and `/version`.
+//! Discovery: `/api`, `/api/v1` (an empty core group), `/apis` (legacy APIGroupList, or the
+//! aggregated APIGroupDiscoveryList in v2 and v2beta1 when asked), `/apis/<group>`,
+//! `/apis/<group>/<version>`, and `/version`.
 //! The facts come from the OpenAPI document, through the generated `routes` module.
 
 use poem::http::HeaderMap;
