@@ -387,7 +387,10 @@ fn to_swagger2(doc: &Value) -> Result<Value> {
                 v2_op.insert(key.into(), op[key].clone());
             }
         }
-        v2_op.insert("produces".into(), json!(["application/json", "application/json;as=Table;v=v1;g=meta.k8s.io"]));
+        v2_op.insert(
+            "produces".into(),
+            json!(["application/json", "application/yaml", "application/json;as=Table;v=v1;g=meta.k8s.io"]),
+        );
         v2_op.insert("schemes".into(), json!(["https"]));
         let params: Vec<Value> = op["parameters"]
             .as_array()

@@ -6,6 +6,9 @@
 # Starts `klio-api demo --port 0` in a fresh temporary directory, then runs:
 #   python-client   the official Python client (PyPI kubernetes): DynamicClient discovery, list,
 #                   get, selectors, paging, watch, NotFoundError, 405 for writes (python-client.py)
+#   js-client       the official JavaScript client (npm @kubernetes/client-node 2.x on Node 22):
+#                   list, get, errors, generic object API, watch, streaming list, informer
+#                   (js-client.sh installs Node and the client once, then runs js-client.mjs)
 #   fuzz            schemathesis over the server's published /openapi/v3 group document, at least
 #                   FUZZ_REQUESTS (10000) generated requests (fuzz-openapi.py)
 #   slowloris       stalled connections vs. the server's handshake and header-read timeouts while it
@@ -14,7 +17,8 @@
 #                   the demo's log, /readyz still ok
 # and prints a summary and `N passed, M failed` over every check of every step.
 #
-# The Python packages are installed once into target/conformance-venv (conformance/venv.sh).
+# The Python packages are installed once into target/conformance-venv (conformance/venv.sh), Node
+# and the JavaScript client into target/conformance-js (conformance/js-client.sh).
 # The kube-rs checks are Rust integration tests (tests/kube_rs.rs) and run with `cargo test`.
 # Knobs: FUZZ_REQUESTS=N, FUZZ_SEED=S, KEEP_TMP=1 (keep the demo directory and every output).
 set -euo pipefail
@@ -93,6 +97,9 @@ finish_step() {
 }
 
 run_step python-client 120 "$PY" "$SCRIPT_DIR/python-client.py" "$DEMO_KUBECONFIG"
+
+# Installs (once) and runs within its own bounds; the limit here covers a first install.
+run_step js-client 240 "$SCRIPT_DIR/js-client.sh" "$DEMO_KUBECONFIG" "$DEMO_DIR"
 
 # The slowloris check runs alongside the fuzz: its stalled connections must not stop the server
 # from answering, and the fuzz outlasts the server's 30 s header-read timeout.

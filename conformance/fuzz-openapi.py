@@ -15,8 +15,9 @@ generator is the bottleneck, not the server).
 Every response is checked:
   server-errors    no 5xx but the operation's documented 502/503 (and even those are reported:
                    the demo's catalog is up), an answer within 10 s;
-  status-bodies    every non-2xx answer has a JSON metav1.Status body: kind Status, apiVersion v1,
-                   status Failure, code equal to the HTTP status;
+  status-bodies    every non-2xx answer has a metav1.Status body: kind Status, apiVersion v1,
+                   status Failure, code equal to the HTTP status; JSON, or YAML (Content-Type
+                   application/yaml) for a client that accepts YAML, as kube-apiserver negotiates;
   schema           schemathesis' status_code_conformance, content_type_conformance and
                    response_schema_conformance (for the document's media type, JSON);
   watch-streams    a 200 to a watch (any `watch` value but 0 and false, as kube-apiserver reads
@@ -91,14 +92,23 @@ def new_session(files):
     return session
 
 
-def status_problems(body, code):
-    """Why `body` is not a metav1.Status for HTTP status `code` (empty when it is)."""
-    try:
-        status = json.loads(body)
-    except ValueError as e:
-        return [f"not JSON ({e})"]
+def status_problems(body, code, content_type="application/json"):
+    """Why `body` is not a metav1.Status for HTTP status `code` (empty when it is), read as its
+    Content-Type says: YAML for application/yaml, else JSON."""
+    if content_type.split(";")[0].strip() == "application/yaml":
+        import yaml  # PyYAML, which the kubernetes client installs
+
+        try:
+            status = yaml.safe_load(body)
+        except yaml.YAMLError as e:
+            return [f"not YAML ({str(e)[:100]})"]
+    else:
+        try:
+            status = json.loads(body)
+        except ValueError as e:
+            return [f"not JSON ({e})"]
     if not isinstance(status, dict):
-        return ["not a JSON object"]
+        return ["not an object"]
     problems = []
     for key, want in (("kind", "Status"), ("apiVersion", "v1"), ("status", "Failure"), ("code", code)):
         if status.get(key) != want:
@@ -184,7 +194,7 @@ def worker(base, files, doc_url, op_path, target, seed, max_seconds):
             else:
                 fail("server-errors", f"documented {code}, but the catalog is up", example)
         if code >= 300:
-            problems = status_problems(body, code)
+            problems = status_problems(body, code, resp.headers.get("Content-Type", ""))
             if problems:
                 fail("status-bodies", f"{code} body is not a valid Status: {'; '.join(problems)}", example)
         if accept in SCHEMA_ACCEPTS and not (code == 200 and is_watch(case.query)):

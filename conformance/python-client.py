@@ -17,7 +17,7 @@ import time
 import traceback
 
 from kubernetes import client, config, dynamic, watch
-from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError
+from kubernetes.dynamic.exceptions import DynamicApiError, NotFoundError, ResourceNotFoundError
 
 GROUP = "kliocatalog.enterprisedb.io"
 VERSION = "v1alpha1"
@@ -92,6 +92,14 @@ def discovery_resolves_kliobackup(c):
     eq(list(kb.short_names), ["kb"], "shortNames")
     eq(c.dyn.resources.get(api_version=API_VERSION, short_names=["kb"]).name, "kliobackups", "by short name")
     eq(c.dyn.resources.get(api_version=API_VERSION, name="kliobackups").kind, "KlioBackup", "by plural")
+
+
+@check
+def discovery_search_across_groups(c):
+    # DynamicClient's search loads every group, the core group (/api/v1) first: the demo answers
+    # it as kube-apiserver would for an empty core group.
+    eq([r.kind for r in c.dyn.resources.search(kind="KlioBackup")], ["KlioBackup"], "search by kind")
+    raises(ResourceNotFoundError, c.dyn.resources.get, api_version="v1", kind="Namespace")
 
 
 @check

@@ -1132,6 +1132,9 @@ fn help_text(cmd: &clap::Command) -> String {
 // ---------------------------------------------------------------------------------------------
 // The pages.
 
+/// The clients the test suite runs against the service (README.md lists the same).
+const VERIFIED_CLIENTS: &str = "Each of these is run against the service by the test suite (`conformance/run`), with what it checks:\n\n- **kubectl** 1.27 to 1.33: `get` (`-o wide`, `-o yaml`, `-o json`, `-o jsonpath`, custom columns, `--show-labels`, `-L`, `-l`, `--field-selector`, `--sort-by`, `--chunk-size`), `get -w`, `explain`, `api-resources`, `api-versions`, the errors, directly and through a front proxy as the aggregation layer forwards ([their output](kubectl.html)).\n- **kube-rs** (Rust, `kube` 5): discovery (legacy, aggregated, one-shot), `Api<DynamicObject>` list and get, errors, label and field selectors, paging, the `watcher` seeing changes.\n- **kubernetes** (Python, the official client): `DynamicClient` discovery (its search loads the core group's `/api/v1` first: the service answers it, empty), list, get, selectors, paging, watch, errors, `CustomObjectsApi`.\n- **@kubernetes/client-node** (JavaScript, the official client, 2.x on Node 22): `CustomObjectsApi` list and get, errors, `KubernetesObjectApi`, `Watch` (a streaming list with its initial-events-end bookmark, and changes), an informer (`makeInformer`).\n\nBehind a kube-apiserver, discovery (`/api`, `/apis`) is the kube-apiserver's; the demo answers `/api`, `/api/`, `/api/v1`, `/apis` and `/apis/` in kube-apiserver's shapes, so libraries that read them work against it unchanged.";
+
 fn index_page(api: &Api, kubectl: &KubectlSuite) -> Page {
     let info = &api.doc["info"];
     let mut lead = md(&format!(
@@ -1166,6 +1169,8 @@ fn index_page(api: &Api, kubectl: &KubectlSuite) -> Page {
     }
     quick.push_str(&md("More commands and their real output: [kubectl](kubectl.html)."));
     sections.push(section("quick-start", "Quick start", quick));
+
+    sections.push(section("clients", "Verified clients", md(VERIFIED_CLIENTS)));
 
     let pages = [
         ("install.html", "Installation", "deploying with kustomize (cert-manager or your own CA), the Secrets, the Klio server address."),
@@ -1465,7 +1470,9 @@ fn reference_page(api: &Api, examples: &Examples) -> Result<Page> {
             .collect();
         ep.push_str(&table("responses", &["Status", "Meaning", "Body"], &rows));
     }
-    ep.push_str(&md("Every other method on these paths (POST, PUT, PATCH, DELETE) is answered `405 MethodNotAllowed`: backups are created and deleted by Klio, never through this API. Lists and gets are served as JSON, or as a `meta.k8s.io` `Table` (v1 or v1beta1) when asked, which is what `kubectl get` does; protobuf is answered `406`."));
+    ep.push_str(&md("Every other method on these paths (POST, PUT, PATCH, DELETE) is answered `405 MethodNotAllowed`: backups are created and deleted by Klio, never through this API."));
+    ep.push_str(&md("Representations, chosen from the `Accept` header as kube-apiserver chooses them (the first entry the service can produce; protobuf is not produced, so the JSON entry that follows it is taken, and with none `406`):\n\n- `application/json`: the objects (`KlioBackup`, `KlioBackupList`).\n- `application/yaml`: the same in YAML, for gets and lists (keys sorted, as `kubectl -o yaml` prints them). A watch cannot be YAML (`406`, as in kube-apiserver); errors are `Status` objects in YAML for such a client.\n- `application/json;as=Table;v=v1;g=meta.k8s.io` (or `v1beta1`): the `Table` `kubectl get` prints, for lists, gets and watches; `includeObject` sets what each row carries.\n- `application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io` for lists and `as=PartialObjectMetadata` for gets and watches (`v1` or `v1beta1`): only each object's `metadata`, what client-go's metadata client and metadata informers ask for. A list asked for as `PartialObjectMetadata`, or an object as `PartialObjectMetadataList`, is kube-apiserver's `406`."));
+    ep.push_str(&md("Watches (`?watch=true`) stream one JSON event per line: `ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK` (with `allowWatchBookmarks=true`: every 25 seconds, under the 30 seconds after which the JavaScript client gives up on a quiet watch, and 2 seconds before the watch's `timeoutSeconds` ends it, as kube-apiserver does) and `ERROR` (a `Status`: `410 Expired` when the resourceVersion is no longer kept or is not one of this catalog's, such as `1` where there are two sources). A streaming list (client-go's watch-list, KEP-3157), `sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true`, sends the state as `ADDED` events, then a `BOOKMARK` annotated `k8s.io/initial-events-end: \"true\"` at the state's resourceVersion, then changes; as in kube-apiserver 1.34 and later, a watch without resourceVersion (or from `0`) is one too. `sendInitialEvents` without `resourceVersionMatch=NotOlderThan`, and the other combinations kube-apiserver refuses, are `422 Invalid` (`ListOptions.meta.k8s.io \"\" is invalid: ...`, each field error a cause)."));
     sections.push(section("endpoints", "Endpoints", ep));
 
     // Types.

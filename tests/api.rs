@@ -515,12 +515,16 @@ fn bad_names_are_bad_requests() {
 fn bad_queries_are_bad_requests() {
     let h = Harness::sample();
     // (`watch=maybe` is a watch: apimachinery reads any value but 0 and false as true.)
-    for query in ["limit=-1", "limit=x", "timeoutSeconds=-5", "resourceVersionMatch=Exact"] {
+    for query in ["limit=-1", "limit=x", "timeoutSeconds=-5"] {
         let r = h.admin.get_accept(&format!("{COLLECTION}?{query}"), TABLE_ACCEPT);
         let s = r.expect_status(400, "BadRequest");
         let key = query.split('=').next().unwrap();
         assert!(s["message"].as_str().unwrap().contains(key), "{query}: the message names the parameter: {s}");
     }
+    // Combinations kube's ListOptions validation refuses are 422 Invalid (see
+    // list_options_are_invalid_as_kube_apiserver_says).
+    let r = h.admin.get_accept(&format!("{COLLECTION}?resourceVersionMatch=Exact"), TABLE_ACCEPT);
+    r.expect_status(422, "Invalid");
     let r = h.admin.get_accept(&format!("{COLLECTION}?fieldSelector=status.phase%3Dx&limit=500"), TABLE_ACCEPT);
     let s = r.expect_status(400, "BadRequest");
     assert_eq!(s["message"], "field label not supported: status.phase");
@@ -1233,4 +1237,206 @@ fn only_valid_client_certificates_authenticate() {
     let fresh = ca.issue("someone", &[], &[], klio_api::pki::Usage::Client).unwrap();
     let r = h.client_with(&fresh.cert_pem(), &fresh.key_pem()).get(COLLECTION);
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: metadata-only responses, YAML, discovery edges
+
+/// client-go's metadata client (k8s.io/client-go/metadata) sends these, protobuf first.
+const METADATA_LIST: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+const METADATA_ONE: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
+/// kube's `asPartialObjectMetadata`: the object's whole metadata, typed PartialObjectMetadata.
+fn partial(version: &str, object: &Value) -> Value {
+    json!({ "kind": "PartialObjectMetadata", "apiVersion": format!("meta.k8s.io/{version}"), "metadata": object["metadata"] })
+}
+
+/// Lists as `PartialObjectMetadataList` (v1 and v1beta1) carry the list's metadata and each
+/// item's, typed; kube sends them as `application/json`.
+#[test]
+fn metadata_only_lists_as_the_metadata_client_asks() {
+    let h = Harness::sample();
+    let full = h.list_json();
+    let items = full["items"].as_array().unwrap();
+    for (accept, version) in
+        [(METADATA_LIST, "v1"), ("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1beta1", "v1beta1")]
+    {
+        let r = h.admin.get_accept(COLLECTION, accept);
+        assert_eq!((r.status, r.content_type()), (200, "application/json"), "{}", r.text());
+        assert_eq!(
+            r.json(),
+            json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": format!("meta.k8s.io/{version}"),
+                "metadata": { "resourceVersion": rv_of(&full) },
+                "items": items.iter().map(|i| partial(version, i)).collect::<Vec<_>>(),
+            }),
+            "{accept}"
+        );
+    }
+    // Paging and selectors work as for objects: continue and remainingItemCount.
+    let r = h.admin.get_accept(&format!("{COLLECTION}?limit=2"), METADATA_LIST);
+    let page = r.json();
+    assert_eq!(page["items"], json!(items[..2].iter().map(|i| partial("v1", i)).collect::<Vec<_>>()));
+    assert!(page["metadata"]["continue"].is_string(), "{page}");
+    assert_eq!(page["metadata"]["remainingItemCount"], items.len() - 2);
+    let r = h.admin.get_accept(
+        &format!("{COLLECTION}?labelSelector=kliocatalog.enterprisedb.io%2Fcluster%3Dpg-orders"),
+        METADATA_LIST,
+    );
+    assert_eq!(Harness::names(&r.json()), ["pg-orders.backup-20251122003000"]);
+}
+
+#[test]
+fn metadata_only_get_and_kubes_406_for_the_wrong_kind() {
+    let h = Harness::sample();
+    let object = h.admin.get(&format!("{COLLECTION}/{EXAMPLE}")).json();
+    let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}"), METADATA_ONE);
+    assert_eq!((r.status, r.content_type()), (200, "application/json"), "{}", r.text());
+    assert_eq!(r.json(), partial("v1", &object));
+    let r = h.admin.get_accept(
+        &format!("{COLLECTION}/{EXAMPLE}"),
+        "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1beta1",
+    );
+    assert_eq!(r.json(), partial("v1beta1", &object));
+    // A list of one object, or one object of a list, is kube's 406 (after the read: an unknown
+    // name is still a 404), even with a plain JSON fallback in the header.
+    let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}"), METADATA_LIST);
+    let s = r.expect_status(406, "NotAcceptable");
+    assert_eq!(
+        s["message"],
+        "you requested PartialObjectMetadataList, but the requested object is not a list (*v1alpha1.KlioBackup)"
+    );
+    let s = h.admin.get_accept(COLLECTION, METADATA_ONE).expect_status(406, "NotAcceptable");
+    assert_eq!(
+        s["message"],
+        "you requested PartialObjectMetadata, but the requested object is a list (*v1alpha1.KlioBackupList)"
+    );
+    h.admin.get_accept(&format!("{COLLECTION}/nonexistent"), METADATA_LIST).expect_status(404, "NotFound");
+    // Other versions of the metadata kinds are not produced: 406 without a fallback.
+    let r = h.admin.get_accept(COLLECTION, "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v2");
+    r.expect_status(406, "NotAcceptable");
+}
+
+/// A metadata watch (the metadata informer's): every event's object, bookmarks included, is
+/// PartialObjectMetadata; ERROR events stay Status.
+#[test]
+fn metadata_only_watch() {
+    let h = Harness::sample();
+    let full = h.list_json();
+    let mut w =
+        h.admin.watch(&format!("{COLLECTION}?watch=true&allowWatchBookmarks=true&timeoutSeconds=20"), METADATA_ONE);
+    assert_eq!((w.status, w.content_type()), (200, "application/json"));
+    for expected in full["items"].as_array().unwrap() {
+        assert_eq!(w.event(Duration::from_secs(10)), json!({ "type": "ADDED", "object": partial("v1", expected) }));
+    }
+    assert_eq!(
+        w.event(Duration::from_secs(10)),
+        json!({ "type": "BOOKMARK", "object": {
+            "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            "metadata": { "resourceVersion": rv_of(&full), "annotations": { "k8s.io/initial-events-end": "true" } },
+        }})
+    );
+    let older = rv_of(&full).parse::<u64>().unwrap() - 1;
+    let mut w = h.admin.watch(&format!("{COLLECTION}?watch=true&resourceVersion={older}"), METADATA_ONE);
+    let e = w.event(Duration::from_secs(10));
+    assert_eq!(
+        (e["type"].as_str(), e["object"]["kind"].as_str(), e["object"]["code"].as_u64()),
+        (Some("ERROR"), Some("Status"), Some(410))
+    );
+}
+
+/// `Accept: application/yaml`: kube-apiserver serves YAML for get and list, the keys sorted as
+/// its JSON-to-YAML conversion leaves them, which is also what `kubectl -o yaml` prints.
+#[test]
+fn yaml_for_get_and_list() {
+    let h = Harness::sample();
+    let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}"), "application/yaml");
+    assert_eq!((r.status, r.content_type()), (200, "application/yaml"), "{}", r.text());
+    let object = h.admin.get(&format!("{COLLECTION}/{EXAMPLE}")).json();
+    assert_eq!(serde_saphyr::from_str::<Value>(&r.text()).unwrap(), object);
+    // Byte for byte kubectl's `-o yaml` of the same object (conformance/expected/get-yaml.out),
+    // the resourceVersion normalized as kubectl.sh does; uid and creationTimestamp lines, where
+    // present, are left out on both sides.
+    let rv = rv_of(&object);
+    let normalize = |text: &str| -> String {
+        text.replace(&format!("resourceVersion: \"{rv}\""), "resourceVersion: \"<RV1>\"")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("uid:") && !l.trim_start().starts_with("creationTimestamp:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let kubectl =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conformance/expected/get-yaml.out")).unwrap();
+    assert_eq!(normalize(&r.text()), normalize(&kubectl));
+
+    let list = h.list_json();
+    let r = h.admin.get_accept(COLLECTION, "application/yaml");
+    assert_eq!((r.status, r.content_type()), (200, "application/yaml"));
+    assert!(
+        r.text().starts_with("apiVersion: kliocatalog.enterprisedb.io/v1alpha1\nitems:\n- apiVersion: "),
+        "{}",
+        r.text()
+    );
+    assert_eq!(serde_saphyr::from_str::<Value>(&r.text()).unwrap(), list);
+    // Twice: the second comes from the rendered-list cache, the same bytes.
+    assert_eq!(h.admin.get_accept(COLLECTION, "application/yaml").body, r.body);
+    // The other representations in YAML too: a Table, metadata only.
+    let table = h.admin.get_accept(COLLECTION, TABLE_ACCEPT).json();
+    let r = h.admin.get_accept(COLLECTION, "application/yaml;as=Table;v=v1;g=meta.k8s.io");
+    assert_eq!((r.status, r.content_type()), (200, "application/yaml"));
+    assert_eq!(serde_saphyr::from_str::<Value>(&r.text()).unwrap(), table);
+    let r = h.admin.get_accept(COLLECTION, "application/yaml;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io");
+    assert_eq!(serde_saphyr::from_str::<Value>(&r.text()).unwrap()["kind"], "PartialObjectMetadataList");
+}
+
+/// Errors are negotiated as kube's `ErrorNegotiated` does: a Status in YAML for a YAML client
+/// (authentication, not found, 406), JSON when the only acceptable types are conversions. A
+/// YAML watch is kube's 406 (YAML has no stream framing), in YAML.
+#[test]
+fn yaml_errors_and_yaml_watches() {
+    let h = Harness::sample();
+    let yaml_status = |r: &Resp, code: u16, reason: &str| -> Value {
+        assert_eq!((r.status, r.content_type()), (code, "application/yaml"), "{}", r.text());
+        let s: Value = serde_saphyr::from_str(&r.text()).unwrap();
+        assert_eq!((s["kind"].as_str(), s["apiVersion"].as_str()), (Some("Status"), Some("v1")), "{s}");
+        assert_eq!((s["code"].as_u64(), s["reason"].as_str()), (Some(u64::from(code)), Some(reason)), "{s}");
+        s
+    };
+    let r = h.admin.get_accept(&format!("{COLLECTION}/nonexistent"), "application/yaml");
+    let s = yaml_status(&r, 404, "NotFound");
+    assert_eq!(s, h.admin.get(&format!("{COLLECTION}/nonexistent")).json(), "the same Status as in JSON");
+    let r = h.anonymous.get_accept(COLLECTION, "application/yaml");
+    yaml_status(&r, 401, "Unauthorized");
+    for watch in ["watch=true", "watch=true&resourceVersion=0&timeoutSeconds=5"] {
+        let r = h.admin.get_accept(&format!("{COLLECTION}?{watch}"), "application/yaml");
+        let s = yaml_status(&r, 406, "NotAcceptable");
+        assert_eq!(s["message"], "only the following media types are accepted: application/json;stream=watch");
+        let r = h.admin.get_accept(&format!("{COLLECTION}?{watch}"), "application/yaml;as=Table;v=v1;g=meta.k8s.io");
+        r.expect_status(406, "NotAcceptable");
+    }
+    // Nothing acceptable: kube's 406 names what it serves, in JSON.
+    let s = h.admin.get_accept(COLLECTION, "text/html").expect_status(406, "NotAcceptable");
+    assert_eq!(s["message"], "only the following media types are accepted: application/json, application/yaml");
+    let r = h.admin.get_accept(&format!("{COLLECTION}/nonexistent"), "application/yaml;as=Table;v=v1;g=meta.k8s.io");
+    r.expect_status(404, "NotFound");
+}
+
+/// The demo's discovery edges, as kube-apiserver answers them: `/api/` and `/apis/` are `/api`
+/// and `/apis`, `/api/v1` is the core group's APIResourceList (empty here).
+#[test]
+fn discovery_edges_answer_as_kube_apiserver_does() {
+    let h = Harness::sample();
+    for (path, same_as) in [("/api/", "/api"), ("/apis/", "/apis")] {
+        let r = h.admin.get(path);
+        assert_eq!((r.status, r.media_type()), (200, "application/json".to_string()), "{path}: {}", r.text());
+        assert_eq!(r.json(), h.admin.get(same_as).json(), "{path}");
+        let r = h.admin.get_accept(path, AGGREGATED_V2);
+        assert_eq!(r.content_type(), AGGREGATED_V2, "{path}");
+    }
+    let r = h.admin.get("/api/v1");
+    assert_eq!((r.status, r.media_type()), (200, "application/json".to_string()), "{}", r.text());
+    assert_eq!(r.json(), json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [] }));
+    // Below them, still kube's 404.
+    h.admin.get("/api/v1/pods").expect_status(404, "NotFound");
 }

@@ -270,18 +270,19 @@ fn a_watch_from_an_unknown_resource_version_is_a_410_error_event() {
         assert!(s["message"].as_str().unwrap().contains("too old"), "{s}");
         w.expect_end(EVENT);
     }
-    // Not a resourceVersion this server could have issued: a client error, no stream.
-    for bad in ["abc", "1.2", "-1"] {
+    // Not a number at all: a client error, no stream.
+    for bad in ["abc", "1.x", "-1", ".", "18446744073709551616"] {
         let r = h.admin.get_accept(&format!("{COLLECTION}?watch=true&resourceVersion={bad}"), JSON);
         r.expect_status(400, "BadRequest");
     }
-    // A watch cannot page or ask for an exact revision; a list cannot stream initial events.
+    // A watch cannot ask for an exact revision, nor for a match without initial events; a list
+    // cannot stream initial events: kube's ListOptions validation, 422 Invalid.
     for bad in [
         format!("watch=true&resourceVersion={rv}&resourceVersionMatch=Exact"),
         "watch=true&resourceVersionMatch=NotOlderThan".to_string(),
         "sendInitialEvents=true".to_string(),
     ] {
-        h.admin.get_accept(&format!("{COLLECTION}?{bad}"), JSON).expect_status(400, "BadRequest");
+        h.admin.get_accept(&format!("{COLLECTION}?{bad}"), JSON).expect_status(422, "Invalid");
     }
 }
 
@@ -594,16 +595,24 @@ fn list_resource_version_semantics() {
             "{query}"
         );
     }
-    for bad in [
+    for bad in ["resourceVersion=abc", "resourceVersion=1.x", "resourceVersion=-1"] {
+        let s = list(bad).expect_status(400, "BadRequest");
+        assert!(s["message"].as_str().unwrap().to_lowercase().contains("resource"), "{bad}: {s}");
+    }
+    for invalid in [
         "resourceVersionMatch=Exact".to_string(),
         "resourceVersionMatch=NotOlderThan".to_string(),
         format!("resourceVersion={rv1}&resourceVersionMatch=Newest"),
-        "resourceVersion=abc".to_string(),
-        "resourceVersion=1.2".to_string(),
+        "resourceVersion=0&resourceVersionMatch=Exact".to_string(),
     ] {
-        let s = list(&bad).expect_status(400, "BadRequest");
-        assert!(s["message"].as_str().unwrap().to_lowercase().contains("resource"), "{bad}: {s}");
+        let s = list(&invalid).expect_status(422, "Invalid");
+        assert!(s["message"].as_str().unwrap().starts_with("ListOptions.meta.k8s.io \"\" is invalid: "), "{s}");
     }
+    // A number of another form (this catalog has one source; "1.2" is the form of two): a
+    // version older than any kept, so NotOlderThan is the current state and Exact is 410.
+    let r = list("resourceVersion=1.2");
+    assert_eq!((r.status, rv_of(&r.json())), (200, rv1.clone()), "{}", r.text());
+    list("resourceVersion=1.2&resourceVersionMatch=Exact").expect_status(410, "Expired");
 
     let added = "pg-new.backup-20251201000000";
     put_record(&h.tier1_dir, &new_record("pg-new", "backup-20251201000000", 0x70));
@@ -628,8 +637,8 @@ fn list_resource_version_semantics() {
     let r = list(&format!("resourceVersion={future}"));
     let took = started.elapsed();
     let s = r.expect_status(504, "Timeout");
-    assert!(s["message"].as_str().unwrap().contains("Too large resource version"), "{s}");
-    assert!(r.header("retry-after").is_some(), "504 tells when to retry");
+    assert_too_large_resource_version(&s, &future.to_string(), &rv2);
+    assert_eq!(r.header("retry-after"), Some("1"), "504 tells when to retry");
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
 }
 
@@ -938,4 +947,203 @@ fn refreshes_read_only_what_is_new() {
     assert_ne!(rv_of(&h.list_json()), rv);
     let ready = h.anonymous.get("/readyz?verbose").text();
     assert!(ready.contains("[+]catalog-klio-tier1 ok\n"), "{ready}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 13: watch-list (KEP-3157), resourceVersion details, bookmarks
+
+/// client-go's reflector with `WatchListClient` streams its list:
+/// `watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true`
+/// with no resourceVersion. kube-apiserver answers 200 `application/json`, the current state as
+/// ADDED events, then a BOOKMARK of the resource's kind carrying only the state's
+/// resourceVersion and the `k8s.io/initial-events-end: "true"` annotation, then changes.
+#[test]
+fn watch_list_streams_the_state_then_an_initial_events_end_bookmark_then_changes() {
+    let h = Harness::sample();
+    let list = h.list_json();
+    let rv = rv_of(&list);
+    const STREAM: &str = "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=30";
+    for query in [STREAM.to_string(), format!("{STREAM}&resourceVersion=0"), format!("{STREAM}&resourceVersion={rv}")] {
+        let mut w = h.admin.watch(&format!("{COLLECTION}?{query}"), JSON);
+        assert_eq!((w.status, w.content_type()), (200, JSON), "{query}");
+        let initial = w.events(SAMPLE_TIER1.len(), EVENT);
+        assert_eq!(summaries(&initial), SAMPLE_TIER1.iter().map(|n| ev("ADDED", n)).collect::<Vec<_>>(), "{query}");
+        for e in &initial {
+            let name = e["object"]["metadata"]["name"].as_str().unwrap();
+            assert_eq!(&e["object"], item(&list, name), "{query}: the full objects, as listed");
+        }
+        let b = w.event(EVENT);
+        assert_eq!(
+            b,
+            json!({ "type": "BOOKMARK", "object": {
+                "apiVersion": GROUP_VERSION,
+                "kind": "KlioBackup",
+                "metadata": { "resourceVersion": rv, "annotations": { "k8s.io/initial-events-end": "true" } },
+            }}),
+            "{query}: the bookmark is at the state's resourceVersion"
+        );
+        w.expect_quiet(Duration::from_millis(300));
+    }
+    // Then changes, on a stream opened before them.
+    let mut w = h.admin.watch(&format!("{COLLECTION}?{STREAM}"), JSON);
+    w.events(SAMPLE_TIER1.len() + 1, EVENT);
+    put_record(&h.tier1_dir, &new_record("pg-new", "backup-20251201000000", 0x42));
+    assert_eq!(event_summary(&w.event(EVENT)), ev("ADDED", "pg-new.backup-20251201000000"));
+}
+
+/// kube-apiserver 1.34+ defaults (`SetListOptionsDefaults`): a watch from no resourceVersion or
+/// "0" that names neither option is a streaming watch, so with bookmarks allowed it also marks
+/// the end of its initial events. `sendInitialEvents=false` sends changes only.
+#[test]
+fn watch_list_defaults_and_send_initial_events_false() {
+    let h = Harness::sample();
+    let rv = rv_of(&h.list_json());
+    for from in ["", "&resourceVersion=0"] {
+        let mut w =
+            h.admin.watch(&format!("{COLLECTION}?watch=1&allowWatchBookmarks=true&timeoutSeconds=30{from}"), JSON);
+        assert_eq!(w.status, 200);
+        w.events(SAMPLE_TIER1.len(), EVENT);
+        let b = w.event(EVENT);
+        assert_eq!((b["type"].as_str(), rv_of(&b["object"])), (Some("BOOKMARK"), rv.clone()), "{b}");
+        assert_eq!(b["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true", "{b}");
+    }
+    // Without allowWatchBookmarks, no bookmark (the defaulted case too).
+    let mut plain = h.admin.watch(&format!("{COLLECTION}?watch=1&timeoutSeconds=30"), JSON);
+    plain.events(SAMPLE_TIER1.len(), EVENT);
+    let mut quiet = h.admin.watch(
+        &format!("{COLLECTION}?watch=1&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=30"),
+        JSON,
+    );
+    assert_eq!(quiet.status, 200);
+    plain.expect_quiet(Duration::from_millis(300));
+    quiet.expect_quiet(Duration::from_millis(300));
+    put_record(&h.tier1_dir, &new_record("pg-new", "backup-20251201000000", 0x43));
+    for w in [&mut plain, &mut quiet] {
+        assert_eq!(event_summary(&w.event(EVENT)), ev("ADDED", "pg-new.backup-20251201000000"));
+    }
+}
+
+/// A watch-list from a resourceVersion this replica has not reached: kube's cacher waits 3 s,
+/// then refuses the watch inside its 200 stream (`errWatcher`) with the 504 Status of
+/// `NewTooLargeResourceVersionError`.
+#[test]
+fn watch_list_from_a_future_resource_version_is_a_504_error_event() {
+    let h = Harness::sample();
+    let rv = rv_of(&h.list_json());
+    let future = rv.parse::<u64>().unwrap() + 1_000_000_000;
+    let started = Instant::now();
+    let mut w = h.admin.watch(
+        &format!("{COLLECTION}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&resourceVersion={future}"),
+        JSON,
+    );
+    assert_eq!(w.status, 200);
+    let e = w.event(Duration::from_secs(8));
+    assert_eq!(e["type"], "ERROR", "{e}");
+    assert_too_large_resource_version(&e["object"], &future.to_string(), &rv);
+    w.expect_end(EVENT);
+    assert!(started.elapsed() < Duration::from_secs(8), "answered after {:?}", started.elapsed());
+}
+
+/// `sendInitialEvents` without `resourceVersionMatch=NotOlderThan` is refused before any stream,
+/// with kube's 422 Invalid ListOptions Status.
+#[test]
+fn send_initial_events_without_not_older_than_is_kubes_422() {
+    let h = Harness::sample();
+    for query in ["watch=true&sendInitialEvents=true", "watch=true&sendInitialEvents=true&allowWatchBookmarks=true"] {
+        let r = h.admin.get_accept(&format!("{COLLECTION}?{query}"), JSON);
+        assert_eq!(r.media_type(), "application/json");
+        let s = r.expect_status(422, "Invalid");
+        assert_eq!(
+            s,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 422, "reason": "Invalid",
+                "message": "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                "details": { "group": "meta.k8s.io", "kind": "ListOptions", "causes": [{
+                    "reason": "FieldValueForbidden",
+                    "message": "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                    "field": "resourceVersionMatch",
+                }]},
+            }),
+            "{query}"
+        );
+    }
+}
+
+/// The 504 of a resourceVersion not reached, as kube-apiserver words it.
+fn assert_too_large_resource_version(status: &Value, asked: &str, current: &str) {
+    assert_eq!(
+        status,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 504, "reason": "Timeout",
+            "message": format!("Timeout: Too large resource version: {asked}, current: {current}"),
+            "details": {
+                "causes": [{ "reason": "ResourceVersionTooLarge", "message": "Too large resource version" }],
+                "retryAfterSeconds": 1,
+            },
+        })
+    );
+}
+
+/// Our resourceVersions have one number per source (`R1.R2` here). A number of another form
+/// (`1`, which kube takes as a version, or the dotted form of another number of sources) is a
+/// version older than any kept: a watch from it is the 410 Expired ERROR event a too old one
+/// gets, a NotOlderThan list is the current state, an Exact list is 410.
+#[test]
+fn resource_versions_of_another_form_are_too_old_not_bad_requests() {
+    let h = Harness::sample_two_tiers();
+    let list = h.list_json();
+    let rv = rv_of(&list);
+    assert_eq!(rv.split('.').count(), 2, "two sources: {rv}");
+    for other in ["1", "17", "1.2.3", "0.0.0"] {
+        for accept in [JSON, TABLE_ACCEPT] {
+            let mut w = h.admin.watch(&format!("{COLLECTION}?watch=true&resourceVersion={other}"), accept);
+            assert_eq!((w.status, w.content_type().starts_with("application/json")), (200, true), "{other}");
+            let e = w.event(EVENT);
+            assert_eq!(
+                e,
+                json!({ "type": "ERROR", "object": {
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 410, "reason": "Expired",
+                    "message": format!("too old resource version: {other} ({rv})"),
+                }}),
+                "{other}"
+            );
+            w.expect_end(EVENT);
+        }
+        let r = h.admin.get_accept(&format!("{COLLECTION}?resourceVersion={other}"), JSON);
+        assert_eq!((r.status, rv_of(&r.json())), (200, rv.clone()), "{other}: {}", r.text());
+        let r = h.admin.get_accept(&format!("{COLLECTION}?resourceVersion={other}&resourceVersionMatch=Exact"), JSON);
+        r.expect_status(410, "Expired");
+    }
+    // Not numbers: still a 400, with no stream.
+    for bad in ["abc", "1.", "1..2", "x.1"] {
+        h.admin
+            .get_accept(&format!("{COLLECTION}?watch=true&resourceVersion={bad}"), JSON)
+            .expect_status(400, "BadRequest");
+    }
+}
+
+/// Besides every 25 s (under the 30 s after which @kubernetes/client-node gives up on a quiet
+/// watch; a unit test checks the schedule), kube sends a bookmark 2 s before a watch's deadline
+/// so the client resumes from the newest version: with timeoutSeconds=4, one arrives at about
+/// 2 s, at the current resourceVersion and unannotated, then the stream ends.
+#[test]
+fn a_bookmark_comes_just_before_the_watch_deadline() {
+    let h = Harness::sample();
+    let rv = rv_of(&h.list_json());
+    let mut w = h.admin.watch(
+        &format!("{COLLECTION}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=4"),
+        JSON,
+    );
+    assert_eq!(w.status, 200);
+    let b = w.event(Duration::from_secs(6));
+    assert_eq!(
+        b,
+        json!({ "type": "BOOKMARK", "object": {
+            "apiVersion": GROUP_VERSION, "kind": "KlioBackup", "metadata": { "resourceVersion": rv },
+        }})
+    );
+    w.expect_end(Duration::from_secs(6));
+    // Without allowWatchBookmarks, none.
+    let mut w = h.admin.watch(&format!("{COLLECTION}?watch=true&resourceVersion={rv}&timeoutSeconds=3"), JSON);
+    w.expect_end(Duration::from_secs(6));
 }

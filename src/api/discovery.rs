@@ -1,5 +1,6 @@
-//! Discovery: `/api`, `/apis` (legacy APIGroupList, or the aggregated APIGroupDiscoveryList in
-//! v2 and v2beta1 when asked), `/apis/<group>`, `/apis/<group>/<version>`, and `/version`.
+//! Discovery: `/api`, `/api/v1` (an empty core group), `/apis` (legacy APIGroupList, or the
+//! aggregated APIGroupDiscoveryList in v2 and v2beta1 when asked), `/apis/<group>`,
+//! `/apis/<group>/<version>`, and `/version`.
 //! The facts come from the OpenAPI document, through the generated `routes` module.
 
 use poem::http::HeaderMap;
@@ -154,6 +155,15 @@ pub fn api_resource_list(headers: &HeaderMap) -> Result<Response, ApiError> {
         })
         .collect();
     let body = json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version(), "resources": resources });
+    Ok(json_response(&body, "application/json"))
+}
+
+/// `/api/v1`: the core group's resource list, empty here (kube-apiserver's shape for the
+/// legacy group: no `apiVersion`, group version `v1`).
+#[handler]
+pub fn core_resource_list(headers: &HeaderMap) -> Result<Response, ApiError> {
+    form(headers)?;
+    let body = json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": [] });
     Ok(json_response(&body, "application/json"))
 }
 

@@ -14,6 +14,7 @@ pub mod selectors;
 pub mod status;
 pub mod table;
 pub mod watch;
+pub mod yaml;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +64,12 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
     let v3_group = format!("/openapi/v3/{}", openapi::PUBLISHED.v3_group_path);
     let route = Route::new()
         .at("/api", poem::get(discovery::api_versions))
+        // kube-apiserver answers these too; behind it they never reach this server, but the demo
+        // is what Python's DynamicClient (`/api/v1` first) and kr8s (`/api/`) are pointed at.
+        .at("/api/", poem::get(discovery::api_versions))
+        .at("/api/v1", poem::get(discovery::core_resource_list))
         .at("/apis", poem::get(discovery::api_group_list))
+        .at("/apis/", poem::get(discovery::api_group_list))
         .at(group_path, poem::get(discovery::api_group_doc))
         .at(version_path, poem::get(discovery::api_resource_list))
         .at("/version", poem::get(discovery::server_version))
@@ -94,6 +100,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
                     .into_response()
             }
         })
+        .around(status::negotiated_errors)
         .around(guard::access_log)
 }
 

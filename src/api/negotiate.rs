@@ -51,35 +51,131 @@ pub fn is_json(range: &MediaRange) -> bool {
     matches!(range.essence.as_str(), "application/json" | "application/*" | "*/*") && range.param("as").is_none()
 }
 
-/// The representation of a resource response.
+/// How a resource response is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Representation {
+pub enum Format {
     Json,
-    /// A `meta.k8s.io` Table of this version (`v1` or `v1beta1`).
-    Table(&'static str),
+    /// kube-apiserver serves YAML for everything but watches (YAML has no stream framing).
+    Yaml,
 }
 
-pub const RESOURCE_MEDIA_TYPES: &[&str] = &["application/json", "application/json;as=Table;v=v1;g=meta.k8s.io"];
+/// What a resource response holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The objects themselves: a `KlioBackup`, a `KlioBackupList`, watch events of objects.
+    Object,
+    /// A `meta.k8s.io` Table of this version (`v1` or `v1beta1`).
+    Table(&'static str),
+    /// `meta.k8s.io` `PartialObjectMetadata` (`list: false`) or `PartialObjectMetadataList`
+    /// (`list: true`) of this version: only each object's metadata (client-go's metadata client,
+    /// metadata informers, garbage collectors and quota counters ask for these).
+    Metadata { version: &'static str, list: bool },
+}
 
-/// Picks what to send for a resource request; `None` when nothing acceptable can be produced.
-pub fn resource_representation(accept: Option<&str>) -> Option<Representation> {
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Some(Representation::Json) };
-    for range in parse_accept(accept) {
-        if is_json(&range) {
-            return Some(Representation::Json);
+/// The representation of a resource response: what it holds and how it is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Representation {
+    pub shape: Shape,
+    pub format: Format,
+}
+
+impl Representation {
+    pub const JSON: Self = Self { shape: Shape::Object, format: Format::Json };
+
+    /// The Content-Type of a response in this representation (kube-apiserver's, but for the
+    /// JSON Table, which names itself as it always has here).
+    pub fn content_type(&self) -> String {
+        match (self.format, self.shape) {
+            (Format::Yaml, _) => "application/yaml".to_string(),
+            (Format::Json, Shape::Table(v)) => format!("application/json;as=Table;v={v};g=meta.k8s.io"),
+            (Format::Json, _) => "application/json".to_string(),
         }
-        if range.essence == "application/json"
-            && range.param("as") == Some("Table")
-            && range.param("g") == Some("meta.k8s.io")
-        {
-            match range.param("v") {
-                Some("v1") => return Some(Representation::Table("v1")),
-                Some("v1beta1") => return Some(Representation::Table("v1beta1")),
-                _ => {}
+    }
+}
+
+/// What a 406 names: the media types this server encodes (kube lists its serializers' types).
+pub const RESOURCE_MEDIA_TYPES: &[&str] = &["application/json", "application/yaml"];
+/// What a 406 for a watch names: the stream types (YAML has none).
+pub const WATCH_MEDIA_TYPES: &[&str] = &["application/json;stream=watch"];
+
+/// The formats a range names, in kube's serializer order (JSON first for wildcards).
+fn formats(range: &MediaRange) -> &'static [Format] {
+    match range.essence.as_str() {
+        "application/json" => &[Format::Json],
+        "application/yaml" => &[Format::Yaml],
+        "application/*" | "*/*" => &[Format::Json, Format::Yaml],
+        _ => &[],
+    }
+}
+
+/// kube's `acceptMediaTypeOptions` for the parameters every endpoint checks: `stream` (only
+/// `watch`, only for a format with stream framing) and `sv` (only the meta version, `v1`).
+fn stream_and_server_version_allowed(range: &MediaRange, format: Format) -> bool {
+    let stream_ok = match range.param("stream").filter(|s| !s.is_empty()) {
+        None => true,
+        Some(stream) => format == Format::Json && stream == "watch",
+    };
+    let sv_ok = range.param("sv").filter(|v| !v.is_empty()).is_none_or(|v| v == "v1");
+    stream_ok && sv_ok
+}
+
+/// Whether the range asks for a conversion (`as`, `g` or `v`), and the shape it names if this
+/// server produces it: a Table (JSON or YAML) or partial object metadata, in `meta.k8s.io`
+/// `v1` or `v1beta1` (the resource endpoint's `AllowsMediaTypeTransform`).
+fn conversion(range: &MediaRange) -> Option<Option<Shape>> {
+    let (kind, group, version) = (range.param("as"), range.param("g"), range.param("v"));
+    if kind.is_none() && group.is_none() && version.is_none() {
+        return None;
+    }
+    let version = match (group, version) {
+        (Some("meta.k8s.io"), Some("v1")) => "v1",
+        (Some("meta.k8s.io"), Some("v1beta1")) => "v1beta1",
+        _ => return Some(None),
+    };
+    Some(match kind {
+        Some("Table") => Some(Shape::Table(version)),
+        Some("PartialObjectMetadata") => Some(Shape::Metadata { version, list: false }),
+        Some("PartialObjectMetadataList") => Some(Shape::Metadata { version, list: true }),
+        _ => None,
+    })
+}
+
+/// Picks what to send for a resource request, as kube-apiserver's `NegotiateOutputMediaType`
+/// does: the first range (by q, then the client's order) this server can produce; `None` when
+/// none can be (a 406).
+pub fn resource_representation(accept: Option<&str>) -> Option<Representation> {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Some(Representation::JSON) };
+    for range in parse_accept(accept) {
+        for &format in formats(&range) {
+            if !stream_and_server_version_allowed(&range, format) {
+                continue;
+            }
+            match conversion(&range) {
+                None => return Some(Representation { shape: Shape::Object, format }),
+                Some(Some(shape)) => return Some(Representation { shape, format }),
+                Some(None) => {}
             }
         }
     }
     None
+}
+
+/// The format of an error's Status body, as kube's `ErrorNegotiated` picks it: the first range
+/// asking for no conversion; JSON when none does (kube then writes the Status as raw JSON).
+pub fn error_format(accept: Option<&str>) -> Format {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Format::Json };
+    for range in parse_accept(accept) {
+        for &format in formats(&range) {
+            // The default endpoint restrictions: no conversion, no server version.
+            if conversion(&range).is_none()
+                && range.param("sv").filter(|v| !v.is_empty()).is_none()
+                && stream_and_server_version_allowed(&range, format)
+            {
+                return format;
+            }
+        }
+    }
+    Format::Json
 }
 
 #[cfg(test)]
@@ -87,16 +183,23 @@ mod tests {
     use super::*;
 
     const KUBECTL_TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    /// client-go's metadata client (k8s.io/client-go/metadata): list, then get and watch.
+    const METADATA_LIST: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
+    const METADATA_ONE: &str = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json";
+
+    fn json(shape: Shape) -> Option<Representation> {
+        Some(Representation { shape, format: Format::Json })
+    }
 
     #[test]
     fn kubectl_get_asks_for_a_v1_table() {
-        assert_eq!(resource_representation(Some(KUBECTL_TABLE)), Some(Representation::Table("v1")));
+        assert_eq!(resource_representation(Some(KUBECTL_TABLE)), json(Shape::Table("v1")));
     }
 
     #[test]
     fn plain_json_and_wildcards_and_no_header_give_json() {
         for accept in [None, Some(""), Some("application/json"), Some("*/*"), Some("application/json, */*")] {
-            assert_eq!(resource_representation(accept), Some(Representation::Json), "{accept:?}");
+            assert_eq!(resource_representation(accept), Some(Representation::JSON), "{accept:?}");
         }
     }
 
@@ -105,18 +208,83 @@ mod tests {
         assert_eq!(resource_representation(Some("application/vnd.kubernetes.protobuf")), None);
         assert_eq!(
             resource_representation(Some("application/vnd.kubernetes.protobuf, application/json")),
-            Some(Representation::Json)
-        );
-        assert_eq!(
-            resource_representation(Some("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io")),
-            None
+            Some(Representation::JSON)
         );
     }
 
     #[test]
     fn q_values_order_the_choices() {
         let accept = "application/json;q=0.5, application/json;as=Table;v=v1beta1;g=meta.k8s.io";
-        assert_eq!(resource_representation(Some(accept)), Some(Representation::Table("v1beta1")));
+        assert_eq!(resource_representation(Some(accept)), json(Shape::Table("v1beta1")));
         assert_eq!(resource_representation(Some("application/json;q=0")), None);
+    }
+
+    #[test]
+    fn the_metadata_clients_headers_skip_protobuf_and_take_json_metadata() {
+        assert_eq!(resource_representation(Some(METADATA_LIST)), json(Shape::Metadata { version: "v1", list: true }));
+        assert_eq!(resource_representation(Some(METADATA_ONE)), json(Shape::Metadata { version: "v1", list: false }));
+        assert_eq!(
+            resource_representation(Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1beta1")),
+            json(Shape::Metadata { version: "v1beta1", list: true })
+        );
+        // Other groups, versions and kinds are not produced; a fallback is taken, else 406.
+        for unknown in [
+            "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v2",
+            "application/json;as=PartialObjectMetadata;g=other.io;v=v1",
+            "application/json;as=PartialObjectMetadata",
+            "application/json;as=Status;g=meta.k8s.io;v=v1",
+            "application/json;v=v1",
+        ] {
+            assert_eq!(resource_representation(Some(unknown)), None, "{unknown}");
+            assert_eq!(
+                resource_representation(Some(&format!("{unknown}, application/json"))),
+                Some(Representation::JSON),
+                "{unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_is_served_and_wildcards_prefer_json() {
+        let yaml = |shape| Some(Representation { shape, format: Format::Yaml });
+        assert_eq!(resource_representation(Some("application/yaml")), yaml(Shape::Object));
+        assert_eq!(
+            resource_representation(Some("application/yaml;as=Table;g=meta.k8s.io;v=v1")),
+            yaml(Shape::Table("v1"))
+        );
+        assert_eq!(
+            resource_representation(Some("application/yaml;as=PartialObjectMetadata;g=meta.k8s.io;v=v1")),
+            yaml(Shape::Metadata { version: "v1", list: false })
+        );
+        assert_eq!(resource_representation(Some("application/*")), Some(Representation::JSON));
+        assert_eq!(resource_representation(Some("text/html, application/yaml;q=0.9")), yaml(Shape::Object));
+        // No stream framing for YAML: a YAML watch stream is skipped.
+        assert_eq!(resource_representation(Some("application/yaml;stream=watch")), None);
+        assert_eq!(resource_representation(Some("application/json;stream=watch")), Some(Representation::JSON));
+        assert_eq!(resource_representation(Some("application/json;stream=other")), None);
+    }
+
+    #[test]
+    fn errors_are_negotiated_without_conversions() {
+        assert_eq!(error_format(None), Format::Json);
+        assert_eq!(error_format(Some("application/yaml")), Format::Yaml);
+        assert_eq!(error_format(Some(KUBECTL_TABLE)), Format::Json);
+        assert_eq!(
+            error_format(Some("application/yaml;as=Table;g=meta.k8s.io;v=v1")),
+            Format::Json,
+            "no match: raw JSON"
+        );
+        assert_eq!(error_format(Some("application/yaml;as=Table;g=meta.k8s.io;v=v1, application/yaml")), Format::Yaml);
+        assert_eq!(error_format(Some("text/html")), Format::Json);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(Representation::JSON.content_type(), "application/json");
+        assert_eq!(json(Shape::Metadata { version: "v1", list: true }).unwrap().content_type(), "application/json");
+        assert_eq!(
+            Representation { shape: Shape::Table("v1"), format: Format::Yaml }.content_type(),
+            "application/yaml"
+        );
     }
 }

@@ -41,7 +41,12 @@ type Entry = (String, RenderKey, Arc<OnceCell<Bytes>>);
 impl RenderCache {
     /// The rendered body for `key` at `resource_version`: the kept one, the one being rendered,
     /// or the one `render` makes now.
-    pub async fn get_or_render(&self, resource_version: &str, key: RenderKey, render: impl FnOnce() -> Bytes) -> Bytes {
+    pub async fn get_or_render<E>(
+        &self,
+        resource_version: &str,
+        key: RenderKey,
+        render: impl FnOnce() -> Result<Bytes, E>,
+    ) -> Result<Bytes, E> {
         let cell = {
             let mut entries = self.entries.lock().expect("render cache");
             match entries.iter().position(|(rv, k, _)| rv == resource_version && *k == key) {
@@ -64,41 +69,50 @@ impl RenderCache {
                 }
             }
         };
-        cell.get_or_init(|| async { render() }).await.clone()
+        // A failed render is not kept: the next request tries again.
+        cell.get_or_try_init(|| async { render() }).await.cloned()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::negotiate::{Format, Shape};
     use super::*;
 
-    fn body(text: &'static str) -> impl FnOnce() -> Bytes {
-        move || Bytes::from_static(text.as_bytes())
+    fn body(text: &'static str) -> impl FnOnce() -> Result<Bytes, ()> {
+        move || Ok(Bytes::from_static(text.as_bytes()))
     }
 
-    fn unexpected() -> Bytes {
+    fn unexpected() -> Result<Bytes, ()> {
         panic!("rendered although kept")
     }
 
     #[tokio::test]
     async fn keeps_the_current_revision_only_and_is_bounded() {
         let cache = RenderCache::default();
-        let json = RenderKey { repr: Representation::Json, include: IncludeObject::Metadata, at_second: None };
-        let table =
-            RenderKey { repr: Representation::Table("v1"), include: IncludeObject::Metadata, at_second: Some(5) };
-        assert_eq!(cache.get_or_render("1", json, body("a")).await, "a");
-        assert_eq!(cache.get_or_render("1", table, body("b")).await, "b");
-        assert_eq!(cache.get_or_render("1", json, unexpected).await, "a");
-        assert_eq!(cache.get_or_render("1", table, unexpected).await, "b");
+        let json = RenderKey { repr: Representation::JSON, include: IncludeObject::Metadata, at_second: None };
+        let table = RenderKey {
+            repr: Representation { shape: Shape::Table("v1"), format: Format::Json },
+            include: IncludeObject::Metadata,
+            at_second: Some(5),
+        };
+        assert_eq!(cache.get_or_render("1", json, body("a")).await.unwrap(), "a");
+        assert_eq!(cache.get_or_render("1", table, body("b")).await.unwrap(), "b");
+        assert_eq!(cache.get_or_render("1", json, unexpected).await.unwrap(), "a");
+        assert_eq!(cache.get_or_render("1", table, unexpected).await.unwrap(), "b");
         let later = RenderKey { at_second: Some(6), ..table };
-        assert_eq!(cache.get_or_render("1", later, body("b6")).await, "b6", "a Table of another second");
-        assert_eq!(cache.get_or_render("1", table, body("b5")).await, "b5", "the earlier second was dropped");
-        assert_eq!(cache.get_or_render("2", json, body("c")).await, "c");
-        assert_eq!(cache.get_or_render("1", json, body("a2")).await, "a2", "an older revision is dropped");
+        assert_eq!(cache.get_or_render("1", later, body("b6")).await.unwrap(), "b6", "a Table of another second");
+        assert_eq!(cache.get_or_render("1", table, body("b5")).await.unwrap(), "b5", "the earlier second was dropped");
+        assert_eq!(cache.get_or_render("2", json, body("c")).await.unwrap(), "c");
+        assert_eq!(cache.get_or_render("1", json, body("a2")).await.unwrap(), "a2", "an older revision is dropped");
         for v in ["v1", "v1beta1"] {
             for include in [IncludeObject::None, IncludeObject::Metadata, IncludeObject::Object] {
-                let key = RenderKey { repr: Representation::Table(v), include, at_second: Some(1) };
-                cache.get_or_render("2", key, Bytes::new).await;
+                let key = RenderKey {
+                    repr: Representation { shape: Shape::Table(v), format: Format::Json },
+                    include,
+                    at_second: Some(1),
+                };
+                cache.get_or_render("2", key, body("")).await.unwrap();
             }
         }
         assert!(cache.entries.lock().unwrap().len() <= CAPACITY);
@@ -107,7 +121,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn requests_during_a_render_share_it() {
         let cache = Arc::new(RenderCache::default());
-        let key = RenderKey { repr: Representation::Json, include: IncludeObject::None, at_second: None };
+        let key = RenderKey { repr: Representation::JSON, include: IncludeObject::None, at_second: None };
         let renders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -118,14 +132,14 @@ mod tests {
                             renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             // A slow render: the others arrive while it runs.
                             std::thread::sleep(std::time::Duration::from_millis(200));
-                            Bytes::from_static(b"list")
+                            Ok::<_, ()>(Bytes::from_static(b"list"))
                         })
                         .await
                 })
             })
             .collect();
         for t in tasks {
-            assert_eq!(t.await.unwrap(), "list");
+            assert_eq!(t.await.unwrap().unwrap(), "list");
         }
         assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1, "one render for every request");
     }

@@ -5,15 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
 use poem::web::Data;
 use poem::{handler, Request, Response};
 use serde::{Deserialize, Serialize};
 
-use super::negotiate::{resource_representation, Representation, RESOURCE_MEDIA_TYPES};
+use super::negotiate::{resource_representation, Format, Representation, Shape, RESOURCE_MEDIA_TYPES};
 use super::request::{info_of, kube_bool, Query};
 use super::selectors::{FieldSelector, LabelSelector, Selectors};
-use super::status::ApiError;
+use super::status::{ApiError, FieldError};
 use super::table::{self, IncludeObject};
 use super::AppState;
 use crate::catalog::{Backup, Catalog, ResourceVersion, Snapshot};
@@ -25,7 +25,7 @@ pub(crate) fn plural() -> &'static str {
 
 /// How long a request may wait for this replica to catch up with a resourceVersion a client
 /// saw elsewhere (another replica, a newer upstream revision).
-const CATCH_UP: Duration = Duration::from_secs(3);
+pub(crate) const CATCH_UP: Duration = Duration::from_secs(3);
 
 /// `resourceVersionMatch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +69,6 @@ pub(crate) fn parse_params(query: &Query, is_list: bool, watch: bool) -> Result<
         }
     }
     if is_list {
-        if let Some(value) = query.first("continue").filter(|v| !v.is_empty()) {
-            p.continue_token = Some(ContinueToken::decode(value)?);
-        }
         if let Some(value) = query.first("fieldSelector") {
             p.selectors.fields = FieldSelector::parse(value).map_err(ApiError::bad_request)?;
         }
@@ -81,11 +78,36 @@ pub(crate) fn parse_params(query: &Query, is_list: bool, watch: bool) -> Result<
     }
     p.allow_bookmarks = query.first("allowWatchBookmarks").is_some_and(kube_bool);
     p.send_initial_events = query.first("sendInitialEvents").map(kube_bool);
-    if let Some(value) = query.first("resourceVersion").filter(|v| !v.is_empty()) {
-        p.resource_version = Some(value.to_string());
-    }
-    if let Some(value) = query.first("resourceVersionMatch").filter(|v| !v.is_empty()) {
-        p.rv_match = Some(match value {
+    let rv = query.first("resourceVersion").unwrap_or_default();
+    p.resource_version = Some(rv.to_string()).filter(|rv| !rv.is_empty());
+    let rv_match = query.first("resourceVersionMatch").unwrap_or_default();
+    let continue_text = query.first("continue").unwrap_or_default();
+    if is_list {
+        // kube's SetListOptionsDefaults with the WatchList feature on (its default from 1.34): a
+        // watch from "" or "0" that names neither option streams its initial events.
+        let (send_initial_events, rv_match) =
+            if p.watch && p.send_initial_events.is_none() && rv_match.is_empty() && (rv.is_empty() || rv == "0") {
+                (Some(true), "NotOlderThan")
+            } else {
+                (p.send_initial_events, rv_match)
+            };
+        let errors = validate_list_options(p.watch, rv, rv_match, continue_text, send_initial_events);
+        if !errors.is_empty() {
+            return Err(ApiError::invalid("meta.k8s.io", "ListOptions", "", &errors));
+        }
+        p.send_initial_events = send_initial_events;
+        p.rv_match = match rv_match {
+            "Exact" => Some(RvMatch::Exact),
+            "NotOlderThan" => Some(RvMatch::NotOlderThan),
+            _ => None,
+        };
+        // A watch ignores `continue`, as kube's watch does.
+        if !p.watch && !continue_text.is_empty() {
+            p.continue_token = Some(ContinueToken::decode(continue_text)?);
+        }
+    } else if !rv_match.is_empty() {
+        // A get: the resourceVersion semantics of a list of one.
+        p.rv_match = Some(match rv_match {
             "NotOlderThan" => RvMatch::NotOlderThan,
             "Exact" => RvMatch::Exact,
             other => {
@@ -94,25 +116,85 @@ pub(crate) fn parse_params(query: &Query, is_list: bool, watch: bool) -> Result<
                 )))
             }
         });
+        if p.resource_version.is_none() {
+            return Err(ApiError::bad_request(
+                "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
     }
-    // kube-apiserver ignores parameters it does not know.
-    if p.rv_match.is_some() && p.resource_version.is_none() {
-        return Err(ApiError::bad_request(
-            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided",
-        ));
-    }
-    if p.continue_token.is_some() && p.resource_version.is_some() {
+    // kube ignores parameters it does not know. "0" may come with `continue` (kube's storage
+    // refuses any other version there).
+    if p.continue_token.is_some() && p.resource_version.as_deref().is_some_and(|rv| rv != "0") {
         return Err(ApiError::bad_request(
             "resourceVersion: Forbidden: specifying resource version is not allowed when using continue",
         ));
     }
-    if p.watch && (p.continue_token.is_some() || p.rv_match == Some(RvMatch::Exact)) {
-        return Err(ApiError::bad_request("a watch cannot use continue or resourceVersionMatch=Exact"));
-    }
-    if p.send_initial_events == Some(true) && !p.watch {
-        return Err(ApiError::bad_request("sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"));
-    }
     Ok(p)
+}
+
+/// k8s.io/apimachinery's `ValidateListOptions` (meta/internalversion/validation), with the
+/// WatchList feature on: which combinations of `resourceVersion`, `resourceVersionMatch`,
+/// `continue` and `sendInitialEvents` a list or a watch may use. kube answers these with a 422
+/// Invalid `ListOptions.meta.k8s.io` Status, every error a cause.
+fn validate_list_options(
+    watch: bool,
+    rv: &str,
+    rv_match: &str,
+    continue_text: &str,
+    send_initial_events: Option<bool>,
+) -> Vec<FieldError> {
+    const RV_MATCH: &str = "resourceVersionMatch";
+    let mut errors = vec![];
+    if watch {
+        if send_initial_events.is_some() && rv_match != "NotOlderThan" {
+            errors.push(FieldError::forbidden(
+                RV_MATCH,
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if !rv_match.is_empty() {
+            if send_initial_events.is_none() {
+                errors.push(FieldError::forbidden(
+                    RV_MATCH,
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                ));
+            }
+            if rv_match != "NotOlderThan" {
+                errors.push(FieldError::not_supported(RV_MATCH, rv_match, &["NotOlderThan"]));
+            }
+            if !continue_text.is_empty() {
+                errors.push(FieldError::forbidden(
+                    RV_MATCH,
+                    "resourceVersionMatch is forbidden when continue is provided",
+                ));
+            }
+        }
+        return errors;
+    }
+    if !rv_match.is_empty() {
+        if rv.is_empty() {
+            errors.push(FieldError::forbidden(
+                RV_MATCH,
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if !continue_text.is_empty() {
+            errors.push(FieldError::forbidden(RV_MATCH, "resourceVersionMatch is forbidden when continue is provided"));
+        }
+        if rv_match != "Exact" && rv_match != "NotOlderThan" {
+            errors.push(FieldError::not_supported(RV_MATCH, rv_match, &["Exact", "NotOlderThan", ""]));
+        }
+        if rv_match == "Exact" && rv == "0" {
+            errors.push(FieldError::forbidden(
+                RV_MATCH,
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    if send_initial_events.is_some() {
+        errors.push(FieldError::forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+    }
+    errors
 }
 
 /// Where a paged list resumes: the snapshot it was read from and the last name returned.
@@ -179,12 +261,16 @@ pub(crate) fn warning_headers(texts: &[String]) -> Vec<poem::http::HeaderValue> 
         .collect()
 }
 
-fn json<T: Serialize>(body: &T, content_type: &str) -> Response {
-    Response::builder().content_type(content_type).body(serde_json::to_vec(body).expect("API objects serialize"))
+/// The response body in `repr`'s format, from the JSON every representation renders.
+fn encode(repr: Representation, json: Vec<u8>) -> Result<bytes::Bytes, ApiError> {
+    Ok(match repr.format {
+        Format::Json => json.into(),
+        Format::Yaml => super::yaml::from_json(&json)?.into(),
+    })
 }
 
-pub(crate) fn table_content_type(version: &str) -> String {
-    format!("application/json;as=Table;v={version};g=meta.k8s.io")
+fn to_json<T: Serialize>(body: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(body).map_err(|e| ApiError::internal(format!("encoding JSON: {e}")))
 }
 
 /// A large rendered body is sent in slices of itself: hyper copies what it writes to a TLS stream
@@ -210,18 +296,104 @@ struct ListBody<'a> {
     items: Vec<&'a Backup>,
 }
 
-fn parse_rv(catalog: &Catalog, text: &str) -> Result<ResourceVersion, ApiError> {
-    ResourceVersion::parse(text, catalog.source_count()).map_err(ApiError::bad_request)
+/// `meta.k8s.io/<version>`.
+pub(crate) fn meta_api_version(version: &str) -> &'static str {
+    if version == "v1beta1" {
+        "meta.k8s.io/v1beta1"
+    } else {
+        "meta.k8s.io/v1"
+    }
 }
 
-fn too_old(rv: &str, current: &Snapshot) -> ApiError {
+/// One object's metadata alone, as kube's `asPartialObjectMetadata` makes it: the whole
+/// `metadata` of the object, typed `PartialObjectMetadata`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PartialObjectMetadata {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: ObjectMeta,
+}
+
+impl PartialObjectMetadata {
+    pub(crate) fn new(version: &str, metadata: ObjectMeta) -> Self {
+        Self { kind: "PartialObjectMetadata", api_version: meta_api_version(version), metadata }
+    }
+}
+
+/// `PartialObjectMetadataList`: the list's metadata (resourceVersion, continue,
+/// remainingItemCount) and each item's, built while it is written.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataListBody<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: ListMeta,
+    items: MetadataItems<'a>,
+}
+
+struct MetadataItems<'a> {
+    version: &'static str,
+    backups: Vec<&'a Backup>,
+}
+
+impl Serialize for MetadataItems<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = serializer.serialize_seq(Some(self.backups.len()))?;
+        for b in &self.backups {
+            seq.serialize_element(&PartialObjectMetadata::new(self.version, b.metadata()))?;
+        }
+        seq.end()
+    }
+}
+
+/// kube's 406 when the representation asked for does not fit what was read (its
+/// `errNotAcceptable`, after the object or list was read): metadata of one object for a list, or
+/// a list for one object. `what` is the Go type kube names.
+fn not_acceptable_for(asked: &str, is_list: bool) -> ApiError {
+    let go_type = |kind: &str| format!("*{}.{kind}", crate::routes::VERSION);
+    let message = if is_list {
+        format!("you requested {asked}, but the requested object is a list ({})", go_type(RESOURCES[0].list_kind))
+    } else {
+        format!("you requested {asked}, but the requested object is not a list ({})", go_type(RESOURCES[0].kind))
+    };
+    ApiError::new(poem::http::StatusCode::NOT_ACCEPTABLE, "NotAcceptable", message)
+}
+
+/// A resourceVersion a client sent, as far as this replica can place it.
+pub(crate) enum Requested {
+    /// One of this catalog's (one number per source).
+    Ours(ResourceVersion),
+    /// A number kube would accept that this catalog never issued (`1` where there are two
+    /// sources, or the dotted form of another number of sources): older than anything kept,
+    /// so a NotOlderThan read is served the current state, and a watch or an Exact read from
+    /// it is 410 Expired, as a version compacted away is in kube.
+    Foreign,
+}
+
+/// Reads a resourceVersion: ours, foreign, or (not a number at all) a 400.
+pub(crate) fn requested_version(catalog: &Catalog, text: &str) -> Result<Requested, ApiError> {
+    match ResourceVersion::parse(text, catalog.source_count()) {
+        Ok(rv) => Ok(Requested::Ours(rv)),
+        Err(_) if text.split('.').all(|part| part.parse::<u64>().is_ok_and(|_| !part.starts_with('+'))) => {
+            Ok(Requested::Foreign)
+        }
+        Err(message) => Err(ApiError::bad_request(message)),
+    }
+}
+
+pub(crate) fn too_old(rv: &str, current: &Snapshot) -> ApiError {
     ApiError::gone(format!("too old resource version: {rv} ({})", current.resource_version_text))
 }
 
 /// The snapshot a list is served from, following kube's resourceVersion semantics.
 async fn list_snapshot(catalog: &Catalog, p: &Params) -> Result<Arc<Snapshot>, ApiError> {
     if let Some(token) = &p.continue_token {
-        let rv = parse_rv(catalog, &token.rv)?;
+        let expired = || {
+            ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+        };
+        let Requested::Ours(rv) = requested_version(catalog, &token.rv)? else { return Err(expired()) };
         if let Some(kept) = catalog.at(&rv) {
             return Ok(kept);
         }
@@ -229,13 +401,15 @@ async fn list_snapshot(catalog: &Catalog, p: &Params) -> Result<Arc<Snapshot>, A
         if !catalog.snapshot().await?.resource_version.covers(&rv) {
             catalog.wait_for(&rv, CATCH_UP).await;
         }
-        return catalog.at(&rv).ok_or_else(|| {
-            ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
-        });
+        return catalog.at(&rv).ok_or_else(expired);
     }
     let current = catalog.snapshot().await?;
     let Some(text) = p.resource_version.as_deref().filter(|rv| *rv != "0") else { return Ok(current) };
-    let rv = parse_rv(catalog, text)?;
+    let rv = match requested_version(catalog, text)? {
+        Requested::Ours(rv) => rv,
+        Requested::Foreign if p.rv_match == Some(RvMatch::Exact) => return Err(too_old(text, &current)),
+        Requested::Foreign => return Ok(current),
+    };
     match p.rv_match {
         Some(RvMatch::Exact) => {
             if let Some(s) = catalog.at(&rv) {
@@ -249,23 +423,28 @@ async fn list_snapshot(catalog: &Catalog, p: &Params) -> Result<Arc<Snapshot>, A
             Err(too_old(text, &current))
         }
         _ if current.resource_version.covers(&rv) => Ok(current),
-        _ => catalog.wait_for(&rv, CATCH_UP).await.ok_or_else(|| {
-            ApiError::timeout(format!("Too large resource version: {text}, current: {}", current.resource_version_text))
-        }),
+        _ => catalog
+            .wait_for(&rv, CATCH_UP)
+            .await
+            .ok_or_else(|| ApiError::too_large_resource_version(text, &current.resource_version_text)),
     }
 }
 
 #[handler]
 pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Response, ApiError> {
+    // kube-apiserver negotiates the media type before it reads the options (406 before 400).
+    let repr = representation(req)?;
     // The options the guard authorized, read once for both.
     let info = info_of(req);
     let params = info.params.as_ref().map_err(Clone::clone)?;
-    let repr = representation(req)?;
     let catalog = &state.catalog;
     if params.watch {
         return super::watch::serve(state, &info, repr).await;
     }
     let snapshot = list_snapshot(catalog, params).await?;
+    if let Shape::Metadata { list: false, .. } = repr.shape {
+        return Err(not_acceptable_for("PartialObjectMetadata", true));
+    }
     let start = match &params.continue_token {
         Some(t) => match snapshot.position(&t.after) {
             Ok(i) => i + 1,
@@ -277,20 +456,27 @@ pub async fn list(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Re
     // Table within the same second: its AGE column moves with the clock).
     let whole = params.selectors.is_empty() && params.limit.is_none() && params.continue_token.is_none();
     let now = jiff::Timestamp::now().as_second();
-    let at_second = matches!(repr, Representation::Table(_)).then_some(now);
+    let at_second = matches!(repr.shape, Shape::Table(_)).then_some(now);
     let key = super::render_cache::RenderKey { repr, include: params.include, at_second };
-    let content_type = match repr {
-        Representation::Json => "application/json".to_string(),
-        Representation::Table(v) => table_content_type(v),
-    };
+    let content_type = repr.content_type();
     let render = || render_list(&snapshot, start, params, repr, now);
-    let body =
-        if whole { state.renders.get_or_render(&snapshot.resource_version_text, key, render).await } else { render() };
+    let body = if whole {
+        state.renders.get_or_render(&snapshot.resource_version_text, key, render).await?
+    } else {
+        render()?
+    };
     Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
 }
 
-/// The body of a list (JSON or Table) from position `start` of `snapshot`.
-fn render_list(snapshot: &Snapshot, start: usize, params: &Params, repr: Representation, now: i64) -> bytes::Bytes {
+/// The body of a list (objects, Table or metadata only; JSON or YAML) from position `start` of
+/// `snapshot`, Table ages counted to `now`.
+fn render_list(
+    snapshot: &Snapshot,
+    start: usize,
+    params: &Params,
+    repr: Representation,
+    now: i64,
+) -> Result<bytes::Bytes, ApiError> {
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
     let items: Vec<&Backup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
     let mut metadata =
@@ -304,18 +490,19 @@ fn render_list(snapshot: &Snapshot, start: usize, params: &Params, repr: Represe
             metadata.remaining_item_count = params.selectors.is_empty().then_some(remaining as i64);
         }
     }
-    bytes::Bytes::from(
-        match repr {
-            Representation::Json => {
-                let body = ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items };
-                serde_json::to_vec(&body)
-            }
-            Representation::Table(v) => {
-                serde_json::to_vec(&table::render_at(v, items.into_iter(), metadata, params.include, now))
-            }
+    let json = match repr.shape {
+        Shape::Object => {
+            to_json(&ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items })?
         }
-        .expect("API objects serialize"),
-    )
+        Shape::Table(v) => to_json(&table::render_at(v, items.into_iter(), metadata, params.include, now))?,
+        Shape::Metadata { version, .. } => to_json(&MetadataListBody {
+            kind: "PartialObjectMetadataList",
+            api_version: meta_api_version(version),
+            metadata,
+            items: MetadataItems { version, backups: items },
+        })?,
+    };
+    encode(repr, json)
 }
 
 /// Names that cannot be any object's name are a client error; well-formed unknown names are 404.
@@ -338,19 +525,22 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 pub async fn get(req: &Request, Data(state): Data<&Arc<AppState>>) -> Result<Response, ApiError> {
     let name = req.path_params::<String>().map_err(|_| ApiError::bad_request("missing resource name"))?;
     validate_name(&name)?;
+    let repr = representation(req)?;
     let info = info_of(req);
     let params = info.params.as_ref().map_err(Clone::clone)?;
-    let repr = representation(req)?;
     let snapshot = list_snapshot(&state.catalog, params).await?;
     let backup = snapshot.get(&name).ok_or_else(|| ApiError::not_found(plural(), &name))?;
-    let resp = match repr {
-        Representation::Json => json(&backup.to_kliobackup(), "application/json"),
-        Representation::Table(v) => {
+    let json = match repr.shape {
+        Shape::Object => to_json(&backup.to_kliobackup())?,
+        Shape::Table(v) => {
             let metadata =
                 ListMeta { resource_version: Some(snapshot.resource_version_text.clone()), ..Default::default() };
-            json(&table::render(v, std::iter::once(backup.as_ref()), metadata, params.include), &table_content_type(v))
+            to_json(&table::render(v, std::iter::once(backup.as_ref()), metadata, params.include))?
         }
+        Shape::Metadata { version, list: false } => to_json(&PartialObjectMetadata::new(version, backup.metadata()))?,
+        Shape::Metadata { list: true, .. } => return Err(not_acceptable_for("PartialObjectMetadataList", false)),
     };
+    let resp = Response::builder().content_type(repr.content_type()).body(encode(repr, json)?);
     Ok(with_warnings(resp, &state.catalog))
 }
 
@@ -402,13 +592,117 @@ mod tests {
             "continue=abc",
             "fieldSelector=status.phase%3DX",
             "labelSelector=a+in+b",
-            "resourceVersionMatch=Exact",
-            "resourceVersion=1&resourceVersionMatch=Newest",
-            "sendInitialEvents=true",
-            "watch=1&continue=abc",
+            "continue=eyJydiI6IjEiLCJhZnRlciI6IiJ9&resourceVersion=1",
         ] {
             assert_eq!(list_params(bad).unwrap_err().code, 400, "{bad}");
         }
+        // A watch from a version ignores `continue`, as kube's does; from none, kube's defaults
+        // make it a streaming watch, which may not have one.
+        assert!(list_params("watch=1&resourceVersion=5&continue=abc").is_ok());
+        assert_eq!(list_params("watch=1&continue=abc").unwrap_err().code, 422);
+        // "0" may come with a continue token.
+        assert!(list_params("continue=eyJydiI6IjEiLCJhZnRlciI6IiJ9&resourceVersion=0").is_ok());
+    }
+
+    /// The cases of apimachinery's `ValidateListOptions` tests (WatchList on), with kube's
+    /// messages, after kube's defaulting (`SetListOptionsDefaults`).
+    #[test]
+    fn list_options_are_validated_as_kube_validates_them() {
+        let invalid = |query: &str| -> Vec<String> {
+            match list_params(query) {
+                Ok(_) => vec![],
+                Err(e) => {
+                    assert_eq!((e.code.as_u16(), e.reason), (422, "Invalid"), "{query}: {e}");
+                    let details = e.details.as_ref().expect("details");
+                    assert_eq!(
+                        (details.group.as_deref(), details.kind.as_deref(), details.name.as_deref()),
+                        (Some("meta.k8s.io"), Some("ListOptions"), None)
+                    );
+                    let causes = details.causes.as_ref().expect("causes");
+                    causes
+                        .iter()
+                        .map(|c| format!("{}: {}", c.field.as_deref().unwrap(), c.message.as_deref().unwrap()))
+                        .collect()
+                }
+            }
+        };
+        let ok: [&str; 8] = [
+            "",
+            "resourceVersion=1&resourceVersionMatch=Exact",
+            "resourceVersion=0&resourceVersionMatch=NotOlderThan",
+            "watch=true",
+            "watch=true&resourceVersion=0",
+            "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+            "watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
+            "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+        ];
+        for query in ok {
+            assert_eq!(invalid(query), Vec::<String>::new(), "{query}");
+        }
+        let cases: [(&str, &[&str]); 10] = [
+            (
+                "resourceVersion=0&resourceVersionMatch=Exact",
+                &[r#"resourceVersionMatch: Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0""#],
+            ),
+            (
+                "resourceVersion=0&resourceVersionMatch=foo",
+                &[r#"resourceVersionMatch: Unsupported value: "foo": supported values: "Exact", "NotOlderThan", """#],
+            ),
+            ("sendInitialEvents=true", &["sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"]),
+            ("sendInitialEvents=false", &["sendInitialEvents: Forbidden: sendInitialEvents is forbidden for list"]),
+            (
+                "resourceVersionMatch=NotOlderThan",
+                &["resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"],
+            ),
+            (
+                "watch=true&resourceVersionMatch=NotOlderThan",
+                &["resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"],
+            ),
+            (
+                "watch=true&sendInitialEvents=true",
+                &["resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"],
+            ),
+            (
+                "watch=true&sendInitialEvents=false&resourceVersion=5",
+                &["resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"],
+            ),
+            (
+                "watch=true&sendInitialEvents=true&resourceVersionMatch=Exact&allowWatchBookmarks=true",
+                &[
+                    "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                    r#"resourceVersionMatch: Unsupported value: "Exact": supported values: "NotOlderThan""#,
+                ],
+            ),
+            (
+                "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&continue=123",
+                &["resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden when continue is provided"],
+            ),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(invalid(query), expected, "{query}");
+        }
+        // The message: kube's NewInvalid over the aggregate of the errors.
+        let e = list_params("watch=true&sendInitialEvents=true&resourceVersionMatch=Exact").unwrap_err();
+        assert_eq!(
+            e.message,
+            r#"ListOptions.meta.k8s.io "" is invalid: [resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan, resourceVersionMatch: Unsupported value: "Exact": supported values: "NotOlderThan"]"#
+        );
+        let e = list_params("watch=true&sendInitialEvents=true").unwrap_err();
+        assert_eq!(
+            e.message,
+            r#"ListOptions.meta.k8s.io "" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"#
+        );
+        // Defaulting: a watch from "" or "0" naming neither option streams its initial events.
+        for query in ["watch=true", "watch=true&resourceVersion=0"] {
+            assert_eq!(list_params(query).unwrap().send_initial_events, Some(true), "{query}");
+        }
+        assert_eq!(list_params("watch=true&resourceVersion=5").unwrap().send_initial_events, None);
+        assert_eq!(
+            list_params("watch=true&sendInitialEvents=false&resourceVersionMatch=NotOlderThan")
+                .unwrap()
+                .send_initial_events,
+            Some(false)
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Errors as `metav1.Status` bodies, worded as kube-apiserver words them (kubectl prints
 //! `Error from server (<reason>): <message>`).
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusDetails};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 use poem::http::StatusCode;
 use poem::Response;
 
@@ -101,6 +101,70 @@ impl ApiError {
         err
     }
 
+    /// A resourceVersion this replica has not reached after waiting for it: kube-apiserver's
+    /// `NewTooLargeResourceVersionError` (k8s.io/apiserver/pkg/storage/errors.go), a 504 Timeout
+    /// whose message `NewTimeoutError` prefixes with "Timeout: ", with the
+    /// `ResourceVersionTooLarge` cause client-go's reflector looks for and a retry after 1 s
+    /// (the watch cache's `resourceVersionTooHighRetrySeconds`).
+    pub fn too_large_resource_version(asked: &str, current: &str) -> Self {
+        let mut err = Self::timeout(format!("Timeout: Too large resource version: {asked}, current: {current}"));
+        err.details = Some(Box::new(StatusDetails {
+            causes: Some(vec![StatusCause {
+                reason: Some("ResourceVersionTooLarge".into()),
+                message: Some("Too large resource version".into()),
+                field: None,
+            }]),
+            ..Default::default()
+        }));
+        err
+    }
+
+    /// kube's `NewInvalid` (422): `<Kind>.<group> "<name>" is invalid: <errors>`, each field
+    /// error a cause.
+    pub fn invalid(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
+        let qualified = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        // utilerrors.NewAggregate: one error as itself, several in brackets, duplicates once.
+        let mut texts: Vec<String> = vec![];
+        for e in errors {
+            let text = e.to_string();
+            if !texts.contains(&text) {
+                texts.push(text);
+            }
+        }
+        let aggregate = match texts.len() {
+            0 => String::new(),
+            1 => format!(": {}", texts[0]),
+            _ => format!(": [{}]", texts.join(", ")),
+        };
+        let mut err = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            format!("{qualified} {name:?} is invalid{aggregate}"),
+        );
+        err.details = Some(Box::new(StatusDetails {
+            group: Some(group.to_string()),
+            kind: Some(kind.to_string()),
+            name: Some(name.to_string()).filter(|n| !n.is_empty()),
+            causes: Some(
+                errors
+                    .iter()
+                    .map(|e| StatusCause {
+                        reason: Some(e.kind.cause().into()),
+                        message: Some(e.body()),
+                        field: Some(e.field.to_string()),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }));
+        err
+    }
+
+    /// A failure of the server itself (kube's `NewInternalError`).
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("Internal error occurred: {message}"))
+    }
+
     /// The `metav1.Status` body.
     pub fn status(&self) -> Status {
         let mut details = self.details.as_deref().cloned();
@@ -127,6 +191,59 @@ impl ApiError {
     }
 }
 
+/// One field error of a validation (k8s.io/apimachinery's `field.Error`), worded as kube words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub kind: FieldErrorKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldErrorKind {
+    /// `Forbidden: <detail>`.
+    Forbidden(&'static str),
+    /// `Unsupported value: "<value>": supported values: "<a>", "<b>"`.
+    NotSupported { value: String, supported: &'static [&'static str] },
+}
+
+impl FieldErrorKind {
+    /// The cause's `reason` (the field error type).
+    fn cause(&self) -> &'static str {
+        match self {
+            Self::Forbidden(_) => "FieldValueForbidden",
+            Self::NotSupported { .. } => "FieldValueNotSupported",
+        }
+    }
+}
+
+impl FieldError {
+    pub fn forbidden(field: &'static str, detail: &'static str) -> Self {
+        Self { field, kind: FieldErrorKind::Forbidden(detail) }
+    }
+
+    pub fn not_supported(field: &'static str, value: &str, supported: &'static [&'static str]) -> Self {
+        Self { field, kind: FieldErrorKind::NotSupported { value: value.to_string(), supported } }
+    }
+
+    /// `field.Error.ErrorBody()`: the text after the field name, also each cause's message.
+    fn body(&self) -> String {
+        let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        match &self.kind {
+            FieldErrorKind::Forbidden(detail) => format!("Forbidden: {detail}"),
+            FieldErrorKind::NotSupported { value, supported } => {
+                let values: Vec<String> = supported.iter().map(|v| quote(v)).collect();
+                format!("Unsupported value: {}: supported values: {}", quote(value), values.join(", "))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.body())
+    }
+}
+
 impl From<crate::catalog::CatalogError> for ApiError {
     fn from(err: crate::catalog::CatalogError) -> Self {
         match err {
@@ -148,6 +265,31 @@ impl poem::IntoResponse for ApiError {
     fn into_response(self) -> Response {
         ApiError::into_response(self)
     }
+}
+
+/// Status bodies in the format the client accepts, as kube-apiserver's `ErrorNegotiated` writes
+/// every error (authentication, authorization, handlers): YAML for `Accept: application/yaml`,
+/// JSON otherwise. Errors are rendered as JSON where they arise; this converts the few a YAML
+/// client gets.
+pub(crate) async fn negotiated_errors<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Result<Response> {
+    use super::negotiate::{error_format, Format};
+    let format = error_format(req.header("accept"));
+    let mut resp = next.call(req).await.map(poem::IntoResponse::into_response)?;
+    let is_status = resp.status().is_client_error() || resp.status().is_server_error();
+    let json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes() == b"application/json");
+    if format != Format::Yaml || !is_status || !json {
+        return Ok(resp);
+    }
+    // A Status body: small, already complete.
+    let body = resp.take_body().into_bytes().await.unwrap_or_default();
+    match super::yaml::from_json(&body) {
+        Ok(yaml) => {
+            resp.headers_mut().insert("content-type", poem::http::HeaderValue::from_static("application/yaml"));
+            resp.set_body(yaml);
+        }
+        Err(_) => resp.set_body(body),
+    }
+    Ok(resp)
 }
 
 /// Handlers return `Result<_, ApiError>`; poem renders the error with this.

@@ -10,23 +10,30 @@ use poem::{Body, Response};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::negotiate::Representation;
+use super::negotiate::{Format, Representation, Shape, WATCH_MEDIA_TYPES};
 use super::request::RequestInfo;
-use super::resources::{table_content_type, with_warnings};
+use super::resources::{requested_version, too_old, with_warnings, Params, PartialObjectMetadata, Requested, CATCH_UP};
 use super::selectors::Selectors;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::AppState;
-use crate::catalog::{Backup, EventType, ResourceVersion, Snapshot};
+use crate::catalog::{Backup, Catalog, EventType, ResourceVersion, Snapshot};
 use crate::routes::group_version;
 
-/// How often a watcher that asked for bookmarks gets one.
-const BOOKMARK_EVERY: Duration = Duration::from_secs(30);
+/// How often a watcher that asked for bookmarks gets one. kube-apiserver's watch cache sends one
+/// every minute, but @kubernetes/client-node gives up on a watch after 30 s without a byte
+/// (`Watch.requestTimeoutMs`) and reconnects: every quiet JavaScript watch would be cut. 25 s
+/// keeps such watches open with 5 s to spare for a busy server or network; the cost is one
+/// short line per watcher every 25 s.
+pub const BOOKMARK_EVERY: Duration = Duration::from_secs(25);
+/// kube also sends a bookmark this long before a watch's deadline, so that the client resumes
+/// from the newest resourceVersion (`cacheWatcher.nextBookmarkTime`).
+const BOOKMARK_BEFORE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// How events are written.
 #[derive(Clone, Copy)]
 struct Encoder {
-    repr: Representation,
+    shape: Shape,
     include: IncludeObject,
 }
 
@@ -46,19 +53,35 @@ struct BookmarkObject {
 }
 
 impl Encoder {
+    fn new(repr: Representation, include: IncludeObject) -> Self {
+        let shape = match repr.shape {
+            // kube converts each event's object on its own; a list conversion fails for one
+            // object and kube then sends the object as it is.
+            Shape::Metadata { list: true, .. } => Shape::Object,
+            shape => shape,
+        };
+        Self { shape, include }
+    }
+
     fn line<T: Serialize>(kind: &str, object: T) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec(&WatchLine { kind, object }).expect("watch events serialize");
+        // The event types are ours; a failure here would be a bug, reported in the stream.
+        let mut bytes = serde_json::to_vec(&WatchLine { kind, object })
+            .or_else(|e| serde_json::to_vec(&WatchLine { kind: "ERROR", object: ApiError::internal(e).status() }))
+            .unwrap_or_default();
         bytes.push(b'\n');
         bytes
     }
 
     fn event(&self, kind: EventType, object: &Backup) -> Vec<u8> {
-        match self.repr {
-            Representation::Json => Self::line(kind.as_str(), object),
-            Representation::Table(v) => {
+        match self.shape {
+            Shape::Object => Self::line(kind.as_str(), object),
+            Shape::Table(v) => {
                 let meta =
                     ListMeta { resource_version: Some(object.resource_version().to_string()), ..Default::default() };
                 Self::line(kind.as_str(), table::render(v, std::iter::once(object), meta, self.include))
+            }
+            Shape::Metadata { version, .. } => {
+                Self::line(kind.as_str(), PartialObjectMetadata::new(version, object.metadata()))
             }
         }
     }
@@ -67,14 +90,15 @@ impl Encoder {
         let annotations = initial_events_end
             .then(|| [("k8s.io/initial-events-end".to_string(), "true".to_string())].into_iter().collect());
         let metadata = ObjectMeta { resource_version: Some(rv.to_string()), annotations, ..Default::default() };
-        match self.repr {
-            Representation::Json => {
+        match self.shape {
+            Shape::Object => {
                 Self::line("BOOKMARK", BookmarkObject { api_version: group_version(), kind: "KlioBackup", metadata })
             }
-            Representation::Table(v) => {
+            Shape::Table(v) => {
                 let meta = ListMeta { resource_version: Some(rv.to_string()), ..Default::default() };
                 Self::line("BOOKMARK", table::render(v, std::iter::empty(), meta, IncludeObject::None))
             }
+            Shape::Metadata { version, .. } => Self::line("BOOKMARK", PartialObjectMetadata::new(version, metadata)),
         }
     }
 
@@ -103,10 +127,67 @@ fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventTy
 
 /// Where the stream starts.
 enum Start {
-    /// Synthetic ADDED events for this snapshot, then its changes.
+    /// ADDED events for this snapshot's objects, then its changes (a watch without a
+    /// resourceVersion, from "0", or with `sendInitialEvents=true`).
     State(Arc<Snapshot>),
     /// Changes after this resourceVersion.
     After(ResourceVersion),
+    /// This ERROR event alone: kube refuses a watch that passed validation inside its 200
+    /// stream (its cacher's `errWatcher`), and client-go lists again.
+    Error(ApiError),
+}
+
+/// Where a watch starts, by KEP-3157's rules as kube-apiserver's cacher applies them
+/// (`getWatchCacheResourceVersion`, `waitUntilWatchCacheFreshAndForceAllEvents`,
+/// `getAllEventsSinceLocked`), after the options were defaulted and validated:
+///
+/// - `sendInitialEvents=true`: the state as ADDED events, then changes; the state is the current
+///   one for no resourceVersion (the newest this replica has) or "0", and for a given one the
+///   first state not older than it, waited for up to [`CATCH_UP`] (else a 504 ERROR event with
+///   the `ResourceVersionTooLarge` cause);
+/// - `sendInitialEvents=false`: changes only, after the current state for no resourceVersion or
+///   "0", else after the given one;
+/// - a resourceVersion without `sendInitialEvents`: the changes after it, or 410 Expired when it
+///   is no longer kept (or was never this catalog's); one this replica has not reached is waited
+///   for up to [`CATCH_UP`], then refused with a 504 Status.
+async fn start(
+    catalog: &Catalog,
+    current: &Arc<Snapshot>,
+    params: &Params,
+    requested: Option<(&str, Requested)>,
+) -> Result<Start, ApiError> {
+    let current_text = &current.resource_version_text;
+    Ok(match (params.send_initial_events, requested) {
+        (Some(true), None) | (None, None) => Start::State(current.clone()),
+        (Some(true), Some((_, Requested::Foreign))) => Start::State(current.clone()),
+        (Some(true), Some((text, Requested::Ours(rv)))) => {
+            if current.resource_version.covers(&rv) {
+                Start::State(current.clone())
+            } else {
+                match catalog.wait_for(&rv, CATCH_UP).await {
+                    Some(snap) => Start::State(snap),
+                    None => Start::Error(ApiError::too_large_resource_version(text, current_text)),
+                }
+            }
+        }
+        (Some(false), None) => Start::After(current.resource_version.clone()),
+        (_, Some((text, Requested::Foreign))) => Start::Error(too_old(text, current)),
+        (_, Some((text, Requested::Ours(rv)))) => {
+            if catalog.at(&rv).is_some() {
+                Start::After(rv)
+            } else if !current.resource_version.covers(&rv) {
+                // A replica (or the upstream) ahead of this one: catch up, or say it is too large.
+                match catalog.wait_for(&rv, CATCH_UP).await {
+                    Some(_) if catalog.at(&rv).is_some() => Start::After(rv),
+                    Some(_) => Start::Error(too_old(text, current)),
+                    None => return Err(ApiError::too_large_resource_version(text, current_text)),
+                }
+            } else {
+                // Not replayable here: the client must list again (kube sends this as an event).
+                Start::Error(too_old(text, current))
+            }
+        }
+    })
 }
 
 /// Serves a watch. It ends after the request's watch timeout (`timeoutSeconds`) whether or not
@@ -117,140 +198,140 @@ pub(crate) async fn serve(
     repr: Representation,
 ) -> Result<Response, ApiError> {
     let params = info.params.as_ref().map_err(Clone::clone)?;
-    let deadline = tokio::time::Instant::now() + info.watch_timeout();
+    let started = tokio::time::Instant::now();
+    let deadline = started + info.watch_timeout();
     let catalog = state.catalog.clone();
+    // "0" is no particular version: the state, as no version is.
+    let requested = match params.resource_version.as_deref().filter(|rv| *rv != "0") {
+        Some(text) => Some((text, requested_version(&catalog, text)?)),
+        None => None,
+    };
+    // kube negotiates the stream serializer once the watch is set up: YAML has no stream
+    // framing, so a YAML watch is a 406 naming the stream types.
+    if repr.format == Format::Yaml {
+        return Err(ApiError::not_acceptable(WATCH_MEDIA_TYPES));
+    }
     let mut updates = catalog.subscribe();
     updates.borrow_and_update();
     let current = catalog.snapshot().await?;
-    let encoder = Encoder { repr, include: params.include };
+    let encoder = Encoder::new(repr, params.include);
+    let start = start(&catalog, &current, params, requested).await?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
-
-    let start = match params.resource_version.as_deref().filter(|rv| *rv != "0") {
-        None => Start::State(current.clone()),
-        Some(text) => {
-            let rv = ResourceVersion::parse(text, catalog.source_count()).map_err(ApiError::bad_request)?;
-            if params.send_initial_events == Some(true) {
-                let snap = if current.resource_version.covers(&rv) {
-                    Some(current.clone())
-                } else {
-                    catalog.wait_for(&rv, Duration::from_secs(3)).await
-                };
-                Start::State(snap.ok_or_else(|| {
-                    ApiError::timeout(format!(
-                        "Too large resource version: {text}, current: {}",
-                        current.resource_version_text
-                    ))
-                })?)
-            } else if catalog.at(&rv).is_some() {
-                Start::After(rv)
-            } else if !current.resource_version.covers(&rv) {
-                // A replica (or the upstream) ahead of this one: catch up, or say it is too large.
-                match catalog.wait_for(&rv, Duration::from_secs(3)).await {
-                    Some(_) if catalog.at(&rv).is_some() => Start::After(rv),
-                    Some(_) => {
-                        let gone = ApiError::gone(format!(
-                            "too old resource version: {text} ({})",
-                            current.resource_version_text
-                        ));
-                        let _ = tx.send(Encoder::error(gone)).await;
-                        Start::After(ResourceVersion::default())
-                    }
-                    None => {
-                        return Err(ApiError::timeout(format!(
-                            "Too large resource version: {text}, current: {}",
-                            current.resource_version_text
-                        )))
-                    }
-                }
-            } else {
-                // Not replayable here: the client must list again (kube sends this as an event).
-                let gone =
-                    ApiError::gone(format!("too old resource version: {text} ({})", current.resource_version_text));
-                let _ = tx.send(Encoder::error(gone)).await;
-                Start::After(ResourceVersion::default())
-            }
-        }
-    };
-    let replayable = !matches!(&start, Start::After(rv) if rv.0.is_empty());
     let selectors = params.selectors.clone();
     let bookmarks = params.allow_bookmarks;
+    // KEP-3157: the end of the initial events is marked for a client that asked for them and
+    // for bookmarks (kube's `isListWatchRequest`).
     let initial_end_bookmark = params.send_initial_events == Some(true) && bookmarks;
     let mut shutdown = state.shutdown.clone();
 
     let warnings_from = catalog.clone();
-    if replayable {
-        tokio::spawn(tokio::time::timeout_at(deadline, async move {
-            let m = crate::metrics::metrics();
-            let open =
-                m.inflight.get_or_create(&crate::metrics::InflightLabels { request_kind: "watch".into() }).clone();
-            open.inc();
-            let _open = super::scopeguard(move || {
-                open.dec();
-            });
-            let mut last = match start {
-                Start::State(snap) => {
-                    for b in snap.backups.iter().filter(|b| selectors.matches(b)) {
-                        if tx.send(encoder.event(EventType::Added, b)).await.is_err() {
-                            return;
-                        }
-                    }
-                    if initial_end_bookmark
-                        && tx.send(encoder.bookmark(&snap.resource_version_text, true)).await.is_err()
-                    {
-                        return;
-                    }
-                    snap.resource_version.clone()
-                }
-                Start::After(rv) => rv,
-            };
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
-            // Changes already published after `last` are replayed before waiting.
-            let mut pending = true;
-            loop {
-                if pending {
-                    pending = false;
-                    let Some(snaps) = catalog.since(&last) else {
-                        let gone = ApiError::gone(format!("too old resource version: {last}: the watch fell behind"));
-                        let _ = tx.send(Encoder::error(gone)).await;
-                        return;
-                    };
-                    for snap in snaps {
-                        for e in &snap.events {
-                            if let Some((kind, object)) = filtered(&selectors, e) {
-                                if tx.send(encoder.event(kind, &object)).await.is_err() {
-                                    return;
-                                }
+    match start {
+        Start::Error(err) => {
+            // One event, then the stream ends.
+            let _ = tx.try_send(Encoder::error(err));
+            drop(tx);
+        }
+        start => {
+            tokio::spawn(tokio::time::timeout_at(deadline, async move {
+                let m = crate::metrics::metrics();
+                let open =
+                    m.inflight.get_or_create(&crate::metrics::InflightLabels { request_kind: "watch".into() }).clone();
+                open.inc();
+                let _open = super::scopeguard(move || {
+                    open.dec();
+                });
+                let mut last = match start {
+                    Start::State(snap) => {
+                        for b in snap.backups.iter().filter(|b| selectors.matches(b)) {
+                            if tx.send(encoder.event(EventType::Added, b)).await.is_err() {
+                                return;
                             }
                         }
-                        last = snap.resource_version.clone();
+                        // At the resourceVersion of the state just sent.
+                        if initial_end_bookmark
+                            && tx.send(encoder.bookmark(&snap.resource_version_text, true)).await.is_err()
+                        {
+                            return;
+                        }
+                        snap.resource_version.clone()
+                    }
+                    Start::After(rv) => rv,
+                    Start::Error(_) => return,
+                };
+                let mut schedule = BookmarkSchedule::new(tokio::time::Instant::now(), deadline);
+                // Changes already published after `last` are replayed before waiting.
+                let mut pending = true;
+                loop {
+                    if pending {
+                        pending = false;
+                        let Some(snaps) = catalog.since(&last) else {
+                            let gone =
+                                ApiError::gone(format!("too old resource version: {last}: the watch fell behind"));
+                            let _ = tx.send(Encoder::error(gone)).await;
+                            return;
+                        };
+                        for snap in snaps {
+                            for e in &snap.events {
+                                if let Some((kind, object)) = filtered(&selectors, e) {
+                                    if tx.send(encoder.event(kind, &object)).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            last = snap.resource_version.clone();
+                        }
+                    }
+                    let next_bookmark = schedule.next.filter(|_| bookmarks);
+                    tokio::select! {
+                        changed = updates.changed() => {
+                            if changed.is_err() { return; }
+                            pending = true;
+                        }
+                        _ = tokio::time::sleep_until(next_bookmark.unwrap_or(deadline)), if next_bookmark.is_some() => {
+                            if tx.send(encoder.bookmark(&last.to_string(), false)).await.is_err() { return; }
+                            schedule.sent(tokio::time::Instant::now());
+                        }
+                        _ = crate::server::stopped(&mut shutdown) => return,
+                        _ = tx.closed() => return,
                     }
                 }
-                tokio::select! {
-                    changed = updates.changed() => {
-                        if changed.is_err() { return; }
-                        pending = true;
-                    }
-                    _ = tick.tick(), if bookmarks => {
-                        if tx.send(encoder.bookmark(&last.to_string(), false)).await.is_err() { return; }
-                    }
-                    _ = crate::server::stopped(&mut shutdown) => return,
-                    _ = tx.closed() => return,
-                }
-            }
-        }));
-    } else {
-        drop(tx);
+            }));
+        }
     }
 
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<_, std::io::Error>(bytes::Bytes::from(bytes)), rx))
     });
-    let content_type = match repr {
-        Representation::Json => "application/json".to_string(),
-        Representation::Table(v) => table_content_type(v),
-    };
-    let resp = Response::builder().content_type(content_type).body(Body::from_bytes_stream(stream));
+    let resp = Response::builder().content_type(repr.content_type()).body(Body::from_bytes_stream(stream));
     Ok(with_warnings(resp, &warnings_from))
+}
+
+/// When the next bookmark is due: every [`BOOKMARK_EVERY`], and a last one
+/// [`BOOKMARK_BEFORE_DEADLINE`] before the watch's deadline (none when that moment has passed),
+/// as kube's `nextBookmarkTime` schedules them.
+struct BookmarkSchedule {
+    deadline: tokio::time::Instant,
+    next: Option<tokio::time::Instant>,
+}
+
+impl BookmarkSchedule {
+    fn new(now: tokio::time::Instant, deadline: tokio::time::Instant) -> Self {
+        let mut schedule = Self { deadline, next: None };
+        schedule.sent(now);
+        schedule
+    }
+
+    /// A bookmark was sent at `now` (or the watch started): schedule the next one.
+    fn sent(&mut self, now: tokio::time::Instant) {
+        let heartbeat = now + BOOKMARK_EVERY;
+        let before_deadline = self.deadline.checked_sub(BOOKMARK_BEFORE_DEADLINE);
+        let next = match before_deadline {
+            Some(t) if t < heartbeat => t,
+            None => return self.next = None,
+            _ => heartbeat,
+        };
+        self.next = (next > now).then_some(next);
+    }
 }
 
 #[cfg(test)]
@@ -282,5 +363,26 @@ mod tests {
         assert_eq!(k, EventType::Deleted);
         assert_eq!(&*object.record().cluster_name, "a");
         assert_eq!(object.resource_version(), "7");
+    }
+
+    /// kube's schedule: every BOOKMARK_EVERY, a last one 2 s before the deadline, none after.
+    #[test]
+    fn bookmarks_come_every_25_s_and_just_before_the_deadline() {
+        let t0 = tokio::time::Instant::now();
+        let secs = Duration::from_secs;
+        // A 30-minute watch: 25 s, 50 s, ...
+        let mut s = BookmarkSchedule::new(t0, t0 + secs(1800));
+        assert_eq!(s.next, Some(t0 + secs(25)));
+        s.sent(t0 + secs(25));
+        assert_eq!(s.next, Some(t0 + secs(50)));
+        // Near the end: 2 s before the deadline, then nothing.
+        s.sent(t0 + secs(1790));
+        assert_eq!(s.next, Some(t0 + secs(1798)));
+        s.sent(t0 + secs(1798));
+        assert_eq!(s.next, None);
+        // A 10 s watch: one bookmark, at 8 s. A 1 s watch: none.
+        assert_eq!(BookmarkSchedule::new(t0, t0 + secs(10)).next, Some(t0 + secs(8)));
+        assert_eq!(BookmarkSchedule::new(t0, t0 + secs(1)).next, None);
+        assert!(BOOKMARK_EVERY < secs(30), "under @kubernetes/client-node's 30 s idle timeout");
     }
 }
