@@ -3,9 +3,9 @@
 #
 # Usage: conformance/kubectl.sh [path-to-klio-api-binary]
 #
-# Starts `klio-api demo --port 0` in a fresh temporary directory, then runs the same script of
-# kubectl commands with every kubectl it can find and compares each command's stdout, stderr and
-# exit code with the golden files in conformance/expected/.
+# Starts `klio-api demo --port 0` in a fresh temporary directory, then runs the cases of
+# conformance/kubectl-cases.tsv (kubectl commands, one per line) with every kubectl it can find and
+# compares each command's stdout, stderr and exit code with the golden files in conformance/expected/.
 #
 # kubectl binaries: the `kubectl` on PATH plus every `kubectl.1.NN` found beside the real kubectl
 # (the directory of `readlink -f $(command -v kubectl)`). Restrict the set with
@@ -128,78 +128,39 @@ JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 ((JOBS >= 2)) || JOBS=2
 
 # ---------------------------------------------------------------------------------------------
-# The script of commands. Each case: id, expected exit code, how stdout is compared (text|json),
-# the basename of its golden files (expected/<base>.out, expected/<base>.err; a missing file
-# means "must be empty"; "<out-base>,<err-base>" when they differ), then the kubectl arguments.
-#   def       phase 1, run in order
-#   def_bg    phase 1, run in the background beside the others (a slow command, e.g. a watch
-#             that ends by itself)
-#   def_watch phase 2 (the watch around one catalog change); expected exit code "watching"
-# `trace ID` reduces the case's stderr to its request lines (use with -v=6).
+# The cases, from conformance/kubectl-cases.tsv (its header says what each field means; the
+# documentation generator reads the same file for its kubectl page).
 
-NAME=cluster-example.backup-20251113093137
+CASES_FILE=$SCRIPT_DIR/kubectl-cases.tsv
+[[ -r $CASES_FILE ]] || die "the cases file is missing: $CASES_FILE"
 CASES=()
 declare -A C_RC C_MODE C_OUT C_ERR C_ARGS C_KIND C_FILTER
-def() {
-    local id=$1 rc=$2 mode=$3 exp=$4
-    shift 4
+line_no=0
+while IFS=$'\t' read -r -a fields || [[ ${#fields[@]} -gt 0 ]]; do
+    line_no=$((line_no + 1))
+    [[ ${#fields[@]} -eq 0 || ${fields[0]} == \#* ]] && continue
+    where="$CASES_FILE:$line_no"
+    ((${#fields[@]} >= 7)) || die "$where: a case needs an id, phase, exit, compare, golden, filter and at least one kubectl argument (tab-separated)"
+    id=${fields[0]}
+    [[ -z ${C_KIND[$id]:-} ]] || die "$where: case $id is defined twice"
+    case ${fields[1]} in
+    seq | bg) [[ ${fields[2]} =~ ^[0-9]+$ ]] || die "$where: exit ${fields[2]}: a phase-1 case exits with a number" ;;
+    watch) [[ ${fields[2]} == watching ]] || die "$where: a watch case's exit is \"watching\"" ;;
+    *) die "$where: phase ${fields[1]}: one of seq, bg, watch" ;;
+    esac
+    [[ ${fields[3]} == text || ${fields[3]} == json ]] || die "$where: compare ${fields[3]}: text or json"
+    [[ ${fields[5]} == - || ${fields[5]} == requests ]] || die "$where: filter ${fields[5]}: - or requests"
     CASES+=("$id")
-    C_RC[$id]=$rc
-    C_MODE[$id]=$mode
-    C_OUT[$id]=${exp%%,*}
-    C_ERR[$id]=${exp##*,}
-    C_ARGS[$id]=$(printf "%q " "$@")
+    C_KIND[$id]=${fields[1]}
+    C_RC[$id]=${fields[2]}
+    C_MODE[$id]=${fields[3]}
+    C_OUT[$id]=${fields[4]%%,*}
+    C_ERR[$id]=${fields[4]##*,}
+    [[ ${fields[5]} == - ]] || C_FILTER[$id]=${fields[5]}
+    C_ARGS[$id]=$(printf "%q " "${fields[@]:6}")
     C_ARGS[$id]=${C_ARGS[$id]% }
-    C_KIND[$id]=${KIND:-seq}
-}
-def_bg() { KIND=bg def "$@"; }
-def_watch() {
-    local id=$1 mode=$2 exp=$3
-    shift 3
-    KIND=watch def "$id" watching "$mode" "$exp" "$@"
-}
-trace() { C_FILTER[$1]=requests; }
-def api-resources           0 text api-resources            api-resources
-def api-versions            0 text api-versions             api-versions
-def get                     0 text get                      get kliobackups
-def get-wide                0 text get-wide                 get kliobackups -o wide
-def get-shortname           0 text get                      get kb
-def get-category            0 text get                      get klio
-def get-yaml                0 text get-yaml                 get kliobackup "$NAME" -o yaml
-def get-json                0 json get-json                 get kliobackup "$NAME" -o json
-def get-jsonpath            0 text get-jsonpath             get kliobackup "$NAME" -o 'jsonpath={.status.startWAL}'
-def get-custom-columns      0 text get-custom-columns       get kliobackup "$NAME" -o custom-columns=NAME:.metadata.name,WAL:.status.startWAL
-def get-field-selector      0 text get-field-selector       get kliobackups --field-selector spec.clusterName=pg-analytics
-def get-sort-by             0 text get-sort-by              get kliobackups --sort-by=.spec.clusterName
-# The server lists by name, which is also clusterName order; sorting by startLSN puts pg-orders
-# before pg-analytics, so this proves kubectl really sorted the full objects (includeObject=Object).
-def get-sort-by-lsn         0 text get-sort-by-lsn          get kliobackups --sort-by=.status.startLSN
-# Objects have metadata.creationTimestamp (when the backup completed) and uid.
-def get-sort-by-created     0 text get                      get kliobackups --sort-by=.metadata.creationTimestamp
-def get-client-side         0 text get-client-side          get kliobackups --server-print=false
-def explain                 0 text explain                  explain kliobackup
-def explain-status-recursive 0 text explain-status-recursive explain kliobackup.status --recursive
-def get-not-found           1 text get-not-found            get kliobackup nonexistent
-def delete-not-allowed      1 text delete-not-allowed       delete kliobackup "$NAME"
-def field-selector-unsupported 1 text field-selector-unsupported get kliobackups --field-selector status.phase=x
-# Labels (kliocatalog.enterprisedb.io/cluster, /server, /tier1, /tier2), filtered by the server.
-def get-label-equals        0 text get-label-equals         get kliobackups -l kliocatalog.enterprisedb.io/cluster=pg-analytics
-def get-label-exists        0 text get-label-exists         get kliobackups -l kliocatalog.enterprisedb.io/tier2
-def get-label-in            0 text get-label-in             get kliobackups -l 'kliocatalog.enterprisedb.io/cluster in (pg-orders,pg-analytics)'
-def get-show-labels         0 text get-show-labels          get kliobackups --show-labels
-def get-label-columns       0 text get-label-columns        get kliobackups -L kliocatalog.enterprisedb.io/cluster
-def bad-label-selector      1 text bad-label-selector       get kliobackups -l 'a in b'
-# Paging: the same rows as a plain get, each exactly once; the trace proves the pages were asked
-# for (limit=2, then continue tokens, and no request after the last page).
-def get-chunk-size          0 text get                      get kliobackups --chunk-size=2
-def get-chunk-size-name     0 text get-chunk-size-name      get kliobackups --chunk-size=1 -o name
-def get-chunk-size-trace    0 text get,get-chunk-size-trace get kliobackups --chunk-size=2 -v=6
-trace get-chunk-size-trace
-# A watch that the client ends (--request-timeout): the listing, then a clean exit 0.
-def_bg watch-request-timeout 0 text get                     get kliobackups -w --request-timeout=3s
-# Phase 2: the listing, then the added record, then the same record deleted.
-def_watch watch             text watch                      get kliobackups -w
-def_watch watch-json        json watch-json                 get kliobackups -w -o json --output-watch-events
+done <"$CASES_FILE"
+((${#CASES[@]} > 0)) || die "$CASES_FILE defines no case"
 
 # ---------------------------------------------------------------------------------------------
 # The demo.
