@@ -20,7 +20,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, CommandFactory};
 use serde_json::{json, Map, Value};
 
-use crate::catalog::snapshot::{self, labels, SourceRecords, TIER_ANNOTATIONS};
+use crate::api::object::{labels, TIER_ANNOTATIONS};
+use crate::catalog::snapshot::{self, SourceRecords};
 use crate::upstream::record::BackupRecord;
 
 /// The API's single source of truth, as built into the binary.
