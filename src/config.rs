@@ -55,7 +55,7 @@ pub enum ServerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
-    /// Serve the catalog contract (GET /catalog/v1/backups) over a directory of backup records.
+    /// Serve a directory of backup records over Kopia's repository protocol, as a Klio server does.
     Serve(CatalogServeArgs),
 }
 
