@@ -5,7 +5,11 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::catalog::{CatalogOptions, KlioServer};
 
 #[derive(Debug, Parser)]
 #[command(name = "klio-api", version, about = "Kubernetes aggregated API server for the Klio backup catalog")]
@@ -49,7 +53,7 @@ pub enum ServerCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
-    /// Serve the catalog contract (GET /catalog/v1/backups) over a directory of backup records.
+    /// Serve a directory of backup records over Kopia's repository protocol, as a Klio server does.
     Serve(CatalogServeArgs),
 }
 
@@ -268,19 +272,6 @@ fn refuse_credentials_in_url(what: &str, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One server with every field resolved.
-#[derive(Debug, Clone)]
-pub struct ResolvedServer {
-    pub name: String,
-    pub url: String,
-    pub tier2_url: Option<String>,
-    pub server_cert: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    pub hostname: String,
-    pub timeout_seconds: u64,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct CatalogServeArgs {
     /// Directory of backup metadata records: `<cluster>/<backup>.json`, each the `metadata.json`
@@ -350,8 +341,13 @@ impl AuthArgs {
 }
 
 impl KlioClientArgs {
+    /// How the catalog refreshes and how much history it keeps.
+    pub fn catalog_options(&self) -> CatalogOptions {
+        CatalogOptions { refresh_interval: Duration::from_secs(self.refresh_seconds), history: self.history }
+    }
+
     /// The configured servers, every field resolved and checked, before any connection is made.
-    pub fn resolve(&self) -> anyhow::Result<Vec<ResolvedServer>> {
+    pub fn resolve(&self) -> anyhow::Result<Vec<KlioServer>> {
         if self.timeout_seconds == 0 {
             anyhow::bail!("--klio-timeout-seconds must be at least 1");
         }
@@ -414,7 +410,7 @@ impl KlioClientArgs {
                     )
                 })
             };
-            resolved.push(ResolvedServer {
+            resolved.push(KlioServer {
                 server_cert: file(
                     &spec.server_cert,
                     &self.server_cert,

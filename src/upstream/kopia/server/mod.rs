@@ -13,6 +13,7 @@
 //!
 //! [`SessionService`] takes any [`Backend`], so tests can serve a repository of their own making.
 
+mod files;
 pub mod repository;
 
 use std::collections::HashMap;
