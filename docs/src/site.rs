@@ -363,7 +363,8 @@ fn layout(env: &Environment, stem: &str, parts: &markdown::Parts, version: &str)
         nav,
         version,
         generator => crate::GENERATOR,
-        openapi_path => crate::openapi::OPENAPI_PATH,
+        regenerate => Value::from_safe_string(esc(crate::REGENERATE)),
+        openapi_path => Value::from_safe_string(esc(crate::openapi::OPENAPI_PATH)),
     })?;
     Ok(page)
 }
