@@ -43,8 +43,6 @@ pub enum Command {
     /// Run a self-contained demo on 127.0.0.1: certificates, a sample catalog, the catalog server,
     /// the API service and a kubeconfig.
     Demo(DemoArgs),
-    /// Write the static documentation site (HTML and CSS) generated from the OpenAPI document.
-    Docs(crate::docs::DocsArgs),
 }
 
 #[derive(Debug, Subcommand)]
