@@ -84,9 +84,9 @@ impl Backup {
                 map.entry(key.to_string()).or_insert_with(|| id.to_string());
             }
         };
-        for tier in 0..2 {
+        for (tier, marker) in TIER_ANNOTATIONS.iter().enumerate() {
             let Some(source) = self.on_tier(tier) else { continue };
-            annotations.insert(TIER_ANNOTATIONS[tier].to_string(), "present".into());
+            annotations.insert(marker.to_string(), "present".into());
             set(&mut annotations, snapshot_annotations::PGDATA[tier], source.snapshots.pgdata);
             set(&mut annotations, snapshot_annotations::CONTROLDATA[tier], source.snapshots.controldata);
         }

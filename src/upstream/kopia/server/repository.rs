@@ -481,7 +481,7 @@ mod tests {
         let file = dir.join("pg/b1.json");
         let record = |lsn: u32| format!(r#"{{"clusterName":"pg","name":"b1","endLsn":{lsn}}}"#);
         std::fs::write(&file, record(1000)).unwrap();
-        let repo = DirRepository::new(&dir, 1 << 20, Duration::ZERO).unwrap();
+        let repo = DirRepository::new(dir, 1 << 20, Duration::ZERO).unwrap();
         let metadata_ids = |v: &View| -> Vec<ManifestId> {
             v.manifests.iter().filter(|m| m.labels[labels::CONTENT] == "metadata").map(|m| m.id).collect()
         };
@@ -494,7 +494,6 @@ mod tests {
         assert_ne!(metadata_ids(&second), metadata_ids(&first));
         std::fs::remove_file(&file).unwrap();
         assert!(repo.view().manifests.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -509,7 +508,7 @@ mod tests {
             r#"{"pg/b1": {"pgdata": "2272afec220f48d0fa0064f85b043ac4", "tablespaces": {"ts": "7f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f"}}}"#,
         )
         .unwrap();
-        let repo = DirRepository::new(&dir, 128, Duration::ZERO).unwrap();
+        let repo = DirRepository::new(dir, 128, Duration::ZERO).unwrap();
         let view = repo.view();
         let kinds: BTreeMap<&str, &StoredManifest> =
             view.manifests.iter().map(|m| (m.labels[labels::CONTENT].as_str(), &**m)).collect();
@@ -530,6 +529,5 @@ mod tests {
             .flat_map(|e| view.contents[&e.object.parse::<ContentId>().unwrap()].to_vec())
             .collect();
         assert_eq!(whole, record.to_string().as_bytes());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
