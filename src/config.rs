@@ -59,7 +59,7 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
-/// The servers of `klio-api server` (one today; the group mirrors kube's command layout).
+/// The servers of `klio-api server` (one today).
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve kliobackups.kliocatalog.enterprisedb.io/v1alpha1 over HTTPS.

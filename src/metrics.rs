@@ -29,11 +29,11 @@ pub struct RequestLabels {
 /// kube-apiserver has them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
-    /// The Kubernetes verb.
+    /// As [`RequestLabels::verb`].
     pub verb: String,
-    /// The API group.
+    /// As [`RequestLabels::group`].
     pub group: String,
-    /// The resource.
+    /// As [`RequestLabels::resource`].
     pub resource: String,
 }
 

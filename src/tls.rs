@@ -76,7 +76,8 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
 /// it knows which one vouches for it. Attached to every request of the connection.
 #[derive(Debug, Default)]
 pub struct PeerCertificates {
-    /// The client's leaf certificate (empty: no certificate, or one the handshake rejected).
+    /// The client's leaf certificate, the rest being in `intermediates` (empty: no certificate,
+    /// or one the handshake rejected).
     pub chain: Vec<X509>,
     /// The intermediates the client sent with it, to build the path to a CA.
     pub intermediates: Vec<X509>,

@@ -35,7 +35,7 @@ pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot};
 /// Why the catalog could not be read. Callers branch on it: 503 versus 502.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CatalogError {
-    /// No answer: connection refused, TLS or network failure, timeout (a 503, retry later).
+    /// No answer: no connection, the stream broke, or a timeout (a 503: retry later).
     #[error("the Klio server {server} cannot be reached: {reason}")]
     Unreachable {
         /// The source's URL, what an operator can check.
@@ -43,8 +43,8 @@ pub enum CatalogError {
         /// The underlying error, for the message.
         reason: String,
     },
-    /// The server answered, but not with a catalog: refused session, server error, protocol
-    /// violation (a 502, the upstream is at fault).
+    /// The server answered, but not with a catalog: TLS handshake or certificate trouble, a
+    /// refused session, a server error, a protocol violation (a 502: the upstream is at fault).
     #[error("the Klio server {server} did not serve its catalog: {reason}")]
     BadResponse {
         /// The source's URL.

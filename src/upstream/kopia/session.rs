@@ -53,7 +53,7 @@ pub enum CallError {
     /// The stream ended or failed while the request waited for its answer.
     #[error("the session stream broke: {0}")]
     Broken(String),
-    /// No answer within the request timeout (seconds); the stream was closed with it.
+    /// No answer within the request timeout (seconds); a stream that stops answering is closed.
     #[error("no answer within {0}s")]
     Timeout(u64),
     /// The server answered the request with an error.
@@ -87,7 +87,7 @@ pub enum OpenError {
         /// The status message.
         message: String,
     },
-    /// The stream opened but the session's first exchange went wrong (what).
+    /// The HTTP/2 stream or the session's first exchange went wrong (what).
     #[error("the Kopia session did not start: {0}")]
     Protocol(String),
     /// An earlier attempt failed and the next one is not due yet (said as the failure itself, so
