@@ -39,7 +39,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The subcommands: the product server, the tools it ships with, the demo.
+/// The subcommands: the product server, the reference Klio server, the demo.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Servers (`server api-server` is the production entry point).

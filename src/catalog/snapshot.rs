@@ -201,18 +201,18 @@ impl Backup {
 }
 
 /// The backups one source contributed.
-pub(crate) struct SourceRecords<'a> {
+pub struct SourceRecords<'a> {
     /// The configured server's name, shared with every backup of it.
-    pub(crate) server: &'a Arc<str>,
+    pub server: &'a Arc<str>,
     /// 0 for tier 1, 1 for tier 2.
-    pub(crate) tier: usize,
+    pub tier: usize,
     /// Sorted by (cluster, name).
-    pub(crate) backups: &'a [Arc<SourceBackup>],
+    pub backups: &'a [Arc<SourceBackup>],
 }
 
 /// Builds the snapshot that follows `previous`. Tiers of one server merge on (cluster, backup
 /// name); the record served is tier 1's when both hold the backup.
-pub(crate) fn build(
+pub fn build(
     previous: Option<&Snapshot>,
     resource_version: ResourceVersion,
     sources: &[SourceRecords<'_>],
