@@ -151,6 +151,7 @@ impl ApiServer {
         })
     }
 
+    /// The address bound, to learn the port when 0 was asked for (the demo, tests).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }

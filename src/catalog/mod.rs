@@ -35,10 +35,23 @@ pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot};
 /// Why the catalog could not be read. Callers branch on it: 503 versus 502.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CatalogError {
+    /// No answer: no connection, the stream broke, or a timeout (a 503: retry later).
     #[error("the Klio server {server} cannot be reached: {reason}")]
-    Unreachable { server: String, reason: String },
+    Unreachable {
+        /// The source's URL, what an operator can check.
+        server: String,
+        /// The underlying error, for the message.
+        reason: String,
+    },
+    /// The server answered, but not with a catalog: TLS handshake or certificate trouble, a
+    /// refused session, a server error, a protocol violation (a 502: the upstream is at fault).
     #[error("the Klio server {server} did not serve its catalog: {reason}")]
-    BadResponse { server: String, reason: String },
+    BadResponse {
+        /// The source's URL.
+        server: String,
+        /// The underlying error, for the message.
+        reason: String,
+    },
 }
 
 impl CatalogError {
@@ -104,7 +117,9 @@ pub struct ServerConfig {
     pub name: String,
     /// `snapshot_reader@<hostname>`, the identity its readers present.
     pub identity: String,
+    /// Reads the tier-1 repository, the one every server has.
     pub tier1: CatalogReader,
+    /// Reads the tier-2 repository, when the server has one.
     pub tier2: Option<CatalogReader>,
 }
 
@@ -144,6 +159,7 @@ impl ServerConfig {
 /// How the catalog refreshes and how much history it keeps.
 #[derive(Debug, Clone)]
 pub struct CatalogOptions {
+    /// Time between background refreshes (a request for a newer resourceVersion asks earlier).
     pub refresh_interval: Duration,
     /// Snapshots kept for watch replay and `continue` tokens (at least 1).
     pub history: usize,
@@ -203,19 +219,27 @@ impl Source {
 /// What a probe or a client should know about one source.
 #[derive(Debug, Clone)]
 pub struct SourceHealth {
+    /// The configured server's name.
     pub server: String,
+    /// 1 or 2.
     pub tier: usize,
+    /// The Kopia repository server read.
     pub url: String,
     /// Who the service reads as (`snapshot_reader@klio`).
     pub identity: String,
     /// Backups the last read found; 0 after a successful read is worth explaining (see
     /// [`EMPTY_CATALOG_HINT`]).
     pub backups: usize,
+    /// When a read last succeeded; `None`: never, so its backups are missing.
     pub last_success: Option<SystemTime>,
+    /// The first of the failed reads in a row; `None` while reads succeed.
     pub failing_since: Option<SystemTime>,
+    /// Why the last read failed; `None` when it succeeded.
     pub last_error: Option<CatalogError>,
 }
 
+/// The catalog shared by every request handler and the background refresher (behind an `Arc`):
+/// the sources, their state and the published snapshots.
 pub struct Catalog {
     sources: Vec<Source>,
     prefix_server: bool,
@@ -231,6 +255,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Sets up the sources of the configured servers without reading them (the refresher
+    /// does); fails on no server or a name used twice, which would make objects collide.
     pub fn new(servers: Vec<ServerConfig>, options: CatalogOptions) -> Result<Self> {
         anyhow::ensure!(!servers.is_empty(), "no Klio server configured");
         let mut names = std::collections::HashSet::new();
@@ -333,6 +359,7 @@ impl Catalog {
         result.ok().and_then(|r| r.ok().and_then(|s| s.clone()))
     }
 
+    /// Each source's state, for the readiness probe's checks and the clients' warnings.
     pub fn health(&self) -> Vec<SourceHealth> {
         self.sources
             .iter()

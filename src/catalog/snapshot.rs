@@ -51,12 +51,16 @@ impl ResourceVersion {
 /// What kind of change an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
+    /// The object is new (or, for a filtered watch, now matches).
     Added,
+    /// The object changed and still exists.
     Modified,
+    /// The object is gone (or, for a filtered watch, no longer matches).
     Deleted,
 }
 
 impl EventType {
+    /// The watch event's `type` as Kubernetes spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Added => "ADDED",
@@ -70,14 +74,18 @@ impl EventType {
 /// (selectors need it to turn a change into ADDED/DELETED for a watcher that filters).
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// Added, modified or deleted.
     pub kind: EventType,
+    /// The object after the change; for a deletion, the last state with the deleting revision.
     pub object: Arc<Backup>,
+    /// The object before the change (for a deletion, as last served); `None` for an addition.
     pub previous: Option<Arc<Backup>>,
 }
 
 /// One consistent view of the catalog.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The sources' revisions this view was built from.
     pub resource_version: ResourceVersion,
     /// The same, printed once.
     pub resource_version_text: String,
@@ -89,6 +97,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The backup named `name`, by binary search (the list is sorted).
     pub fn get(&self, name: &str) -> Option<&Arc<Backup>> {
         self.position(name).ok().map(|i| &self.backups[i])
     }
@@ -193,7 +202,9 @@ impl Backup {
 
 /// The backups one source contributed.
 pub struct SourceRecords<'a> {
+    /// The configured server's name, shared with every backup of it.
     pub server: &'a Arc<str>,
+    /// 0 for tier 1, 1 for tier 2.
     pub tier: usize,
     /// Sorted by (cluster, name).
     pub backups: &'a [Arc<SourceBackup>],

@@ -47,7 +47,9 @@ pub struct SourceBackup {
 /// The manifest IDs of a backup's data snapshots on one tier (what `kopia restore` needs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SnapshotIds {
+    /// The data directory's snapshot.
     pub pgdata: Option<ManifestId>,
+    /// `pg_control`'s snapshot.
     pub controldata: Option<ManifestId>,
     /// By tablespace name, sorted.
     pub tablespaces: Box<[(Box<str>, ManifestId)]>,
@@ -57,6 +59,7 @@ pub struct SnapshotIds {
 pub enum ReadOutcome {
     /// The same snapshots as the last read: nothing to do.
     Unchanged,
+    /// The listings changed (or a backup is being retried): every backup as it now is.
     Changed {
         /// Sorted by (cluster, name). Entries equal to the last read's are the same `Arc`.
         backups: Vec<Arc<SourceBackup>>,
@@ -97,6 +100,8 @@ pub struct CatalogReader {
 }
 
 impl CatalogReader {
+    /// `labels` name the source in metrics; `window` bounds the backups read at once (the
+    /// session pipelines that many requests).
     pub fn new(session: Session, labels: SourceLabels, window: usize) -> Self {
         Self {
             session,
@@ -113,6 +118,7 @@ impl CatalogReader {
         }
     }
 
+    /// The session read through (its URL and timeout describe the source).
     pub fn session(&self) -> &Session {
         &self.session
     }

@@ -24,12 +24,20 @@ pub enum Skip {
     Vanished,
     /// A content of the snapshot is missing from the repository.
     ContentMissing(String),
+    /// The server's ACLs do not let the reader see it.
     AccessDenied,
+    /// The manifest's `type` label is not `snapshot`.
     NotASnapshot,
+    /// The manifest's JSON is not a snapshot manifest with a directory root (the error).
     MalformedManifest(String),
+    /// The root is not a Kopia directory object (the error).
     MalformedDirectory(String),
+    /// The root directory has no `metadata.json` file.
     NoMetadataJson,
+    /// `metadata.json`'s object is of a form we do not read: compressed, too deep, too large
+    /// or inconsistent (what).
     UnsupportedObject(String),
+    /// `metadata.json` is not a Klio backup record (the decoding error).
     Undecodable(String),
     /// The cluster or backup name cannot be part of an object name.
     InvalidName(String),

@@ -40,9 +40,14 @@ const SOURCE_USER: &str = "klio";
 /// A manifest as the repository stores it.
 #[derive(Debug)]
 pub struct StoredManifest {
+    /// Its ID, what `GetManifest` asks for.
     pub id: ManifestId,
+    /// When it was written, nanoseconds since the epoch (FindManifests reports it; readers
+    /// derive resourceVersions from it).
     pub mod_time_nanos: i64,
+    /// Its labels, what `FindManifests` matches.
     pub labels: BTreeMap<String, String>,
+    /// Its JSON payload (a snapshot manifest).
     pub json: Bytes,
 }
 
@@ -51,7 +56,9 @@ pub struct StoredManifest {
 pub struct View {
     /// Oldest first (Kopia's FindManifests order), then by ID.
     pub manifests: Vec<Arc<StoredManifest>>,
+    /// The same manifests by ID.
     pub by_id: HashMap<ManifestId, Arc<StoredManifest>>,
+    /// Every content of every snapshot, plain.
     pub contents: HashMap<ContentId, Bytes>,
 }
 
@@ -120,6 +127,9 @@ struct TablespaceShape {
 }
 
 impl DirRepository {
+    /// A repository over the existing directory `dir` (its key file is written when missing);
+    /// files larger than `split_bytes` become indirect objects; the directory is scanned again
+    /// at most every `rescan`.
     pub fn new(dir: &Path, split_bytes: usize, rescan: Duration) -> anyhow::Result<Self> {
         anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
         let secret = repository_key(dir)?;
