@@ -67,7 +67,18 @@ impl ParseFromParameter for KubeBool {
 /// values given for `name` (one, after the query was rewritten) through
 /// `ParseFromParameter::parse_from_parameters`, failing as it fails.
 pub fn param<T: ParseFromParameter>(query: &Query, name: &'static str) -> Result<T, ParseParamError> {
-    T::parse_from_parameters(query.first(name)).map_err(|e: ParseError<T>| ParseParamError { name, reason: e.into_message() })
+    T::parse_from_parameters(query.first(name))
+        .map_err(|e: ParseError<T>| ParseParamError { name, reason: e.into_message() })
+}
+
+/// Registers a schema the document's responses reference, as an object described as the
+/// document describes it. Its fields are the document's to say (the server publishes the
+/// document itself); `tests/spec_drift.rs` compares them with the generated Rust types.
+pub fn register_schema(registry: &mut poem_openapi::registry::Registry, name: &str, description: &'static str) {
+    registry
+        .schemas
+        .entry(name.to_string())
+        .or_insert_with(|| MetaSchema { description: Some(description), ..MetaSchema::new("object") });
 }
 
 /// A parameter whose value does not have the document's type: a 400 naming it and its value.
@@ -125,9 +136,9 @@ pub fn service<H: ResourceHandlers>(handlers: H) -> OpenApiService<ResourceOpera
 /// Adds the document's paths to `route`, served by `handlers` (the server's, or a test's).
 pub fn mount<H: ResourceHandlers>(route: Route, handlers: H) -> Route {
     let endpoint = Arc::new(service(handlers).around(scope).map_to_response());
-    PATHS.iter().fold(route, |route, path| {
-        route.at(format!("{}{path}", crate::routes::version_path()), endpoint.clone())
-    })
+    PATHS
+        .iter()
+        .fold(route, |route, path| route.at(format!("{}{path}", crate::routes::version_path()), endpoint.clone()))
 }
 
 /// Status bodies, in kube's order, for what poem-openapi refuses before a handler runs: a
@@ -164,5 +175,142 @@ async fn scope<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
             Err(ApiError::method_not_allowed(resource).into())
         }
         Err(err) => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::http::{StatusCode, Uri};
+
+    use super::super::request::RequestInfo;
+    use super::*;
+
+    const C: &str = "/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups";
+
+    /// Answers with the typed query poem-openapi handed to the operation.
+    struct Echo;
+
+    impl ResourceHandlers for Echo {
+        async fn list(&self, _req: &Request, query: ListQuery) -> Response {
+            format!("{:?}", TypedQuery::List(query)).into_response()
+        }
+
+        async fn get(&self, _req: &Request, name: String, query: GetQuery) -> Response {
+            format!("{name} {:?}", TypedQuery::Get(query)).into_response()
+        }
+    }
+
+    /// The issue-12 tricks (repeated parameters, `;` in pairs, bad escapes, escaped keys, odd
+    /// booleans) and values poem-openapi refuses.
+    const QUERIES: &[&str] = &[
+        "fieldSelector=metadata.name%3Da.b&fieldSelector=",
+        "fieldSelector=&fieldSelector=metadata.name%3Da.b",
+        "watch=1&watch=0",
+        "watch=0&watch=1",
+        "watch=&timeoutSeconds=5&timeoutSeconds=9999",
+        "fieldSelector=metadata.name%3Da.b;x&fieldSelector=metadata.name%3Dc.d",
+        "watch=1;watch=0&fieldSelector=metadata.name%3Da.b",
+        "fieldSelector=%zz&fieldSelector=metadata.name%3Dc.d",
+        "fieldSelector=metadata.name%3Da.b%&fieldSelector=metadata.name%3Dc.d",
+        "limit=%zz&limit=5",
+        "%77atch=1&watch=0",
+        "labelSelector=a%3Db+c&labelSelector=x",
+        "includeObject=Object&includeObject=None",
+        "allowWatchBookmarks=maybe&watch=yes&sendInitialEvents=",
+        "pretty=%ff&a=%ff%fe",
+        "&&&===&=&",
+        "limit=x",
+        "limit=-1&limit=5",
+        "timeoutSeconds=1.5",
+        "includeObject=Everything",
+        "continue=abc&continue=def",
+        "resourceVersion=5&resourceVersion=0&resourceVersionMatch=Exact",
+    ];
+
+    /// Sends `GET path?query` through `ep`; the status and the body.
+    async fn send(ep: &impl Endpoint<Output = Response>, path: &str, query: &str) -> (StatusCode, String) {
+        let uri: Uri = format!("{path}?{query}").parse().unwrap();
+        let resp = match ep.call(Request::builder().uri(uri).finish()).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+        (resp.status(), resp.into_body().into_string().await.unwrap())
+    }
+
+    /// What the guard read: the typed query as the Echo operation would print it, or the Status
+    /// the server answers.
+    fn guard_view(path: &str, query: &str) -> Result<String, ApiError> {
+        let info = RequestInfo::parse(&poem::http::Method::GET, path, Some(query));
+        let name = path.strip_prefix(&format!("{C}/")).map(|n| format!("{n} ")).unwrap_or_default();
+        match (&info.typed, &info.params) {
+            (Some(typed), _) => Ok(format!("{name}{typed:?}")),
+            (None, Err(e)) => Err(e.clone()),
+            (None, Ok(_)) => panic!("{query}: no typed query but options"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_operation_reads_exactly_what_the_guard_authorized() {
+        // The server's order: the access log reads (and rewrites) the query, then the operation.
+        let ep = mount(Route::new(), Echo).around(super::super::guard::access_log);
+        for path in [C.to_string(), format!("{C}/a.b")] {
+            for query in QUERIES {
+                let (status, body) = send(&ep, &path, query).await;
+                match guard_view(&path, query) {
+                    Ok(view) => assert_eq!((status, body), (StatusCode::OK, view), "{path}?{query}"),
+                    Err(e) => {
+                        assert_eq!(status, e.code, "{path}?{query}: {body}");
+                        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        assert_eq!(status["message"], e.message, "{path}?{query}: the guard's error, not poem's");
+                    }
+                }
+            }
+        }
+        // The refused values are refused as Status bodies naming the parameter.
+        let (status, body) = send(&ep, C, "limit=x").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            body.contains(r#""reason":"BadRequest""#) && body.contains("limit: Invalid value: \\\"x\\\""),
+            "{body}"
+        );
+    }
+
+    /// Without the rewrite, poem-openapi would read some of the tricks differently from the
+    /// guard: the comparison above would fail.
+    #[tokio::test]
+    async fn without_the_rewrite_poem_openapi_would_read_another_query() {
+        let raw = mount(Route::new(), Echo).around(|next, mut req: Request| async move {
+            req.set_data(Arc::new(RequestInfo::of(&req)));
+            next.call(req).await
+        });
+        let mut differ = vec![];
+        for query in QUERIES {
+            let (status, body) = send(&raw, C, query).await;
+            if guard_view(C, query).ok() != (status == StatusCode::OK).then_some(body) {
+                differ.push(*query);
+            }
+        }
+        assert!(
+            differ.contains(&"fieldSelector=metadata.name%3Da.b;x&fieldSelector=metadata.name%3Dc.d"),
+            "{differ:?}"
+        );
+        assert!(differ.contains(&"fieldSelector=%zz&fieldSelector=metadata.name%3Dc.d"), "{differ:?}");
+    }
+
+    #[test]
+    fn the_canonical_query_is_read_back_unchanged() {
+        for query in QUERIES {
+            let parsed = Query::parse(Some(query));
+            let canonical = parsed.canonical();
+            // As poem-openapi reads a query (`Request::params`).
+            let uri: Uri = format!("{C}?{canonical}").parse().unwrap();
+            let read_back: Vec<(String, String)> = Request::builder().uri(uri).finish().params().unwrap();
+            let mut firsts: Vec<(String, String)> = vec![];
+            for (k, _) in read_back.iter() {
+                assert_eq!(read_back.iter().filter(|(key, _)| key == k).count(), 1, "{query}: {k} once");
+                firsts.push((k.clone(), parsed.first(k).unwrap().to_string()));
+            }
+            assert_eq!(read_back, firsts, "{query} -> {canonical}");
+        }
     }
 }

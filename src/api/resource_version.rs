@@ -159,10 +159,12 @@ impl<'a> Resolver<'a> {
         Ok(match (p.send_initial_events, version) {
             (Some(true) | None, None) => current(),
             (Some(true), Some(Version { requested: Requested::Foreign, .. })) => current(),
-            (Some(true), Some(Version { text, requested: Requested::Ours(rv) })) => match self.not_older_than(&rv).await {
-                Ok(snapshot) => Start::State(snapshot),
-                Err(_) => Start::Error(self.too_large(text)),
-            },
+            (Some(true), Some(Version { text, requested: Requested::Ours(rv) })) => {
+                match self.not_older_than(&rv).await {
+                    Ok(snapshot) => Start::State(snapshot),
+                    Err(_) => Start::Error(self.too_large(text)),
+                }
+            }
             (Some(false), None) => Start::After(self.current.resource_version.clone()),
             (_, Some(Version { text, requested: Requested::Foreign })) => Start::Error(self.too_old(text)),
             (_, Some(Version { text, requested: Requested::Ours(rv) })) => match self.exactly(&rv).await {

@@ -126,9 +126,11 @@ fn doc_lines(out: &mut String, indent: &str, text: &str) {
     }
 }
 
-/// The `MetaResponses` of an operation, from the document's responses.
-fn responses(doc: &Value, op: &Value, at: &str) -> Result<String> {
+/// The `MetaResponses` of an operation, from the document's responses, and the statements
+/// registering the schemas they reference.
+fn responses(doc: &Value, op: &Value, at: &str) -> Result<(String, String)> {
     let mut out = String::from("poem_openapi::registry::MetaResponses { responses: vec![\n");
+    let mut register = String::new();
     for (code, raw) in op["responses"].as_object().into_iter().flatten() {
         let resp = resolve(doc, raw, "responses")?;
         let status: u16 = code.parse().map_err(|_| anyhow!("{at}: response code {code:?} is not a status"))?;
@@ -138,6 +140,14 @@ fn responses(doc: &Value, op: &Value, at: &str) -> Result<String> {
                 .as_str()
                 .and_then(|r| r.strip_prefix("#/components/schemas/"))
                 .ok_or_else(|| anyhow!("{at}: {code} {media_type}: only schema references are generated"))?;
+            let description = doc["components"]["schemas"][schema]["description"]
+                .as_str()
+                .ok_or_else(|| anyhow!("{at}: {code} {media_type}: schema {schema} is not in the document"))?;
+            let statement =
+                format!("crate::api::operations::register_schema(registry, {schema:?}, {description:?});\n");
+            if !register.contains(&statement) {
+                register.push_str(&statement);
+            }
             let _ = write!(
                 content,
                 "poem_openapi::registry::MetaMediaType {{ content_type: {media_type:?}, schema: poem_openapi::registry::MetaSchemaRef::Reference({schema:?}.to_string()) }}, "
@@ -150,7 +160,7 @@ fn responses(doc: &Value, op: &Value, at: &str) -> Result<String> {
         );
     }
     out.push_str("        ] }");
-    Ok(out)
+    Ok((out, register))
 }
 
 /// `operations.rs`.
@@ -185,7 +195,8 @@ pub fn generate(doc: &Value) -> Result<String> {
         }
         let at = format!("GET {path}");
         let mut params = vec![];
-        for raw in item["parameters"].as_array().into_iter().flatten().chain(op["parameters"].as_array().into_iter().flatten())
+        for raw in
+            item["parameters"].as_array().into_iter().flatten().chain(op["parameters"].as_array().into_iter().flatten())
         {
             params.push(param(doc, raw, &at)?);
         }
@@ -246,10 +257,10 @@ pub fn generate(doc: &Value) -> Result<String> {
 
         // The response type.
         let response_ty = format!("{}Response", pascal_case(action));
+        let (meta, register) = responses(doc, op, &at)?;
         let _ = writeln!(
             structs,
-            "/// What `{action}` answers; its OpenAPI description is the document's responses, its body\n/// and media type the handler's (kube's content negotiation).\npub struct {response_ty}(pub poem::Response);\n\nimpl poem::IntoResponse for {response_ty} {{\n    fn into_response(self) -> poem::Response {{\n        self.0\n    }}\n}}\n\nimpl poem_openapi::ApiResponse for {response_ty} {{\n    fn meta() -> poem_openapi::registry::MetaResponses {{\n        {}\n    }}\n\n    fn register(_registry: &mut poem_openapi::registry::Registry) {{}}\n}}\n",
-            responses(doc, op, &at)?
+            "/// What `{action}` answers; its OpenAPI description is the document's responses, its body\n/// and media type the handler's (kube's content negotiation).\npub struct {response_ty}(pub poem::Response);\n\nimpl poem::IntoResponse for {response_ty} {{\n    fn into_response(self) -> poem::Response {{\n        self.0\n    }}\n}}\n\nimpl poem_openapi::ApiResponse for {response_ty} {{\n    fn meta() -> poem_openapi::registry::MetaResponses {{\n        {meta}\n    }}\n\n    fn register(registry: &mut poem_openapi::registry::Registry) {{\n        {register}    }}\n}}\n"
         );
 
         // The operation.
