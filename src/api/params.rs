@@ -119,9 +119,11 @@ impl Params {
             p.rv_match = Some(match rv_match {
                 "NotOlderThan" => RvMatch::NotOlderThan,
                 "Exact" => RvMatch::Exact,
-                other => return Err(ApiError::bad_request(format!(
+                other => {
+                    return Err(ApiError::bad_request(format!(
                     "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
-                ))),
+                )))
+                }
             });
             if p.resource_version.is_none() {
                 return Err(ApiError::bad_request(

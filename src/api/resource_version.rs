@@ -61,6 +61,11 @@ enum Missing {
     TooLarge,
 }
 
+/// kube's 410 for a watcher whose next changes are no longer kept: it must list again.
+pub fn fell_behind(last: &ResourceVersion) -> ApiError {
+    ApiError::gone(format!("too old resource version: {last}: the watch fell behind"))
+}
+
 /// Where a watch starts.
 pub enum Start {
     /// ADDED events for this snapshot's objects, then its changes.
@@ -94,10 +99,8 @@ impl<'a> Resolver<'a> {
         if self.current.resource_version.covers(rv) {
             return Err(Missing::Expired);
         }
-        match self.catalog.wait_for(rv, CATCH_UP).await {
-            Some(_) => self.catalog.at(rv).ok_or(Missing::Expired),
-            None => Err(Missing::TooLarge),
-        }
+        self.catch_up(rv).await?;
+        self.catalog.at(rv).ok_or(Missing::Expired)
     }
 
     /// The first state not older than `rv`: the current one, or, when this replica is behind,
@@ -106,6 +109,12 @@ impl<'a> Resolver<'a> {
         if self.current.resource_version.covers(rv) {
             return Ok(self.current.clone());
         }
+        self.catch_up(rv).await
+    }
+
+    /// The one wait: for this replica to reach `rv`, up to [`CATCH_UP`]; the first snapshot
+    /// that covers it.
+    async fn catch_up(&self, rv: &ResourceVersion) -> Result<Arc<Snapshot>, Missing> {
         self.catalog.wait_for(rv, CATCH_UP).await.ok_or(Missing::TooLarge)
     }
 

@@ -1,6 +1,7 @@
-//! The `kliobackups` handlers: list (with selectors, paging, resourceVersion semantics), watch,
-//! and get, as JSON or as a server-side-printed Table. Every other method is refused with a
-//! MethodNotAllowed Status: the catalog is read-only.
+//! The `kliobackups` handlers the generated operations call (see [`super::operations`]): list
+//! (with selectors and paging; a watch is handed to [`super::watch`]) and get, as JSON, YAML, a
+//! server-side-printed Table or metadata only. Which snapshot they read is the resolver's
+//! ([`super::resource_version`]). The catalog is read-only: every other method is a 405.
 
 use std::sync::Arc;
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::negotiate::{Format, Representation, Shape, WATCH_MEDIA_TYPES};
 use super::request::RequestInfo;
-use super::resource_version::{Resolver, Start, Version};
+use super::resource_version::{fell_behind, Resolver, Start, Version};
 use super::resources::{with_warnings, PartialObjectMetadata};
 use super::selectors::Selectors;
 use super::status::ApiError;
@@ -197,9 +197,7 @@ pub(crate) async fn serve(
                     if pending {
                         pending = false;
                         let Some(snaps) = catalog.since(&last) else {
-                            let gone =
-                                ApiError::gone(format!("too old resource version: {last}: the watch fell behind"));
-                            let _ = tx.send(Encoder::error(gone)).await;
+                            let _ = tx.send(Encoder::error(fell_behind(&last))).await;
                             return;
                         };
                         for snap in snaps {

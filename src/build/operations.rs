@@ -268,7 +268,7 @@ pub fn generate(doc: &Value) -> Result<String> {
         let operation_id = op["operationId"].as_str().ok_or_else(|| anyhow!("{at}: no operationId"))?;
         let _ = writeln!(
             methods,
-            "    #[oai(path = {:?}, method = \"get\", operation_id = {operation_id:?})]\n    async fn {action}(\n        &self,\n        req: &poem::Request,",
+            "    #[allow(clippy::too_many_arguments)] // one argument per parameter of the document\n    #[oai(path = {:?}, method = \"get\", operation_id = {operation_id:?})]\n    async fn {action}(\n        &self,\n        req: &poem::Request,",
             rest.replace('{', ":").replace('}', "")
         );
         for p in &params {
