@@ -151,7 +151,7 @@ fn rendered() -> Vec<Rendered> {
 }
 
 fn openapi() -> Value {
-    serde_json::from_str(klio_api::docs::OPENAPI_DOCUMENT).unwrap()
+    serde_json::from_str(include_str!("../openapi/kliocatalog.enterprisedb.io_v1alpha1.json")).unwrap()
 }
 
 #[test]
@@ -728,7 +728,7 @@ fn the_overlay_of_the_installation_guide_renders() {
     std::os::unix::fs::symlink(repo(), tmp.path().join("klio-api")).unwrap();
     let mine = tmp.path().join("my-klio-api");
     std::fs::create_dir(&mine).unwrap();
-    std::fs::write(mine.join("kustomization.yaml"), klio_api::docs::EXAMPLE_OVERLAY).unwrap();
+    std::fs::write(mine.join("kustomization.yaml"), include_str!("../docs/pages/example-overlay.yaml")).unwrap();
     let objects = kustomize(&mine);
     let base = kustomize(&repo().join("deploy/overlays/cert-manager"));
     assert_eq!(objects.len(), base.len());

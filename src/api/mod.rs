@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod gnostic;
 pub mod guard;
 pub mod negotiate;
+pub mod object;
 pub mod openapi;
 pub mod operations;
 pub mod params;

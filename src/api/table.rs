@@ -191,7 +191,7 @@ pub fn human_duration(seconds: i64) -> String {
 fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
     let r = b.record();
     let text = |v: &str| serde_json::Value::String(v.to_string());
-    let tiers: Vec<&str> = crate::catalog::TIER_ANNOTATIONS
+    let tiers: Vec<&str> = super::object::TIER_ANNOTATIONS
         .iter()
         .zip(b.tiers())
         .filter(|(_, present)| *present)
