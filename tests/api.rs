@@ -605,6 +605,35 @@ fn label_selectors_follow_kube_semantics() {
     }
 }
 
+/// What poem-openapi refuses (a parameter without the document's type) is a kube Status, in
+/// kube's order: the media type is negotiated first (406), a get's name checked first (400 for
+/// the name), and a type error comes before the ListOptions validation (422).
+#[test]
+fn parameters_of_the_wrong_type_are_kube_statuses_in_kubes_order() {
+    let h = Harness::sample();
+    let r = h.admin.get_accept(&format!("{COLLECTION}?limit=x"), "application/vnd.kubernetes.protobuf");
+    r.expect_status(406, "NotAcceptable");
+    let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}?includeObject=All"), "text/html");
+    r.expect_status(406, "NotAcceptable");
+    let s = h.admin.get(&format!("{COLLECTION}/..?includeObject=All")).expect_status(400, "BadRequest");
+    assert!(s["message"].as_str().unwrap().contains("invalid resource name"), "{s}");
+    for (path, key) in [
+        (format!("{COLLECTION}?limit=x&resourceVersionMatch=Exact"), "limit"),
+        (format!("{COLLECTION}?watch=1&timeoutSeconds=soon"), "timeoutSeconds"),
+        (format!("{COLLECTION}/{EXAMPLE}?includeObject=All"), "includeObject"),
+        (format!("{COLLECTION}?includeObject=Object&limit=1.5"), "limit"),
+    ] {
+        let r = h.admin.get_accept(&path, "application/json");
+        assert_eq!(r.media_type(), "application/json", "{path}: a Status, never poem's plain text");
+        let s = r.expect_status(400, "BadRequest");
+        assert!(s["message"].as_str().unwrap().starts_with(&format!("{key}: Invalid value: ")), "{path}: {s}");
+    }
+    // The first value is the one read, as the guard reads it.
+    let r = h.admin.get(&format!("{COLLECTION}?limit=1&limit=x"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(Harness::names(&r.json()).len(), 1);
+}
+
 #[test]
 fn unknown_paths_are_status_404() {
     let h = Harness::sample();

@@ -1091,7 +1091,21 @@ fn repeated_query_parameters_never_widen_what_rbac_allows() {
                 })
             })
             .collect();
-        threads.into_iter().map(|t| t.join().unwrap()).collect()
+        let mut answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        // Go drops a pair with a bad escape or a ';': the first value read is the next one given
+        // (served as read, or refused as a 500 if the operation read another; one at a time, so
+        // the batch above stays the size it was).
+        for watch in ["", "watch=1&watch=0&"] {
+            for selector in [
+                format!("fieldSelector=metadata.name%3D{other}%zz&fieldSelector={x}"),
+                format!("fieldSelector=metadata.name%3D{other};&fieldSelector={x}"),
+            ] {
+                let query = format!("{watch}{selector}&timeoutSeconds=1");
+                let r = s.get(Some(&rita), &format!("{COLLECTION}?{query}"), &[]);
+                answers.push((watch, query, r));
+            }
+        }
+        answers
     });
     let (mut requests, mut allowed, mut bypasses) = (0, 0, vec![]);
     for (watch, query, r) in answers {

@@ -227,10 +227,15 @@ pub(crate) async fn access_log<E: Endpoint>(next: E, mut req: Request) -> poem::
     let start = Instant::now();
     let info = Arc::new(RequestInfo::of(&req));
     req.set_data(info.clone());
+    // From here on the query is the one just read (see `super::operations`).
+    let canonical = info.canonicalize(&mut req);
     let path = log_text(req.uri().path()).into_owned();
     let user_slot = Arc::new(UserSlot::default());
     req.set_data(user_slot.clone());
-    let resp = next.call(req).await.map(IntoResponse::into_response)?;
+    let resp = match canonical {
+        Ok(()) => next.call(req).await.map(IntoResponse::into_response)?,
+        Err(e) => e.into_response(),
+    };
     let user = user_slot.get().map_or("-", String::as_str);
     record(&info.attributes, resp.status().as_u16(), start.elapsed());
     tracing::info!(

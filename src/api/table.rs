@@ -92,20 +92,6 @@ pub enum IncludeObject {
     Object,
 }
 
-impl std::str::FromStr for IncludeObject {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "None" => Ok(Self::None),
-            "" | "Metadata" => Ok(Self::Metadata),
-            "Object" => Ok(Self::Object),
-            other => {
-                Err(format!("includeObject: unsupported value {other:?}: supported values are None, Metadata, Object"))
-            }
-        }
-    }
-}
-
 /// The columns: the product document's four by default, details with `-o wide`.
 pub const COLUMNS: &[Column] = &[
     Column {
