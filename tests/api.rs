@@ -439,6 +439,26 @@ fn unknown_name_is_a_kube_not_found() {
     r.expect_status(404, "NotFound");
 }
 
+/// The refusal of a write reaches the client even when its body is not small: the server reads
+/// the body it does not use before answering, so closing never resets the connection under the
+/// answer.
+#[test]
+fn a_refused_write_with_a_large_body_still_gets_its_status() {
+    let h = Harness::sample();
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000));
+    for path in [COLLECTION.to_string(), format!("{COLLECTION}/{EXAMPLE}"), "/version".to_string()] {
+        for _ in 0..3 {
+            let r = h.admin.request(
+                "PUT",
+                &path,
+                &[("Accept", "application/json"), ("Content-Type", "application/json")],
+                Some(&body),
+            );
+            r.expect_status(405, "MethodNotAllowed");
+        }
+    }
+}
+
 #[test]
 fn write_methods_are_method_not_allowed() {
     let h = Harness::sample();

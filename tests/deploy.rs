@@ -168,8 +168,7 @@ fn base() -> Rendered {
     for file in kustomization["resources"].as_array().unwrap() {
         let path = dir.join(file.as_str().unwrap());
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let docs: Vec<Value> =
-            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         objects.extend(docs.into_iter().filter(|d| !d.is_null()));
     }
     Rendered { dir: name(&dir), objects }
