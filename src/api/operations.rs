@@ -73,7 +73,7 @@ pub fn param<T: ParseFromParameter>(query: &Query, name: &'static str) -> Result
 
 /// Registers a schema the document's responses reference, as an object described as the
 /// document describes it. Its fields are the document's to say (the server publishes the
-/// document itself); `tests/spec_drift.rs` compares them with the generated Rust types.
+/// document itself); `tests/integration/spec_drift.rs` compares them with the generated Rust types.
 pub fn register_schema(registry: &mut poem_openapi::registry::Registry, name: &str, description: &'static str) {
     registry
         .schemas
@@ -128,7 +128,7 @@ fn checked(req: &Request, operation: TypedQuery) -> Result<(), ApiError> {
 }
 
 /// The OpenAPI service of the document's operations, served by `handlers`. Its `spec()` is
-/// what `tests/spec_drift.rs` compares with the document.
+/// what `tests/integration/spec_drift.rs` compares with the document.
 pub fn service<H: ResourceHandlers>(handlers: H) -> OpenApiService<ResourceOperations<H>, ()> {
     OpenApiService::new(ResourceOperations(handlers), DOCUMENT_INFO.0, DOCUMENT_INFO.1)
 }

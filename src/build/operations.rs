@@ -1,7 +1,7 @@
 //! Build-time only (included by `build.rs`): generates `operations.rs`, the document's
 //! operations as poem-openapi operations, so poem-openapi parses and validates every parameter
 //! as the document types it, and the spec poem-openapi derives can be compared with the document
-//! (`tests/spec_drift.rs`).
+//! (`tests/integration/spec_drift.rs`).
 //!
 //! For each GET operation of the document it generates:
 //! * a query struct (`ListQuery`, `GetQuery`, after `x-kubernetes-action`) holding the typed

@@ -26,7 +26,7 @@ fn repo() -> PathBuf {
 fn kustomize(dir: &Path) -> Vec<Value> {
     let out = Command::new("kubectl").arg("kustomize").arg(dir).output().unwrap_or_else(|e| {
         panic!(
-            "cannot run `kubectl kustomize` ({e}): tests/deploy.rs needs kubectl on PATH \
+            "cannot run `kubectl kustomize` ({e}): tests/integration/deploy.rs needs kubectl on PATH \
              (see https://kubernetes.io/docs/tasks/tools/; .ci/run requires it too)"
         )
     });
@@ -175,7 +175,7 @@ fn base() -> Rendered {
 }
 
 fn openapi() -> Value {
-    serde_json::from_str(include_str!("../openapi/kliocatalog.enterprisedb.io_v1alpha1.json")).unwrap()
+    serde_json::from_str(include_str!("../../openapi/kliocatalog.enterprisedb.io_v1alpha1.json")).unwrap()
 }
 
 fn every_object_is_valid_for_its_kind_in(renderings: &[Rendered]) {
@@ -302,7 +302,7 @@ fn every_object_is_valid_for_its_kind_in(renderings: &[Rendered]) {
                         assert!(["name", "kind", "group"].contains(&k.as_str()), "{}: unknown issuerRef.{k}", r.dir);
                     }
                 }
-                other => panic!("{}: no schema check for {other:?}; add one to tests/deploy.rs", r.dir),
+                other => panic!("{}: no schema check for {other:?}; add one to tests/integration/deploy.rs", r.dir),
             }
         }
     }
@@ -760,7 +760,7 @@ fn the_overlay_of_the_installation_guide_renders() {
     std::os::unix::fs::symlink(repo(), tmp.path().join("klio-api")).unwrap();
     let mine = tmp.path().join("my-klio-api");
     std::fs::create_dir(&mine).unwrap();
-    std::fs::write(mine.join("kustomization.yaml"), include_str!("../docs/pages/example-overlay.yaml")).unwrap();
+    std::fs::write(mine.join("kustomization.yaml"), include_str!("../../docs/pages/example-overlay.yaml")).unwrap();
     let objects = kustomize(&mine);
     let base = kustomize(&repo().join("deploy/overlays/cert-manager"));
     assert_eq!(objects.len(), base.len());

@@ -1,7 +1,7 @@
 //! The API service end to end, in-process: discovery, list/get as JSON and Table, errors as
 //! Status, field selectors, authentication, tiers, Klio failures, catalog changes, OpenAPI.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Delegated authentication and authorization, attacked from outside: the real API service
 //! (`ApiServer::bind` + `serve`) on 127.0.0.1, our Kopia-protocol catalog server behind it, and a
-//! kube-apiserver double (tests/common/kube_double.rs) that serves the
+//! kube-apiserver double (tests/integration/common/kube_double.rs) that serves the
 //! `extension-apiserver-authentication` ConfigMap, TokenReviews and SubjectAccessReviews.
 //!
 //! The identity the service settles on is observed where kube-apiserver would see it: in the
@@ -8,10 +8,9 @@
 //! answer. Clients are raw HTTP/1.1 over openssl, so the tests control the exact header bytes,
 //! the client certificate chain, and which TLS connection carries a request.
 //!
-//! Self-contained (the shared harness in tests/common is not used). Every wait is bounded.
+//! Self-contained (the shared harness in common/ is not used). Every wait is bounded.
 
-#[path = "common/kube_double.rs"]
-mod kube_double;
+use crate::common::kube_double;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
