@@ -963,7 +963,9 @@ fn serving_certificate_rotation_reaches_new_connections_and_spares_open_ones() {
 /// A stack with one request slot, and a request parked in a slow SubjectAccessReview holding it.
 fn with_the_only_slot_taken<T>(check: impl FnOnce(&Stack) -> T) -> T {
     let s = Stack::with(Opts { max_inflight: 1, ..Default::default() });
-    s.kube.set_sar_delay(Duration::from_millis(1500));
+    // Long enough for the checks (each a new TLS connection, some a new client certificate) to
+    // run while the slot is held, even on a busy machine: with 1.5 s they sometimes got the slot.
+    s.kube.set_sar_delay(Duration::from_secs(6));
     let slow_user = s.user("slow", &[]);
     std::thread::scope(|scope| {
         let slow = scope.spawn(|| s.get(Some(&slow_user), COLLECTION, &[]));
