@@ -169,9 +169,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::catalog::snapshot::{build, SourceRecords};
+    use crate::catalog::snapshot::{build, source_backup, SourceRecords};
     use crate::catalog::ResourceVersion;
-    use crate::upstream::kopia::reader::SourceBackup;
 
     #[test]
     fn uids_are_rfc4122_version_5() {
@@ -188,19 +187,7 @@ mod tests {
 
     #[test]
     fn tier_markers_and_labels_follow_the_tiers() {
-        let record = |id: &str, end_lsn: u64| {
-            let mut r: crate::upstream::record::BackupRecord =
-                serde_json::from_value(crate::upstream::record::sample_record("a", id, 1_763_026_297, 2, 7, false))
-                    .unwrap();
-            r.end_lsn = end_lsn;
-            Arc::new(SourceBackup {
-                record: Arc::new(r),
-                manifest: ManifestId([end_lsn as u8; 16]),
-                written_nanos: 1,
-                root: [end_lsn as u8; 16],
-                snapshots: Default::default(),
-            })
-        };
+        let record = |id: &str, end_lsn: u64| source_backup("a", id, end_lsn);
         let east: Arc<str> = "east".into();
         let t1 = [record("b1", 10)];
         let t2 = [record("b1", 10), record("b0", 5)];

@@ -276,22 +276,28 @@ fn object_name(server: &str, cluster: &str, name: &str, prefix_server: bool) -> 
     }
 }
 
+/// A demo-shaped backup of `cluster` as one tier holds it; `n` sets its end LSN and its IDs.
+#[cfg(test)]
+pub(crate) fn source_backup(cluster: &str, id: &str, n: u64) -> Arc<SourceBackup> {
+    let mut r: BackupRecord =
+        serde_json::from_value(crate::upstream::record::sample_record(cluster, id, 1_763_026_297, 2, 7, false))
+            .unwrap();
+    r.end_lsn = n;
+    Arc::new(SourceBackup {
+        record: Arc::new(r),
+        manifest: ManifestId([n as u8; 16]),
+        written_nanos: 1,
+        root: [n as u8; 16],
+        snapshots: Default::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(cluster: &str, id: &str, end_lsn: u64) -> Arc<SourceBackup> {
-        let mut r: BackupRecord =
-            serde_json::from_value(crate::upstream::record::sample_record(cluster, id, 1_763_026_297, 2, 7, false))
-                .unwrap();
-        r.end_lsn = end_lsn;
-        Arc::new(SourceBackup {
-            record: Arc::new(r),
-            manifest: ManifestId([end_lsn as u8; 16]),
-            written_nanos: 1,
-            root: [end_lsn as u8; 16],
-            snapshots: Default::default(),
-        })
+        source_backup(cluster, id, end_lsn)
     }
 
     fn source<'a>(server: &'a Arc<str>, tier: usize, backups: &'a [Arc<SourceBackup>]) -> SourceRecords<'a> {
