@@ -247,8 +247,8 @@ pub fn ages_unchanged_until<'a>(backups: impl Iterator<Item = &'a Backup>, now: 
 fn next_age_change(age: i64) -> i64 {
     let unit = match age {
         ..600 => return age + 1,
-        ..28_800 => 60,
-        ..691_200 => 3600,
+        600..28_800 => 60,
+        28_800..691_200 => 3600,
         _ => 86_400,
     };
     (age / unit + 1) * unit
