@@ -85,7 +85,7 @@ fn collect_when_idle() {
     if LAST.get().is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
         LAST.set(Some(now));
         // SAFETY: collecting the calling thread's heap has no preconditions.
-        unsafe { libmimalloc_sys::mi_collect(false) };
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 
