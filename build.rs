@@ -3,8 +3,10 @@
 //!
 //! * `model.rs`: the Rust types of the group's schemas (serde + utoipa derives, doc comments
 //!   taken from the descriptions);
-//! * `routes.rs`: the route table, one entry per path of the document, wired to the handler
-//!   named by the operation's `x-kubernetes-action`, plus the discovery facts;
+//! * `routes.rs`: the discovery facts (resources, their verbs from the operations' actions);
+//! * `operations.rs`: the document's operations as poem-openapi operations (paths, parameters
+//!   with their types, descriptions and defaults, responses), each calling the handler named by
+//!   its `x-kubernetes-action` (see `src/build/operations.rs`);
 //! * the published documents: `/openapi/v3` (index and group-version document), `/openapi/v2`
 //!   as JSON and as the gnostic protobuf that kubectl 1.27 and 1.28 insist on, with their hashes.
 //!
@@ -34,6 +36,7 @@ fn main() -> Result<()> {
 
     std::fs::write(out.join("model.rs"), generate_model(&doc)?)?;
     std::fs::write(out.join("routes.rs"), generate_routes(&doc)?)?;
+    std::fs::write(out.join("operations.rs"), operations::generate(&doc)?)?;
 
     // Published documents: compact JSON, content hashes for URLs and ETags.
     let v3 = serde_json::to_vec(&doc)?;
@@ -304,25 +307,6 @@ fn generate_routes(doc: &Value) -> Result<String> {
     }
     out.push_str("];\n\n");
 
-    // The route table: the document's GET operations, and a MethodNotAllowed Status for every
-    // other method on the same paths (the resource is read-only).
-    out.push_str("/// Adds every path of the document to `route`, wired to its handler.\npub fn resource_routes(route: poem::Route) -> poem::Route {\n    use poem::EndpointExt as _;\n    route\n");
-    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
-        let action = item["get"]["x-kubernetes-action"].as_str().unwrap_or_default();
-        let handler = match action {
-            "list" => "crate::api::resources::list",
-            "get" => "crate::api::resources::get",
-            other => bail!("{path}: no handler for action {other:?}"),
-        };
-        let prefix = format!("/apis/{group}/{version}");
-        let Some(rest) = path.strip_prefix(&prefix) else { bail!("{path}: not under {prefix}") };
-        let poem_path = rest.replace('{', ":").replace('}', "");
-        let _ = writeln!(
-            out,
-            "        .at(format!(\"/apis/{{}}{poem_path}\", group_version()), poem::RouteMethod::new().get({handler}.map_to_response()).post(crate::api::resources::method_not_allowed).put(crate::api::resources::method_not_allowed).patch(crate::api::resources::method_not_allowed).delete(crate::api::resources::method_not_allowed))"
-        );
-    }
-    out.push_str("}\n");
     Ok(out)
 }
 
@@ -435,6 +419,9 @@ fn v2_parameter(p: &Value) -> Value {
     }
     Value::Object(out)
 }
+
+#[path = "src/build/operations.rs"]
+mod operations;
 
 // The gnostic protobuf encoder is shared with the service (which re-encodes when the API group
 // is configured at run time).

@@ -19,7 +19,7 @@
 #
 # The Python packages are installed once into target/conformance-venv (conformance/venv.sh), Node
 # and the JavaScript client into target/conformance-js (conformance/js-client.sh).
-# The kube-rs checks are Rust integration tests (tests/kube_rs.rs) and run with `cargo test`.
+# The kube-rs checks are Rust integration tests (tests/integration/kube_rs.rs) and run with `cargo test`.
 # Knobs: FUZZ_REQUESTS=N, FUZZ_SEED=S, KEEP_TMP=1 (keep the demo directory and every output).
 set -euo pipefail
 

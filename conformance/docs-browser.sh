@@ -26,7 +26,7 @@ die() {
     exit 2
 }
 
-[[ -f $SITE/index.html ]] || die "no site at $SITE (generate it with: cargo run -- docs --out docs/site)"
+[[ -f $SITE/index.html ]] || die "no site at $SITE (generate it with: cargo run -p klio-docs -- --out docs/site)"
 SITE=$(cd "$SITE" && pwd)
 
 # apt-get install, for root only (CI runs as root); `apt-get update` first when the lists are

@@ -3,9 +3,9 @@
 #
 # Usage: conformance/kubectl.sh [path-to-klio-api-binary]
 #
-# Starts `klio-api demo --port 0` in a fresh temporary directory, then runs the same script of
-# kubectl commands with every kubectl it can find and compares each command's stdout, stderr and
-# exit code with the golden files in conformance/expected/.
+# Starts `klio-api demo --port 0` in a fresh temporary directory, then runs the cases of
+# conformance/kubectl-cases.tsv (kubectl commands, one per line) with every kubectl it can find and
+# compares each command's stdout, stderr and exit code with the golden files in conformance/expected/.
 #
 # kubectl binaries: the `kubectl` on PATH plus every `kubectl.1.NN` found beside the real kubectl
 # (the directory of `readlink -f $(command -v kubectl)`). Restrict the set with
@@ -128,221 +128,45 @@ JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 ((JOBS >= 2)) || JOBS=2
 
 # ---------------------------------------------------------------------------------------------
-# The script of commands. Each case: id, expected exit code, how stdout is compared (text|json),
-# the basename of its golden files (expected/<base>.out, expected/<base>.err; a missing file
-# means "must be empty"; "<out-base>,<err-base>" when they differ), then the kubectl arguments.
-#   def       phase 1, run in order
-#   def_bg    phase 1, run in the background beside the others (a slow command, e.g. a watch
-#             that ends by itself)
-#   def_watch phase 2 (the watch around one catalog change); expected exit code "watching"
-# `trace ID` reduces the case's stderr to its request lines (use with -v=6).
+# The cases, from conformance/kubectl-cases.tsv (its header says what each field means; the
+# documentation generator reads the same file for its kubectl page).
 
-NAME=cluster-example.backup-20251113093137
+CASES_FILE=$SCRIPT_DIR/kubectl-cases.tsv
+[[ -r $CASES_FILE ]] || die "the cases file is missing: $CASES_FILE"
 CASES=()
 declare -A C_RC C_MODE C_OUT C_ERR C_ARGS C_KIND C_FILTER
-def() {
-    local id=$1 rc=$2 mode=$3 exp=$4
-    shift 4
+line_no=0
+while IFS=$'\t' read -r -a fields || [[ ${#fields[@]} -gt 0 ]]; do
+    line_no=$((line_no + 1))
+    [[ ${#fields[@]} -eq 0 || ${fields[0]} == \#* ]] && continue
+    where="$CASES_FILE:$line_no"
+    ((${#fields[@]} >= 7)) || die "$where: a case needs an id, phase, exit, compare, golden, filter and at least one kubectl argument (tab-separated)"
+    id=${fields[0]}
+    [[ -z ${C_KIND[$id]:-} ]] || die "$where: case $id is defined twice"
+    case ${fields[1]} in
+    seq | bg) [[ ${fields[2]} =~ ^[0-9]+$ ]] || die "$where: exit ${fields[2]}: a phase-1 case exits with a number" ;;
+    watch) [[ ${fields[2]} == watching ]] || die "$where: a watch case's exit is \"watching\"" ;;
+    *) die "$where: phase ${fields[1]}: one of seq, bg, watch" ;;
+    esac
+    [[ ${fields[3]} == text || ${fields[3]} == json ]] || die "$where: compare ${fields[3]}: text or json"
+    [[ ${fields[5]} == - || ${fields[5]} == requests ]] || die "$where: filter ${fields[5]}: - or requests"
     CASES+=("$id")
-    C_RC[$id]=$rc
-    C_MODE[$id]=$mode
-    C_OUT[$id]=${exp%%,*}
-    C_ERR[$id]=${exp##*,}
-    C_ARGS[$id]=$(printf "%q " "$@")
+    C_KIND[$id]=${fields[1]}
+    C_RC[$id]=${fields[2]}
+    C_MODE[$id]=${fields[3]}
+    C_OUT[$id]=${fields[4]%%,*}
+    C_ERR[$id]=${fields[4]##*,}
+    [[ ${fields[5]} == - ]] || C_FILTER[$id]=${fields[5]}
+    C_ARGS[$id]=$(printf "%q " "${fields[@]:6}")
     C_ARGS[$id]=${C_ARGS[$id]% }
-    C_KIND[$id]=${KIND:-seq}
-}
-def_bg() { KIND=bg def "$@"; }
-def_watch() {
-    local id=$1 mode=$2 exp=$3
-    shift 3
-    KIND=watch def "$id" watching "$mode" "$exp" "$@"
-}
-trace() { C_FILTER[$1]=requests; }
-def api-resources           0 text api-resources            api-resources
-def api-versions            0 text api-versions             api-versions
-def get                     0 text get                      get kliobackups
-def get-wide                0 text get-wide                 get kliobackups -o wide
-def get-shortname           0 text get                      get kb
-def get-category            0 text get                      get klio
-def get-yaml                0 text get-yaml                 get kliobackup "$NAME" -o yaml
-def get-json                0 json get-json                 get kliobackup "$NAME" -o json
-def get-jsonpath            0 text get-jsonpath             get kliobackup "$NAME" -o 'jsonpath={.status.startWAL}'
-def get-custom-columns      0 text get-custom-columns       get kliobackup "$NAME" -o custom-columns=NAME:.metadata.name,WAL:.status.startWAL
-def get-field-selector      0 text get-field-selector       get kliobackups --field-selector spec.clusterName=pg-analytics
-def get-sort-by             0 text get-sort-by              get kliobackups --sort-by=.spec.clusterName
-# The server lists by name, which is also clusterName order; sorting by startLSN puts pg-orders
-# before pg-analytics, so this proves kubectl really sorted the full objects (includeObject=Object).
-def get-sort-by-lsn         0 text get-sort-by-lsn          get kliobackups --sort-by=.status.startLSN
-# Objects have metadata.creationTimestamp (when the backup completed) and uid.
-def get-sort-by-created     0 text get                      get kliobackups --sort-by=.metadata.creationTimestamp
-def get-client-side         0 text get-client-side          get kliobackups --server-print=false
-def explain                 0 text explain                  explain kliobackup
-def explain-status-recursive 0 text explain-status-recursive explain kliobackup.status --recursive
-def get-not-found           1 text get-not-found            get kliobackup nonexistent
-def delete-not-allowed      1 text delete-not-allowed       delete kliobackup "$NAME"
-def field-selector-unsupported 1 text field-selector-unsupported get kliobackups --field-selector status.phase=x
-# Labels (kliocatalog.enterprisedb.io/cluster, /server, /tier1, /tier2), filtered by the server.
-def get-label-equals        0 text get-label-equals         get kliobackups -l kliocatalog.enterprisedb.io/cluster=pg-analytics
-def get-label-exists        0 text get-label-exists         get kliobackups -l kliocatalog.enterprisedb.io/tier2
-def get-label-in            0 text get-label-in             get kliobackups -l 'kliocatalog.enterprisedb.io/cluster in (pg-orders,pg-analytics)'
-def get-show-labels         0 text get-show-labels          get kliobackups --show-labels
-def get-label-columns       0 text get-label-columns        get kliobackups -L kliocatalog.enterprisedb.io/cluster
-def bad-label-selector      1 text bad-label-selector       get kliobackups -l 'a in b'
-# Paging: the same rows as a plain get, each exactly once; the trace proves the pages were asked
-# for (limit=2, then continue tokens, and no request after the last page).
-def get-chunk-size          0 text get                      get kliobackups --chunk-size=2
-def get-chunk-size-name     0 text get-chunk-size-name      get kliobackups --chunk-size=1 -o name
-def get-chunk-size-trace    0 text get,get-chunk-size-trace get kliobackups --chunk-size=2 -v=6
-trace get-chunk-size-trace
-# A watch that the client ends (--request-timeout): the listing, then a clean exit 0.
-def_bg watch-request-timeout 0 text get                     get kliobackups -w --request-timeout=3s
-# Phase 2: the listing, then the added record, then the same record deleted.
-def_watch watch             text watch                      get kliobackups -w
-def_watch watch-json        json watch-json                 get kliobackups -w -o json --output-watch-events
+done <"$CASES_FILE"
+((${#CASES[@]} > 0)) || die "$CASES_FILE defines no case"
 
 # ---------------------------------------------------------------------------------------------
 # The demo.
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/klio-kubectl-conformance.XXXXXX")
-HELPER=$TMP/helper.py
-cat >"$HELPER" <<'EOF'
-"""The suite's output processing: normalizing resourceVersions and request traces, comparing
-JSON, writing the watch record, and polling the watch outputs."""
-import difflib, json, os, re, sys, time
-
-RV = re.compile(r'("resourceVersion"\s*:\s*"|resourceVersion:\s*"?)(\d+(?:\.\d+)*)')
-
-
-def rewrite(path, text, new):
-    if new != text:
-        os.replace(path, path + ".raw")
-        with open(path, "w") as f:
-            f.write(new)
-
-
-def rv(path):
-    """resourceVersion values -> <RV1>, <RV2>, ... in increasing revision order."""
-    text = open(path).read()
-    values = sorted({m.group(2) for m in RV.finditer(text)}, key=lambda v: [int(p) for p in v.split(".")])
-    names = {v: f"<RV{i + 1}>" for i, v in enumerate(values)}
-    rewrite(path, text, RV.sub(lambda m: m.group(1) + names[m.group(2)], text))
-
-
-KLOG = re.compile(r"^[IWEF]\d{4} ")
-URL = re.compile(r"https?://[^/\s\"]+(/[^\s\"]*)")
-TOKEN = re.compile(r"(continue=)([^&\s\"]+)")
-
-
-def requests(path):
-    """A -v=6 stderr -> "VERB path?query status" per request for our resource; other klog lines
-    dropped, anything else (warnings, errors) kept as is."""
-    text = open(path).read()
-    out, tokens = [], {}
-    for line in text.splitlines():
-        if not KLOG.match(line):
-            out.append(line)
-            continue
-        url = URL.search(line)
-        if not url or "/kliobackups" not in url.group(1):
-            continue
-        verb = re.search(r'verb="(\w+)"', line) or re.search(r"\] (\w+) https?://", line)
-        status = re.search(r'status="(\d+)', line) or re.search(r" (\d{3}) [A-Z]", line)
-        target = TOKEN.sub(lambda m: m.group(1) + tokens.setdefault(m.group(2), f"<TOKEN{len(tokens) + 1}>"), url.group(1))
-        out.append(f"{verb.group(1) if verb else '?'} {target} {status.group(1) if status else '?'}")
-    rewrite(path, text, "".join(l + "\n" for l in out))
-
-
-def documents(text):
-    """Every JSON document in text (one, or a stream of watch events)."""
-    decoder, docs, i = json.JSONDecoder(), [], 0
-    while True:
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i == len(text):
-            return docs
-        doc, i = decoder.raw_decode(text, i)
-        docs.append(doc)
-
-
-def compare_json(expected, actual, label):
-    def load(path):
-        try:
-            with open(path) as f:
-                docs = documents(f.read())
-            return (docs[0] if len(docs) == 1 else docs), None
-        except FileNotFoundError:
-            return None, "(missing)"
-        except ValueError as e:
-            return None, f"(not JSON: {e})\n" + open(path).read()
-    (exp, exp_err), (act, act_err) = load(expected), load(actual)
-    if exp_err is None and act_err is None and exp == act:
-        return
-    show = lambda v, err: (err if err else json.dumps(v, indent=2, sort_keys=True)).splitlines()
-    sys.stdout.write("\n".join(difflib.unified_diff(show(exp, exp_err), show(act, act_err), label, "actual", lineterm="")) + "\n")
-
-
-def record(src, dest, cluster, backup):
-    """A copy of a demo record as another cluster's backup, written atomically (the catalog
-    server skips dot files, so it never reads half a file)."""
-    with open(src) as f:
-        r = json.load(f)
-    r["clusterName"], r["name"] = cluster, backup
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(dest), ".writing")
-    with open(tmp, "w") as f:
-        json.dump(r, f)
-    os.replace(tmp, dest)
-
-
-def events(path):
-    """The complete watch events printed so far as (type, name)."""
-    out = []
-    for line in open(path).read().splitlines():
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue  # not complete yet
-        if isinstance(e, dict):
-            out.append((e.get("type"), ((e.get("object") or {}).get("metadata") or {}).get("name")))
-    return out
-
-
-def poll(stage, limit, name, initial, *watches):
-    """Waits (at most limit seconds) until every running watch printed what `stage` needs."""
-    def done(kind, path):
-        if kind == "text":
-            lines = [l for l in open(path).read().splitlines() if l.strip()]
-            rows = sum(1 for l in lines if l.split()[0] == name)
-            return {"initial": len(lines) >= 1 + initial, "added": rows >= 1, "deleted": rows >= 2}[stage]
-        ev = events(path)
-        return {
-            "initial": len(ev) >= initial,
-            "added": ("ADDED", name) in ev,
-            "deleted": ("DELETED", name) in ev,
-        }[stage]
-    def alive(pid):
-        try:
-            os.kill(pid, 0)
-            return True
-        except OSError:
-            return False
-    deadline, initial = time.monotonic() + float(limit), int(initial)
-    pending = [w.split(":", 2) for w in watches]
-    while True:
-        pending = [(k, pid, p) for k, pid, p in pending if alive(int(pid)) and not done(k, p)]
-        if not pending or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    for k, pid, p in pending:
-        print(f"kubectl.sh: watch phase: {stage}: still waiting after {limit}s for {p}", file=sys.stderr)
-    if os.environ.get("WATCH_VERBOSE"):
-        print(f"kubectl.sh: watch phase: {stage} took {time.monotonic() - deadline + float(limit):.1f}s", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    globals()[sys.argv[1].replace("-", "_")](*sys.argv[2:])
-EOF
+HELPER=$SCRIPT_DIR/kubectl-helper.py
 DEMO_PID=
 PROXY_PID=
 WORKERS=()  # the kubectl runs in progress (subshells of this script)

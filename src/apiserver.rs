@@ -16,7 +16,7 @@ use crate::api::{self, AppState, Limits};
 use crate::auth::authz::{Authorizer, AuthzOptions};
 use crate::auth::trust::{TrustSources, TrustStore};
 use crate::auth::{Authenticator, AuthnOptions};
-use crate::catalog::{Catalog, CatalogOptions, ServerConfig};
+use crate::catalog::{Catalog, ServerConfig};
 use crate::config::{ApiServerArgs, AuthArgs};
 use crate::kube::KubeClient;
 use crate::pki::KeyPair;
@@ -120,9 +120,9 @@ impl ApiServer {
         ));
         let authorizer = Arc::new(Authorizer::new(authz_kube, authz_options(auth)));
 
-        let servers = ServerConfig::all_from_args(&args.klio)?;
+        let servers = args.klio.resolve()?.iter().map(ServerConfig::new).collect::<Result<Vec<_>>>()?;
         warn_about_credential_files(args);
-        let catalog = Arc::new(Catalog::new(servers, CatalogOptions::from_args(&args.klio))?);
+        let catalog = Arc::new(Catalog::new(servers, args.klio.catalog_options())?);
         let server = HttpsServer::bind(SocketAddr::new(args.bind_address, args.secure_port), acceptor).await?;
         anyhow::ensure!(args.max_requests_inflight > 0, "--max-requests-inflight must be at least 1");
         let limits = Limits {
@@ -151,6 +151,7 @@ impl ApiServer {
         })
     }
 
+    /// The address bound, to learn the port when 0 was asked for (the demo, tests).
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }

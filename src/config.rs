@@ -5,8 +5,13 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::catalog::{CatalogOptions, KlioServer};
+
+/// The whole command line: a global log format and one subcommand.
 #[derive(Debug, Parser)]
 #[command(name = "klio-api", version, about = "Kubernetes aggregated API server for the Klio backup catalog")]
 pub struct Cli {
@@ -14,47 +19,61 @@ pub struct Cli {
     #[arg(long, global = true, env = "KLIO_API_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
+    /// What to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// How log lines are written (see [`crate::logging`]).
+///
+/// The variants' doc comments are for readers of the code only: clap would make them help
+/// texts of the possible values, which switches every `--help` to its long layout, so each
+/// variant resets that help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    #[value(help = None::<&'static str>)]
     Text,
+    /// One JSON object per line, for log collectors.
+    #[value(help = None::<&'static str>)]
     Json,
 }
 
+/// The subcommands: the product server, the reference Klio server, the demo.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Servers (`server api-server` is the production entry point).
     Server {
+        /// Which server.
         #[command(subcommand)]
         which: ServerCommand,
     },
     /// The reference Klio catalog server.
     Catalog {
+        /// What to do with a catalog.
         #[command(subcommand)]
         which: CatalogCommand,
     },
     /// Run a self-contained demo on 127.0.0.1: certificates, a sample catalog, the catalog server,
     /// the API service and a kubeconfig.
     Demo(DemoArgs),
-    /// Write the static documentation site (HTML and CSS) generated from the OpenAPI document.
-    Docs(crate::docs::DocsArgs),
 }
 
+/// The servers of `klio-api server` (one today).
 #[derive(Debug, Subcommand)]
 pub enum ServerCommand {
     /// Serve kliobackups.kliocatalog.enterprisedb.io/v1alpha1 over HTTPS.
     ApiServer(Box<ApiServerArgs>),
 }
 
+/// The subcommands of `klio-api catalog`.
 #[derive(Debug, Subcommand)]
 pub enum CatalogCommand {
-    /// Serve the catalog contract (GET /catalog/v1/backups) over a directory of backup records.
+    /// Serve a directory of backup records over Kopia's repository protocol, as a Klio server does.
     Serve(CatalogServeArgs),
 }
 
+/// `server api-server`'s flags: serving, delegated auth, limits and the Klio servers to read.
 #[derive(Debug, Clone, Args)]
 pub struct ApiServerArgs {
     /// Address to listen on.
@@ -74,6 +93,7 @@ pub struct ApiServerArgs {
     #[arg(long, env = "KLIO_API_CLIENT_CA_FILE")]
     pub client_ca_file: Option<PathBuf>,
 
+    /// Delegated authentication and authorization.
     #[command(flatten)]
     pub auth: AuthArgs,
 
@@ -96,6 +116,7 @@ pub struct ApiServerArgs {
     #[arg(long, env = "KLIO_API_GROUP")]
     pub api_group: Option<String>,
 
+    /// The Klio servers read and how often.
     #[command(flatten)]
     pub klio: KlioClientArgs,
 }
@@ -199,12 +220,19 @@ pub struct KlioClientArgs {
 /// One Klio server as given with `--klio-server`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSpec {
+    /// `name=`: the server's label value, and the object name prefix with several servers.
     pub name: String,
+    /// `url=`: tier 1's Kopia repository server.
     pub url: String,
+    /// `tier2-url=`.
     pub tier2_url: Option<String>,
+    /// `server-cert=`; `None`: `--klio-server-cert`.
     pub server_cert: Option<PathBuf>,
+    /// `client-cert=`; `None`: `--klio-client-cert`.
     pub client_cert: Option<PathBuf>,
+    /// `client-key=`; `None`: `--klio-client-key`.
     pub client_key: Option<PathBuf>,
+    /// `hostname=`; `None`: `--klio-hostname`.
     pub hostname: Option<String>,
 }
 
@@ -270,19 +298,7 @@ fn refuse_credentials_in_url(what: &str, url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One server with every field resolved.
-#[derive(Debug, Clone)]
-pub struct ResolvedServer {
-    pub name: String,
-    pub url: String,
-    pub tier2_url: Option<String>,
-    pub server_cert: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-    pub hostname: String,
-    pub timeout_seconds: u64,
-}
-
+/// `catalog serve`'s flags: the records directory, TLS and the repository's ACLs.
 #[derive(Debug, Clone, Args)]
 pub struct CatalogServeArgs {
     /// Directory of backup metadata records: `<cluster>/<backup>.json`, each the `metadata.json`
@@ -317,6 +333,7 @@ pub struct CatalogServeArgs {
     pub split_bytes: u64,
 }
 
+/// `demo`'s flags.
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
     /// Where to write certificates, the sample catalog and the kubeconfig (default: a new
@@ -352,8 +369,13 @@ impl AuthArgs {
 }
 
 impl KlioClientArgs {
+    /// How the catalog refreshes and how much history it keeps.
+    pub fn catalog_options(&self) -> CatalogOptions {
+        CatalogOptions { refresh_interval: Duration::from_secs(self.refresh_seconds), history: self.history }
+    }
+
     /// The configured servers, every field resolved and checked, before any connection is made.
-    pub fn resolve(&self) -> anyhow::Result<Vec<ResolvedServer>> {
+    pub fn resolve(&self) -> anyhow::Result<Vec<KlioServer>> {
         if self.timeout_seconds == 0 {
             anyhow::bail!("--klio-timeout-seconds must be at least 1");
         }
@@ -416,7 +438,7 @@ impl KlioClientArgs {
                     )
                 })
             };
-            resolved.push(ResolvedServer {
+            resolved.push(KlioServer {
                 server_cert: file(
                     &spec.server_cert,
                     &self.server_cert,

@@ -117,42 +117,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     opts.open(path)?.write_all(bytes).with_context(|| format!("writing {}", path.display()))
 }
 
-/// One sample record in Klio's format (as Klio 0.0.10 and later write it: the Kopia snapshot
-/// IDs are not in the record, the service finds them in the repository).
-#[allow(clippy::too_many_arguments)]
-pub fn sample_record(
-    cluster: &str,
-    id: &str,
-    started: i64,
-    duration: i64,
-    segment: u64,
-    tablespaces: bool,
-) -> serde_json::Value {
-    let start_lsn = segment * 0x100_0000 + 0x28;
-    let end_lsn = start_lsn + 0xF8;
-    let wal = format!("{:08X}{:08X}{:08X}", 1, segment >> 8, segment & 0xFF);
-    let mut record = json!({
-        "name": id,
-        "clusterName": cluster,
-        "startLsn": start_lsn,
-        "endLsn": end_lsn,
-        "startWal": wal,
-        "endWal": wal,
-        "tli": 1,
-        "segmentSize": 16_777_216,
-        "backupLabel": format!("START WAL LOCATION: {:X}/{:X} (file {wal})\nCHECKPOINT LOCATION: {:X}/{:X}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: {started}\nLABEL: {id}\nSTART TIMELINE: 1\n", start_lsn >> 32, start_lsn & 0xFFFF_FFFF, start_lsn >> 32, (start_lsn + 0x60) & 0xFFFF_FFFF),
-        "tablespaceMap": "",
-        "pgData": "/var/lib/postgresql/data/pgdata",
-        "startedAt": started,
-        "stoppedAt": started + duration,
-    });
-    if tablespaces {
-        record["tablespaceMap"] = json!("16385 /var/lib/postgresql/tablespaces/analytics\n");
-        // Klio writes a tablespace's `annotations` without omitempty: null when unset.
-        record["tablespaces"] = json!([{ "name": "analytics", "oid": "16385", "path": "/var/lib/postgresql/tablespaces/analytics", "annotations": null }]);
-    }
-    record
-}
+pub use crate::upstream::record::sample_record;
 
 /// The product document's backup and the Kopia manifest IDs its `-o yaml` shows.
 pub const EXAMPLE_SNAPSHOT_IDS: (&str, &str, &str) =

@@ -200,6 +200,7 @@ impl KubeClient {
         Ok(Self { server: server.trim_end_matches('/').to_string(), agent, credentials })
     }
 
+    /// The kube-apiserver's base URL, for logs.
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -264,10 +265,13 @@ impl KubeClient {
         serde_json::from_slice(&bytes).with_context(|| format!("{method} {url}: decoding the answer"))
     }
 
+    /// Reads one ConfigMap (the `extension-apiserver-authentication` one holds the client CAs).
     pub fn get_configmap(&self, namespace: &str, name: &str) -> Result<ConfigMap> {
         self.call::<(), _>("GET", &format!("/api/v1/namespaces/{namespace}/configmaps/{name}"), None)
     }
 
+    /// Asks the kube-apiserver who a bearer token belongs to; the answer says whether it is
+    /// authenticated, and as whom.
     pub fn token_review(&self, token: &str) -> Result<TokenReviewStatus> {
         let review = TokenReview {
             spec: TokenReviewSpec { token: Some(token.to_string()), ..Default::default() },
@@ -277,6 +281,7 @@ impl KubeClient {
         Ok(answer.status.unwrap_or_default())
     }
 
+    /// Asks the kube-apiserver's authorizer whether a user may make a request.
     pub fn subject_access_review(&self, spec: SubjectAccessReviewSpec) -> Result<SubjectAccessReviewStatus> {
         let review = SubjectAccessReview { spec, ..Default::default() };
         let answer: SubjectAccessReview =

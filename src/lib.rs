@@ -17,7 +17,6 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod demo;
-pub mod docs;
 pub mod kube;
 pub mod logging;
 pub mod metrics;

@@ -27,6 +27,8 @@ pub fn ceiling() -> Targets {
         .with_targets(WIRE_CRATES.iter().map(|krate| (*krate, LevelFilter::DEBUG)))
 }
 
+/// Installs the process's subscriber, writing to stderr (stdout stays free for command output),
+/// filtered by `KLIO_API_LOG` under the wire-dump [`ceiling`]. Call once, first thing.
 pub fn init(format: LogFormat) {
     let spec = std::env::var("KLIO_API_LOG").ok();
     let filter = requested(spec.as_deref()).and(ceiling());

@@ -61,7 +61,6 @@ fn main() -> ExitCode {
                 klio_api::upstream::kopia::server::run(args, shutdown).await
             }
             Command::Demo(args) => klio_api::demo::run(args, shutdown).await,
-            Command::Docs(args) => klio_api::docs::run(&args),
         }
     });
     match result {

@@ -11,68 +11,106 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Labels of `apiserver_request_total`, kube-apiserver's names so the same dashboards work.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The verb in kube-apiserver's upper case (`GET`, `LIST`, `WATCH`, ...) or `other`: a
+    /// closed set, so no client can grow the label space.
     pub verb: String,
+    /// The API group, empty for non-resource paths (discovery, `/openapi`, `/metrics`).
     pub group: String,
+    /// The resource (`unknown` for a resource we do not serve), empty for non-resource paths.
     pub resource: String,
+    /// The HTTP status code answered.
     pub code: String,
 }
 
+/// Labels of `apiserver_request_duration_seconds`: [`RequestLabels`] without the code, as
+/// kube-apiserver has them.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
+    /// As [`RequestLabels::verb`].
     pub verb: String,
+    /// As [`RequestLabels::group`].
     pub group: String,
+    /// As [`RequestLabels::resource`].
     pub resource: String,
 }
 
+/// Labels of `apiserver_current_inflight_requests`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InflightLabels {
+    /// `readOnly` for ordinary requests, `watch` for open watch streams.
     pub request_kind: String,
 }
 
+/// Which catalog source a metric is about: one Klio server of one tier.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
+    /// The Klio server's configured name.
     pub server: String,
+    /// The tier, counted from 1.
     pub tier: String,
 }
 
+/// Labels of `klio_catalog_fetches_total`: [`SourceLabels`] plus how the read ended.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
+    /// The Klio server's configured name.
     pub server: String,
+    /// The tier, counted from 1.
     pub tier: String,
     /// `ok` (200), `not_modified` (304) or `error`.
     pub result: String,
 }
 
+/// Labels of `klio_kopia_requests_total`: [`SourceLabels`] plus the request sent.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KopiaRequestLabels {
+    /// The Klio server's configured name.
     pub server: String,
+    /// The tier, counted from 1.
     pub tier: String,
     /// One of the requests the Kopia client sends (`find_manifests`, `get_manifest`, ...).
     pub request: &'static str,
 }
 
+/// Labels of `klio_catalog_read_errors_total`: [`SourceLabels`] plus why the read failed.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadErrorLabels {
+    /// The Klio server's configured name.
     pub server: String,
+    /// The tier, counted from 1.
     pub tier: String,
     /// A fixed word per failure kind (see `catalog::ReadFailure::reason`).
     pub reason: &'static str,
 }
 
+/// Every metric the service exports, as handles the code updates directly; the help texts
+/// are in [`Metrics::new`]'s registrations.
 pub struct Metrics {
     registry: Registry,
+    /// `apiserver_request_total`: requests answered.
     pub requests: Family<RequestLabels, Counter>,
+    /// `apiserver_request_duration_seconds`: latency (watches: until the stream starts).
     pub request_duration: Family<DurationLabels, Histogram>,
+    /// `apiserver_current_inflight_requests`: requests being served and watches open.
     pub inflight: Family<InflightLabels, Gauge>,
+    /// `klio_catalog_fetches_total`: catalog reads by result.
     pub fetches: Family<FetchLabels, Counter>,
+    /// `klio_catalog_fetch_duration_seconds`: how long one catalog read took.
     pub fetch_duration: Family<SourceLabels, Histogram>,
+    /// `klio_catalog_last_success_timestamp_seconds`: when a source was last read whole.
     pub last_success: Family<SourceLabels, Gauge<f64, AtomicU64>>,
+    /// `klio_catalog_backups`: KlioBackups in the published snapshot.
     pub backups: Gauge,
+    /// `klio_catalog_snapshots_total`: snapshots published, i.e. catalog changes seen.
     pub snapshots: Counter,
+    /// `klio_kopia_requests_total`: requests sent over Kopia sessions.
     pub kopia_requests: Family<KopiaRequestLabels, Counter>,
+    /// `klio_kopia_sessions_total`: sessions opened (more than one per source: reconnects).
     pub kopia_sessions: Family<SourceLabels, Counter>,
+    /// `klio_catalog_read_errors_total`: failed reads and skipped backups.
     pub read_errors: Family<ReadErrorLabels, Counter>,
 }
 

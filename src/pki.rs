@@ -16,21 +16,28 @@ use openssl::x509::{X509Builder, X509NameBuilder, X509};
 
 /// A certificate and its private key.
 pub struct KeyPair {
+    /// The certificate, signed by its CA or by itself.
     pub cert: X509,
+    /// Its private key (EC P-256).
     pub key: PKey<Private>,
 }
 
 /// What a leaf certificate is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Usage {
+    /// Extended key usage `serverAuth`: presented by a TLS server.
     Server,
+    /// Extended key usage `clientAuth`: presented by a TLS client (mutual TLS).
     Client,
 }
 
 impl KeyPair {
+    /// The certificate as PEM, to write where clients and servers read certificate files.
     pub fn cert_pem(&self) -> Vec<u8> {
         self.cert.to_pem().expect("encoding a certificate we built")
     }
+
+    /// The key as PKCS#8 PEM, the encoding every TLS stack reads.
     pub fn key_pem(&self) -> Vec<u8> {
         self.key.private_key_to_pem_pkcs8().expect("encoding a key we generated")
     }

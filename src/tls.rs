@@ -79,7 +79,10 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
 /// it knows which one vouches for it. Attached to every request of the connection.
 #[derive(Debug, Default)]
 pub struct PeerCertificates {
+    /// The client's leaf certificate, the rest being in `intermediates` (empty: no certificate,
+    /// or one the handshake rejected).
     pub chain: Vec<X509>,
+    /// The intermediates the client sent with it, to build the path to a CA.
     pub intermediates: Vec<X509>,
     /// What authentication concluded about this chain, per trust generation: verifying a chain
     /// costs signature checks, so it is done once per connection, not once per request.
@@ -99,6 +102,7 @@ impl PeerCertificates {
         Self { chain: vec![leaf], intermediates, verdicts: Default::default() }
     }
 
+    /// The certificate that names the user (its CN and O), if the client sent a valid one.
     pub fn leaf(&self) -> Option<&X509> {
         self.chain.first()
     }
@@ -127,14 +131,17 @@ impl PeerCertificates {
 pub struct AcceptorHandle(std::sync::Arc<std::sync::RwLock<std::sync::Arc<SslAcceptor>>>);
 
 impl AcceptorHandle {
+    /// Starts with the configuration built at start-up.
     pub fn new(acceptor: SslAcceptor) -> Self {
         Self(std::sync::Arc::new(std::sync::RwLock::new(std::sync::Arc::new(acceptor))))
     }
 
+    /// The configuration for the next handshake; connections keep the one they started with.
     pub fn current(&self) -> std::sync::Arc<SslAcceptor> {
         self.0.read().expect("acceptor").clone()
     }
 
+    /// Serves new connections with `acceptor` (reloaded certificates or client CAs).
     pub fn replace(&self, acceptor: SslAcceptor) {
         *self.0.write().expect("acceptor") = std::sync::Arc::new(acceptor);
     }

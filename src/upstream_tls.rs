@@ -44,6 +44,7 @@ impl fmt::Debug for OpensslConnector {
 }
 
 impl OpensslConnector {
+    /// Builds the TLS context once; every connection of the agent reuses it.
     pub fn new(config: &ClientTlsConfig) -> Result<Self> {
         let mut b = SslContextBuilder::new(SslMethod::tls_client())?;
         b.set_min_proto_version(Some(SslVersion::TLS1_2))?;

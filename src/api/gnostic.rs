@@ -7,86 +7,107 @@ use std::collections::BTreeMap;
 use prost::Message;
 use serde_json::Value;
 
+/// `openapi.v2.Document`: the root.
 #[derive(Clone, PartialEq, Message)]
-pub struct Document {
+struct Document {
     #[prost(string, tag = "1")]
-    pub swagger: String,
+    swagger: String,
     #[prost(message, optional, tag = "2")]
-    pub info: Option<Info>,
+    info: Option<Info>,
     #[prost(message, optional, tag = "9")]
-    pub definitions: Option<Definitions>,
+    definitions: Option<Definitions>,
 }
+
+/// `openapi.v2.Info`: the document's title and version.
 #[derive(Clone, PartialEq, Message)]
-pub struct Info {
+struct Info {
     #[prost(string, tag = "1")]
-    pub title: String,
+    title: String,
     #[prost(string, tag = "2")]
-    pub version: String,
+    version: String,
 }
+
+/// `openapi.v2.Definitions`: the named schemas.
 #[derive(Clone, PartialEq, Message)]
-pub struct Definitions {
+struct Definitions {
     #[prost(message, repeated, tag = "1")]
-    pub additional_properties: Vec<NamedSchema>,
+    additional_properties: Vec<NamedSchema>,
 }
+
+/// `openapi.v2.NamedSchema`: gnostic's form of one entry of a JSON map of schemas.
 #[derive(Clone, PartialEq, Message)]
-pub struct NamedSchema {
+struct NamedSchema {
     #[prost(string, tag = "1")]
-    pub name: String,
+    name: String,
     #[prost(message, optional, tag = "2")]
-    pub value: Option<Schema>,
+    value: Option<Schema>,
 }
+
+/// `openapi.v2.Schema`, the fields a schema reader uses.
 #[derive(Clone, PartialEq, Message)]
-pub struct Schema {
+struct Schema {
     #[prost(string, tag = "1")]
-    pub r#ref: String,
+    r#ref: String,
     #[prost(string, tag = "2")]
-    pub format: String,
+    format: String,
     #[prost(string, tag = "4")]
-    pub description: String,
+    description: String,
     #[prost(string, repeated, tag = "19")]
-    pub required: Vec<String>,
+    required: Vec<String>,
     #[prost(message, optional, boxed, tag = "21")]
-    pub additional_properties: Option<Box<AdditionalPropertiesItem>>,
+    additional_properties: Option<Box<AdditionalPropertiesItem>>,
     #[prost(message, optional, tag = "22")]
-    pub r#type: Option<TypeItem>,
+    r#type: Option<TypeItem>,
     #[prost(message, optional, tag = "23")]
-    pub items: Option<ItemsItem>,
+    items: Option<ItemsItem>,
     #[prost(message, optional, tag = "25")]
-    pub properties: Option<Properties>,
+    properties: Option<Properties>,
     #[prost(message, repeated, tag = "31")]
-    pub vendor_extension: Vec<NamedAny>,
+    vendor_extension: Vec<NamedAny>,
 }
+
+/// `openapi.v2.AdditionalPropertiesItem`: a map's value schema.
 #[derive(Clone, PartialEq, Message)]
-pub struct AdditionalPropertiesItem {
+struct AdditionalPropertiesItem {
     #[prost(message, optional, tag = "1")]
-    pub schema: Option<Schema>,
+    schema: Option<Schema>,
 }
+
+/// `openapi.v2.TypeItem`: `type`, a list in gnostic.
 #[derive(Clone, PartialEq, Message)]
-pub struct TypeItem {
+struct TypeItem {
     #[prost(string, repeated, tag = "1")]
-    pub value: Vec<String>,
+    value: Vec<String>,
 }
+
+/// `openapi.v2.ItemsItem`: an array's item schema.
 #[derive(Clone, PartialEq, Message)]
-pub struct ItemsItem {
+struct ItemsItem {
     #[prost(message, repeated, tag = "1")]
-    pub schema: Vec<Schema>,
+    schema: Vec<Schema>,
 }
+
+/// `openapi.v2.Properties`: an object's property schemas.
 #[derive(Clone, PartialEq, Message)]
-pub struct Properties {
+struct Properties {
     #[prost(message, repeated, tag = "1")]
-    pub additional_properties: Vec<NamedSchema>,
+    additional_properties: Vec<NamedSchema>,
 }
+
+/// `openapi.v2.NamedAny`: one `x-` vendor extension.
 #[derive(Clone, PartialEq, Message)]
-pub struct NamedAny {
+struct NamedAny {
     #[prost(string, tag = "1")]
-    pub name: String,
+    name: String,
     #[prost(message, optional, tag = "2")]
-    pub value: Option<Any>,
+    value: Option<Any>,
 }
+
+/// `openapi.v2.Any`: a vendor extension's value, as YAML.
 #[derive(Clone, PartialEq, Message)]
-pub struct Any {
+struct Any {
     #[prost(string, tag = "2")]
-    pub yaml: String,
+    yaml: String,
 }
 
 fn schema(v: &Value) -> Schema {
@@ -119,6 +140,8 @@ fn schema(v: &Value) -> Schema {
     }
 }
 
+/// The gnostic protobuf of a Swagger 2.0 document, what `/openapi/v2` answers to clients that
+/// ask for protobuf (build.rs encodes the default group's; the service re-encodes for `--api-group`).
 pub fn encode(v2: &Value) -> Vec<u8> {
     let defs: BTreeMap<&String, &Value> = v2["definitions"].as_object().into_iter().flatten().collect();
     let doc = Document {

@@ -227,10 +227,16 @@ pub(crate) async fn access_log<E: Endpoint>(next: E, mut req: Request) -> poem::
     let start = Instant::now();
     let info = Arc::new(RequestInfo::of(&req));
     req.set_data(info.clone());
+    // From here on the query is the one just read (see `super::operations`).
+    let canonical = info.canonicalize(&mut req);
     let path = log_text(req.uri().path()).into_owned();
     let user_slot = Arc::new(UserSlot::default());
     req.set_data(user_slot.clone());
-    let resp = next.call(req).await.map(IntoResponse::into_response)?;
+    let body_read = discard_body(&mut req).await;
+    let resp = match canonical {
+        Ok(()) => next.call(req).await.map(IntoResponse::into_response)?,
+        Err(e) => e.into_response(),
+    };
     let user = user_slot.get().map_or("-", String::as_str);
     record(&info.attributes, resp.status().as_u16(), start.elapsed());
     tracing::info!(
@@ -242,8 +248,30 @@ pub(crate) async fn access_log<E: Endpoint>(next: E, mut req: Request) -> poem::
         latency_us = start.elapsed().as_micros() as u64,
         "request"
     );
+    let mut resp = resp;
+    if !body_read {
+        resp.headers_mut().insert(poem::http::header::CONNECTION, poem::http::HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
+
+/// Request bodies this server reads: none (it is read-only; writes are 405). Closing a connection
+/// with an unread body in the socket makes the kernel reset it, and a client then loses the
+/// answer it was sent (a 405 or 401 becomes "connection reset"). So, as Go's net/http does
+/// before it closes, a small body is read and dropped first; a large or slow one is not waited
+/// for (at most [`DISCARD_BYTES`] and [`DISCARD_TIME`]): false, and the connection closes.
+async fn discard_body(req: &mut Request) -> bool {
+    let body = req.take_body();
+    if body.is_empty() {
+        return true;
+    }
+    matches!(tokio::time::timeout(DISCARD_TIME, body.into_bytes_limit(DISCARD_BYTES)).await, Ok(Ok(_)))
+}
+
+/// How much of an unused request body is read before answering (Go's net/http: 256 KiB).
+const DISCARD_BYTES: usize = 256 << 10;
+/// How long an unused request body is waited for.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `text` as it may appear in a log line: at most [`MAX_LOGGED_BYTES`] (cut on a character
 /// boundary, saying how long it was), control characters escaped.

@@ -1,4 +1,5 @@
-//! The API service's HTTP surface: routes (the resource routes come from the OpenAPI document),
+//! The API service's HTTP surface: routes (the resource's are poem-openapi operations generated
+//! from the OpenAPI document, see [`operations`]),
 //! the request guard (in-flight cap, timeout, authentication, authorization), access logging,
 //! and Status bodies for every error.
 
@@ -6,9 +7,13 @@ pub mod discovery;
 pub mod gnostic;
 pub mod guard;
 pub mod negotiate;
+pub mod object;
 pub mod openapi;
+pub mod operations;
+pub mod params;
 pub mod render_cache;
 pub mod request;
+pub mod resource_version;
 pub mod resources;
 pub mod selectors;
 pub mod status;
@@ -82,7 +87,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/readyz", poem::get(readyz))
         .at("/metrics", poem::get(metrics));
     let guard_state = state.clone();
-    crate::routes::resource_routes(route)
+    operations::mount(route, operations::Served)
         .data(state)
         .around(move |next, req| guard::guard(next, req, guard_state.clone()))
         .catch_all_error(|err: poem::Error| async move {

@@ -14,7 +14,8 @@ use std::time::Duration;
 use poem::http::Method;
 use poem::Request;
 
-use super::resources::{parse_params, Params};
+use super::operations::{invalid_parameter, GetQuery, ListQuery, TypedQuery};
+use super::params::Params;
 use super::status::ApiError;
 use crate::auth::authz::Attributes;
 
@@ -76,6 +77,19 @@ impl Query {
     pub fn has(&self, key: &str) -> bool {
         self.first(key).is_some()
     }
+
+    /// The query as read: each parameter once, with its first value, in the order given,
+    /// form-encoded. Any reader of this string (poem-openapi's serde_urlencoded) gets exactly
+    /// the values [`Query::first`] gives.
+    pub fn canonical(&self) -> String {
+        let mut out = form_urlencoded::Serializer::new(String::new());
+        for (i, (key, value)) in self.pairs.iter().enumerate() {
+            if !self.pairs[..i].iter().any(|(k, _)| k == key) {
+                out.append_pair(key, value);
+            }
+        }
+        out.finish()
+    }
 }
 
 /// apimachinery's boolean parameter: false only for `0` and `false` (any case).
@@ -90,6 +104,9 @@ pub struct RequestInfo {
     /// The path, percent-decoded (as routing decodes it); `None` when that is not UTF-8.
     pub path: Option<String>,
     pub query: Query,
+    /// The typed query of the resource's operation (read with poem-openapi's parsers), for
+    /// requests on the resource whose parameters have the document's types.
+    pub typed: Option<TypedQuery>,
     /// The list, watch or get options, for requests on the resource; `Ok(default)` elsewhere.
     pub params: Result<Params, ApiError>,
     /// What authorization is asked about; also the metric labels.
@@ -108,26 +125,54 @@ impl RequestInfo {
         let query = Query::parse(raw_query);
         let shown_path = path.clone().unwrap_or_else(|| raw_path.to_string());
         let resource_prefix = format!("/apis/{}/", crate::routes::group_version());
-        let (params, selected_name, watch) = match shown_path.strip_prefix(&resource_prefix) {
+        let (typed, params, selected_name, watch) = match shown_path.strip_prefix(&resource_prefix) {
             Some(rest) if !rest.is_empty() => {
                 // `<resource>` or `<resource>/`: the collection; `<resource>/<name>`: one object.
                 let collection = rest.split_once('/').is_none_or(|(_, name)| name.is_empty());
                 // kube: a GET of the collection is a watch when the first `watch` value says so,
                 // whether or not the other options parse.
                 let watch = collection && query.first("watch").is_some_and(kube_bool);
-                let params = parse_params(&query, collection, watch);
+                let (typed, params) = if collection {
+                    match ListQuery::from_query(&query) {
+                        Ok(q) => (Some(TypedQuery::List(q.clone())), Params::list(&q, watch)),
+                        Err(e) => (None, Err(invalid_parameter(&query, &e))),
+                    }
+                } else {
+                    match GetQuery::from_query(&query) {
+                        Ok(q) => (Some(TypedQuery::Get(q.clone())), Params::get(&q, &query)),
+                        Err(e) => (None, Err(invalid_parameter(&query, &e))),
+                    }
+                };
                 let name = params.as_ref().ok().and_then(|p| p.selectors.fields.required_name()).map(str::to_string);
-                (params, name, watch)
+                (typed, params, name, watch)
             }
-            _ => (Ok(Params::default()), None, false),
+            _ => (None, Ok(Params::default()), None, false),
         };
         let attributes = Attributes::resolve(method.as_str(), &shown_path, watch, selected_name.as_deref());
-        Self { method: method.clone(), path, query, params, attributes }
+        Self { method: method.clone(), path, query, typed, params, attributes }
     }
 
     /// Reads a poem request.
     pub fn of(req: &Request) -> Self {
         Self::parse(req.method(), req.uri().path(), req.uri().query())
+    }
+
+    /// Rewrites `req`'s query to [`Query::canonical`]: whatever reads the request after this
+    /// (poem-openapi's parameter extraction) sees exactly the values this parse read. Fails
+    /// (the request is refused) rather than leave the raw query in place.
+    pub fn canonicalize(&self, req: &mut Request) -> Result<(), ApiError> {
+        let Some(raw) = req.uri().query() else { return Ok(()) };
+        let canonical = self.query.canonical();
+        if raw == canonical {
+            return Ok(());
+        }
+        let mut parts = req.uri().clone().into_parts();
+        let path = req.uri().path();
+        let path_and_query = if canonical.is_empty() { path.to_string() } else { format!("{path}?{canonical}") };
+        let unreadable = || ApiError::bad_request("the request's query cannot be read");
+        parts.path_and_query = Some(path_and_query.parse().map_err(|_| unreadable())?);
+        *req.uri_mut() = poem::http::Uri::from_parts(parts).map_err(|_| unreadable())?;
+        Ok(())
     }
 
     /// A watch: long-running, bounded by its own `timeoutSeconds`.

@@ -92,20 +92,6 @@ pub enum IncludeObject {
     Object,
 }
 
-impl std::str::FromStr for IncludeObject {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "None" => Ok(Self::None),
-            "" | "Metadata" => Ok(Self::Metadata),
-            "Object" => Ok(Self::Object),
-            other => {
-                Err(format!("includeObject: unsupported value {other:?}: supported values are None, Metadata, Object"))
-            }
-        }
-    }
-}
-
 /// The columns: the product document's four by default, details with `-o wide`.
 pub const COLUMNS: &[Column] = &[
     Column {
@@ -205,7 +191,7 @@ pub fn human_duration(seconds: i64) -> String {
 fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
     let r = b.record();
     let text = |v: &str| serde_json::Value::String(v.to_string());
-    let tiers: Vec<&str> = crate::catalog::TIER_ANNOTATIONS
+    let tiers: Vec<&str> = super::object::TIER_ANNOTATIONS
         .iter()
         .zip(b.tiers())
         .filter(|(_, present)| *present)

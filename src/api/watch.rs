@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 
 use super::negotiate::{Format, Representation, Shape, WATCH_MEDIA_TYPES};
 use super::request::RequestInfo;
-use super::resources::{requested_version, too_old, with_warnings, Params, PartialObjectMetadata, Requested, CATCH_UP};
+use super::resource_version::{fell_behind, Resolver, Start, Version};
+use super::resources::{with_warnings, PartialObjectMetadata};
 use super::selectors::Selectors;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
 use super::AppState;
-use crate::catalog::{Backup, Catalog, EventType, ResourceVersion, Snapshot};
+use crate::catalog::{Backup, EventType};
 use crate::routes::group_version;
 
 /// How often a watcher that asked for bookmarks gets one. kube-apiserver's watch cache sends one
@@ -125,71 +126,6 @@ fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventTy
     }
 }
 
-/// Where the stream starts.
-enum Start {
-    /// ADDED events for this snapshot's objects, then its changes (a watch without a
-    /// resourceVersion, from "0", or with `sendInitialEvents=true`).
-    State(Arc<Snapshot>),
-    /// Changes after this resourceVersion.
-    After(ResourceVersion),
-    /// This ERROR event alone: kube refuses a watch that passed validation inside its 200
-    /// stream (its cacher's `errWatcher`), and client-go lists again.
-    Error(ApiError),
-}
-
-/// Where a watch starts, by KEP-3157's rules as kube-apiserver's cacher applies them
-/// (`getWatchCacheResourceVersion`, `waitUntilWatchCacheFreshAndForceAllEvents`,
-/// `getAllEventsSinceLocked`), after the options were defaulted and validated:
-///
-/// - `sendInitialEvents=true`: the state as ADDED events, then changes; the state is the current
-///   one for no resourceVersion (the newest this replica has) or "0", and for a given one the
-///   first state not older than it, waited for up to [`CATCH_UP`] (else a 504 ERROR event with
-///   the `ResourceVersionTooLarge` cause);
-/// - `sendInitialEvents=false`: changes only, after the current state for no resourceVersion or
-///   "0", else after the given one;
-/// - a resourceVersion without `sendInitialEvents`: the changes after it, or 410 Expired when it
-///   is no longer kept (or was never this catalog's); one this replica has not reached is waited
-///   for up to [`CATCH_UP`], then refused with a 504 Status.
-async fn start(
-    catalog: &Catalog,
-    current: &Arc<Snapshot>,
-    params: &Params,
-    requested: Option<(&str, Requested)>,
-) -> Result<Start, ApiError> {
-    let current_text = &current.resource_version_text;
-    Ok(match (params.send_initial_events, requested) {
-        (Some(true), None) | (None, None) => Start::State(current.clone()),
-        (Some(true), Some((_, Requested::Foreign))) => Start::State(current.clone()),
-        (Some(true), Some((text, Requested::Ours(rv)))) => {
-            if current.resource_version.covers(&rv) {
-                Start::State(current.clone())
-            } else {
-                match catalog.wait_for(&rv, CATCH_UP).await {
-                    Some(snap) => Start::State(snap),
-                    None => Start::Error(ApiError::too_large_resource_version(text, current_text)),
-                }
-            }
-        }
-        (Some(false), None) => Start::After(current.resource_version.clone()),
-        (_, Some((text, Requested::Foreign))) => Start::Error(too_old(text, current)),
-        (_, Some((text, Requested::Ours(rv)))) => {
-            if catalog.at(&rv).is_some() {
-                Start::After(rv)
-            } else if !current.resource_version.covers(&rv) {
-                // A replica (or the upstream) ahead of this one: catch up, or say it is too large.
-                match catalog.wait_for(&rv, CATCH_UP).await {
-                    Some(_) if catalog.at(&rv).is_some() => Start::After(rv),
-                    Some(_) => Start::Error(too_old(text, current)),
-                    None => return Err(ApiError::too_large_resource_version(text, current_text)),
-                }
-            } else {
-                // Not replayable here: the client must list again (kube sends this as an event).
-                Start::Error(too_old(text, current))
-            }
-        }
-    })
-}
-
 /// Serves a watch. It ends after the request's watch timeout (`timeoutSeconds`) whether or not
 /// the client reads: the guard ends the response body then, and the task feeding it stops too.
 pub(crate) async fn serve(
@@ -202,10 +138,7 @@ pub(crate) async fn serve(
     let deadline = started + info.watch_timeout();
     let catalog = state.catalog.clone();
     // "0" is no particular version: the state, as no version is.
-    let requested = match params.resource_version.as_deref().filter(|rv| *rv != "0") {
-        Some(text) => Some((text, requested_version(&catalog, text)?)),
-        None => None,
-    };
+    let version = Version::read(&catalog, params.resource_version.as_deref())?;
     // kube negotiates the stream serializer once the watch is set up: YAML has no stream
     // framing, so a YAML watch is a 406 naming the stream types.
     if repr.format == Format::Yaml {
@@ -213,9 +146,8 @@ pub(crate) async fn serve(
     }
     let mut updates = catalog.subscribe();
     updates.borrow_and_update();
-    let current = catalog.snapshot().await?;
     let encoder = Encoder::new(repr, params.include);
-    let start = start(&catalog, &current, params, requested).await?;
+    let start = Resolver::new(&catalog).await?.watch(params, version).await?;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
     let selectors = params.selectors.clone();
     let bookmarks = params.allow_bookmarks;
@@ -265,9 +197,7 @@ pub(crate) async fn serve(
                     if pending {
                         pending = false;
                         let Some(snaps) = catalog.since(&last) else {
-                            let gone =
-                                ApiError::gone(format!("too old resource version: {last}: the watch fell behind"));
-                            let _ = tx.send(Encoder::error(gone)).await;
+                            let _ = tx.send(Encoder::error(fell_behind(&last))).await;
                             return;
                         };
                         for snap in snaps {

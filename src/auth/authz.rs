@@ -14,8 +14,26 @@ use crate::kube::KubeClient;
 /// What a request does, in Kubernetes' terms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Attributes {
-    Resource { verb: String, group: String, version: String, resource: String, name: Option<String> },
-    NonResource { verb: String, path: String },
+    /// A request under this group's API path: on a resource, maybe one object of it.
+    Resource {
+        /// `get`, `list`, `watch`, ... (empty for an HTTP method kube does not map).
+        verb: String,
+        /// The API group served.
+        group: String,
+        /// The API version served.
+        version: String,
+        /// The resource's plural name.
+        resource: String,
+        /// The object named in the path (or required by a `metadata.name` field selector).
+        name: Option<String>,
+    },
+    /// Any other path (discovery, `/openapi/v2`, `/metrics`, probes).
+    NonResource {
+        /// The lower-case HTTP method (`head` counts as `get`).
+        verb: String,
+        /// The decoded path.
+        path: String,
+    },
 }
 
 impl Attributes {
@@ -105,6 +123,7 @@ pub enum AuthzError {
     /// away must not queue reviews without end).
     #[error("too many authorization reviews pending")]
     Overloaded,
+    /// The SubjectAccessReview could not be made or answered (the reason).
     #[error("{0}")]
     Failed(String),
 }
@@ -112,13 +131,18 @@ pub enum AuthzError {
 /// The verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// Serve the request.
     Allow,
+    /// Answer 403; the reason (maybe empty) ends kube's denial message.
     Deny(String),
 }
 
+/// Knobs of the authorizer, from the `--authorization-*` flags.
 #[derive(Debug, Clone)]
 pub struct AuthzOptions {
+    /// How long an allowed SubjectAccessReview is reused.
     pub allowed_ttl: Duration,
+    /// How long a denied one is reused.
     pub denied_ttl: Duration,
     /// Paths anyone may read (probes), as `--authorization-always-allow-paths`.
     pub always_allow_paths: Vec<String>,
@@ -139,6 +163,8 @@ const MAX_REASON_BYTES: usize = 1024;
 
 type Verdict = Result<Decision, String>;
 
+/// Decides every authenticated request (see the module documentation); shared by all
+/// connections, so the decision cache and the bounds on reviews are process-wide.
 pub struct Authorizer {
     kube: Option<Arc<KubeClient>>,
     options: AuthzOptions,
@@ -198,6 +224,8 @@ fn decision_key(who: &Identity, what: &Attributes) -> DecisionKey {
 }
 
 impl Authorizer {
+    /// `kube`: the kube-apiserver for SubjectAccessReview; `None` allows every authenticated
+    /// user (the demo, standalone use).
     pub fn new(kube: Option<Arc<KubeClient>>, options: AuthzOptions) -> Self {
         Self {
             kube,
@@ -216,6 +244,8 @@ impl Authorizer {
         })
     }
 
+    /// The verdict on `who` doing `what`: from the rules above, the cache, a review in flight
+    /// for the same question, or a new SubjectAccessReview.
     pub async fn authorize(&self, who: &Identity, what: &Attributes) -> Result<Decision, AuthzError> {
         if who.groups.iter().any(|g| g == "system:masters") {
             return Ok(Decision::Allow);

@@ -26,12 +26,18 @@ pub use trust::{RequestHeaderConfig, TrustConfig, TrustStore};
 /// An authenticated (or anonymous) user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Identity {
+    /// The user name (a certificate's CN, a header's, or TokenReview's).
     pub user: String,
+    /// The user's UID, when a TokenReview gave one.
     pub uid: Option<String>,
+    /// The groups, `system:authenticated` (or `system:unauthenticated`) included.
     pub groups: Vec<String>,
+    /// Extra attributes (from `X-Remote-Extra-*` headers or TokenReview), passed on to
+    /// SubjectAccessReview.
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
+/// The user name of requests without credentials, as Kubernetes names them.
 pub const ANONYMOUS: &str = "system:anonymous";
 
 impl Identity {
@@ -56,6 +62,7 @@ impl Identity {
         }
     }
 
+    /// True for a request without credentials (with no kube-apiserver to ask, it is denied).
     pub fn is_anonymous(&self) -> bool {
         self.user == ANONYMOUS
     }
@@ -83,12 +90,16 @@ pub struct CertVerdicts {
 /// Why a request is not authenticated (always answered 401; the detail is logged, never sent).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuthnError {
+    /// Nothing to authenticate, and anonymous requests are off.
     #[error("no credentials and anonymous requests are disabled")]
     NoCredentials,
+    /// TokenReview refused the token, or could not be asked (the reason).
     #[error("the bearer token was not accepted: {0}")]
     BadToken(String),
+    /// A client certificate was presented that no trusted CA verifies (the reasons).
     #[error("the client certificate is not trusted: {0}")]
     BadCertificate(String),
+    /// A bearer token came but no kube-apiserver is configured to review it.
     #[error("tokens cannot be verified: no Kubernetes API server is configured")]
     NoTokenReviewer,
     /// Too many TokenReviews in flight: answered 429 with Retry-After, without asking the
@@ -100,7 +111,9 @@ pub enum AuthnError {
 /// Knobs of the authenticator.
 #[derive(Debug, Clone)]
 pub struct AuthnOptions {
+    /// Requests without credentials pass as [`ANONYMOUS`] (`--anonymous-auth`).
     pub anonymous: bool,
+    /// How long a TokenReview answer, positive or negative, is reused.
     pub token_cache_ttl: Duration,
 }
 
@@ -116,6 +129,8 @@ pub const MAX_TOKEN_REVIEWS: usize = 32;
 /// An error text from the kube-apiserver kept in the cache and logs is cut to this.
 const MAX_REASON_BYTES: usize = 512;
 
+/// Authenticates every request (see the module documentation for the chain); shared by all
+/// connections, so the token cache and the bound on reviews in flight are process-wide.
 pub struct Authenticator {
     trust: Arc<TrustStore>,
     kube: Option<Arc<KubeClient>>,
@@ -126,6 +141,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// `kube`: the kube-apiserver for TokenReview; `None` and bearer tokens are refused.
     pub fn new(trust: Arc<TrustStore>, kube: Option<Arc<KubeClient>>, options: AuthnOptions) -> Self {
         Self {
             trust,

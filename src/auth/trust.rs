@@ -20,6 +20,7 @@ use crate::kube::KubeClient;
 
 /// A set of CA certificates that verify client certificates (purpose: TLS client).
 pub struct CaPool {
+    /// The CA certificates, also trusted by the TLS handshake (see [`TrustConfig::all_cas`]).
     pub certs: Vec<X509>,
     store: X509Store,
     pem: Vec<u8>,
@@ -32,6 +33,8 @@ impl std::fmt::Debug for CaPool {
 }
 
 impl CaPool {
+    /// Parses a PEM bundle; `what` names it in errors. An empty bundle is an error: it would
+    /// silently trust nobody.
     pub fn from_pem(pem: &[u8], what: &str) -> Result<Self> {
         let certs = X509::stack_from_pem(pem).with_context(|| format!("parsing the {what} bundle"))?;
         anyhow::ensure!(!certs.is_empty(), "the {what} bundle holds no certificate");
@@ -60,11 +63,15 @@ impl CaPool {
 /// The request-header authenticator's configuration.
 #[derive(Debug)]
 pub struct RequestHeaderConfig {
+    /// Verifies front proxies' client certificates.
     pub ca: CaPool,
     /// Common names a front proxy's certificate may have; empty means any.
     pub allowed_names: Vec<String>,
+    /// Headers naming the user, tried in order.
     pub username_headers: Vec<String>,
+    /// Headers naming the groups, all read.
     pub group_headers: Vec<String>,
+    /// Prefixes of headers carrying extra attributes (the rest of the name is the key).
     pub extra_headers_prefixes: Vec<String>,
 }
 
@@ -122,7 +129,9 @@ impl RequestHeaderConfig {
 pub struct TrustConfig {
     /// Grows with every change (connections cache their certificate verdicts per generation).
     pub generation: u64,
+    /// Verifies users' client certificates; `None`: no client certificate authenticates.
     pub client_ca: Option<CaPool>,
+    /// Front proxies allowed to name the user; `None`: request headers are ignored.
     pub request_header: Option<RequestHeaderConfig>,
 }
 
@@ -156,11 +165,18 @@ impl TrustConfig {
 /// Where trust comes from.
 #[derive(Debug, Clone, Default)]
 pub struct TrustSources {
+    /// `--client-ca-file`, read instead of the ConfigMap's `client-ca-file`.
     pub client_ca_file: Option<PathBuf>,
+    /// `--requestheader-client-ca-file`; when set, the `requestheader_*` flags below apply
+    /// instead of the ConfigMap's request-header entries.
     pub requestheader_client_ca_file: Option<PathBuf>,
+    /// `--requestheader-allowed-names`.
     pub requestheader_allowed_names: Vec<String>,
+    /// `--requestheader-username-headers`.
     pub requestheader_username_headers: Vec<String>,
+    /// `--requestheader-group-headers`.
     pub requestheader_group_headers: Vec<String>,
+    /// `--requestheader-extra-headers-prefix`.
     pub requestheader_extra_headers_prefix: Vec<String>,
     /// Read `kube-system/extension-apiserver-authentication` (needs a kube client).
     pub lookup_configmap: bool,
@@ -188,6 +204,7 @@ impl TrustStore {
         Ok(Arc::new(Self { current: RwLock::new(Arc::new(config)), changed: watch::channel(0).0, sources, kube }))
     }
 
+    /// The trust in force; a caller keeps its `Arc` for one decision while a refresh swaps it.
     pub fn current(&self) -> Arc<TrustConfig> {
         self.current.read().expect("trust").clone()
     }

@@ -19,6 +19,7 @@
 pub mod snapshot;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -29,15 +30,28 @@ use tokio::sync::{watch, Notify};
 use crate::upstream::kopia::reader::{CatalogReader, ReadOutcome, SourceBackup};
 use crate::upstream::kopia::session::{CallError, OpenError, Session, SessionConfig};
 use crate::upstream::kopia::tls::{ClientFiles, ConnectError};
-pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot, TIER_ANNOTATIONS};
+pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot};
 
 /// Why the catalog could not be read. Callers branch on it: 503 versus 502.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CatalogError {
+    /// No answer: no connection, the stream broke, or a timeout (a 503: retry later).
     #[error("the Klio server {server} cannot be reached: {reason}")]
-    Unreachable { server: String, reason: String },
+    Unreachable {
+        /// The source's URL, what an operator can check.
+        server: String,
+        /// The underlying error, for the message.
+        reason: String,
+    },
+    /// The server answered, but not with a catalog: TLS handshake or certificate trouble, a
+    /// refused session, a server error, a protocol violation (a 502: the upstream is at fault).
     #[error("the Klio server {server} did not serve its catalog: {reason}")]
-    BadResponse { server: String, reason: String },
+    BadResponse {
+        /// The source's URL.
+        server: String,
+        /// The underlying error, for the message.
+        reason: String,
+    },
 }
 
 impl CatalogError {
@@ -76,20 +90,43 @@ impl CatalogError {
 /// Requests pipelined on one Kopia session.
 const SESSION_WINDOW: usize = 64;
 
-/// One Klio server of the configuration.
+/// One configured Klio server, every field resolved (by the configuration) and checked.
+#[derive(Debug, Clone)]
+pub struct KlioServer {
+    /// Unique among the configured servers; the `server` label of its backups.
+    pub name: String,
+    /// Tier 1's Kopia repository server (`https://host:port`).
+    pub url: String,
+    /// Tier 2's, when the server has one.
+    pub tier2_url: Option<String>,
+    /// Pins the server: its certificate (SHA-256 fingerprint) or a CA that verifies it.
+    pub server_cert: PathBuf,
+    /// The client certificate presented (its CN is the Kopia identity).
+    pub client_cert: PathBuf,
+    /// The client certificate's key.
+    pub client_key: PathBuf,
+    /// The Kopia hostname part of `snapshot_reader@<hostname>`.
+    pub hostname: String,
+    /// Per-request timeout.
+    pub timeout_seconds: u64,
+}
+
+/// One Klio server of the configuration, with its readers.
 pub struct ServerConfig {
     /// Unique; a label and `status.server` on its objects.
     pub name: String,
     /// `snapshot_reader@<hostname>`, the identity its readers present.
     pub identity: String,
+    /// Reads the tier-1 repository, the one every server has.
     pub tier1: CatalogReader,
+    /// Reads the tier-2 repository, when the server has one.
     pub tier2: Option<CatalogReader>,
 }
 
 impl ServerConfig {
     /// Checks the certificate files and sets up the readers of one configured server (they
     /// connect on first use).
-    pub fn new(server: &crate::config::ResolvedServer) -> Result<Self> {
+    pub fn new(server: &KlioServer) -> Result<Self> {
         let files = ClientFiles {
             server_cert: server.server_cert.clone(),
             client_cert: server.client_cert.clone(),
@@ -117,25 +154,15 @@ impl ServerConfig {
             tier2: server.tier2_url.as_deref().map(|u| reader(u, 2)).transpose()?,
         })
     }
-
-    /// Every configured server.
-    pub fn all_from_args(args: &crate::config::KlioClientArgs) -> Result<Vec<Self>> {
-        args.resolve()?.iter().map(Self::new).collect()
-    }
 }
 
 /// How the catalog refreshes and how much history it keeps.
 #[derive(Debug, Clone)]
 pub struct CatalogOptions {
+    /// Time between background refreshes (a request for a newer resourceVersion asks earlier).
     pub refresh_interval: Duration,
     /// Snapshots kept for watch replay and `continue` tokens (at least 1).
     pub history: usize,
-}
-
-impl CatalogOptions {
-    pub fn from_args(args: &crate::config::KlioClientArgs) -> Self {
-        Self { refresh_interval: Duration::from_secs(args.refresh_seconds), history: args.history }
-    }
 }
 
 /// One source: a server's tier.
@@ -162,6 +189,27 @@ struct SourceState {
     told_empty: bool,
 }
 
+impl SourceState {
+    /// Takes a read's backups; true when they differ from the last ones. The source's revision
+    /// (its part of the resourceVersion, see the module documentation) becomes the newest
+    /// manifest's modification time in milliseconds, or one more than before when the change
+    /// added no newer manifest (a deletion).
+    fn accept(&mut self, backups: Vec<Arc<SourceBackup>>, newest_nanos: i64) -> bool {
+        let same = self.read_once
+            && backups.len() == self.backups.len()
+            && backups.iter().zip(&self.backups).all(|(a, b)| Arc::ptr_eq(a, b));
+        let first = !self.read_once;
+        self.read_once = true;
+        if same {
+            return false;
+        }
+        let newest_ms = u64::try_from(newest_nanos / 1_000_000).unwrap_or(0);
+        self.revision = if first { newest_ms.max(1) } else { newest_ms.max(self.revision + 1) };
+        self.backups = backups;
+        true
+    }
+}
+
 impl Source {
     fn labels(&self) -> crate::metrics::SourceLabels {
         crate::metrics::SourceLabels { server: self.server.to_string(), tier: (self.tier + 1).to_string() }
@@ -171,19 +219,27 @@ impl Source {
 /// What a probe or a client should know about one source.
 #[derive(Debug, Clone)]
 pub struct SourceHealth {
+    /// The configured server's name.
     pub server: String,
+    /// 1 or 2.
     pub tier: usize,
+    /// The Kopia repository server read.
     pub url: String,
     /// Who the service reads as (`snapshot_reader@klio`).
     pub identity: String,
     /// Backups the last read found; 0 after a successful read is worth explaining (see
     /// [`EMPTY_CATALOG_HINT`]).
     pub backups: usize,
+    /// When a read last succeeded; `None`: never, so its backups are missing.
     pub last_success: Option<SystemTime>,
+    /// The first of the failed reads in a row; `None` while reads succeed.
     pub failing_since: Option<SystemTime>,
+    /// Why the last read failed; `None` when it succeeded.
     pub last_error: Option<CatalogError>,
 }
 
+/// The catalog shared by every request handler and the background refresher (behind an `Arc`):
+/// the sources, their state and the published snapshots.
 pub struct Catalog {
     sources: Vec<Source>,
     prefix_server: bool,
@@ -199,6 +255,8 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// Sets up the sources of the configured servers without reading them (the refresher
+    /// does); fails on no server or a name used twice, which would make objects collide.
     pub fn new(servers: Vec<ServerConfig>, options: CatalogOptions) -> Result<Self> {
         anyhow::ensure!(!servers.is_empty(), "no Klio server configured");
         let mut names = std::collections::HashSet::new();
@@ -301,6 +359,7 @@ impl Catalog {
         result.ok().and_then(|r| r.ok().and_then(|s| s.clone()))
     }
 
+    /// Each source's state, for the readiness probe's checks and the clients' warnings.
     pub fn health(&self) -> Vec<SourceHealth> {
         self.sources
             .iter()
@@ -356,6 +415,24 @@ impl Catalog {
 
     /// One refresh round: every source read in parallel, a new snapshot published if anything changed.
     pub async fn refresh(&self) {
+        let results = self.read_sources().await;
+        let now = SystemTime::now();
+        let mut changed = false;
+        for (source, result) in self.sources.iter().zip(results) {
+            changed |= self.record_read(source, result, now);
+        }
+        let any_read = self.sources.iter().any(|s| s.state.lock().expect("source state").read_once);
+        if any_read && (changed || self.latest().is_none()) {
+            self.publish();
+            release_freed_memory();
+        }
+        let failing = self.sources.iter().any(|s| s.state.lock().expect("source state").last_error.is_some());
+        self.any_failing.store(failing, std::sync::atomic::Ordering::Relaxed);
+        self.rounds.send_modify(|r| *r += 1);
+    }
+
+    /// Reads every source at once (each through its own session), timing each read.
+    async fn read_sources(&self) -> Vec<Result<ReadOutcome, CallError>> {
         let reads = self.sources.iter().map(|source| async move {
             let mut reader = source.reader.lock().await;
             let started = std::time::Instant::now();
@@ -366,66 +443,53 @@ impl Catalog {
                 .observe(started.elapsed().as_secs_f64());
             result
         });
-        let results = futures_util::future::join_all(reads).await;
-        let mut changed = false;
-        let now = SystemTime::now();
-        for (source, result) in self.sources.iter().zip(results) {
-            let mut st = source.state.lock().expect("source state");
-            let labels = source.labels();
-            let m = crate::metrics::metrics();
-            let outcome = match &result {
-                Ok(ReadOutcome::Unchanged) => "not_modified",
-                Ok(ReadOutcome::Changed { .. }) => "ok",
-                Err(_) => "error",
-            };
-            m.fetches
-                .get_or_create(&crate::metrics::FetchLabels {
-                    server: labels.server.clone(),
-                    tier: labels.tier.clone(),
-                    result: outcome.into(),
-                })
-                .inc();
-            match result {
-                Ok(outcome) => {
-                    let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-                    m.last_success.get_or_create(&labels).set(unix);
-                    if let ReadOutcome::Changed { backups, newest_nanos } = outcome {
-                        let same = st.read_once
-                            && backups.len() == st.backups.len()
-                            && backups.iter().zip(&st.backups).all(|(a, b)| Arc::ptr_eq(a, b));
-                        if !same || !st.read_once {
-                            let newest_ms = u64::try_from(newest_nanos / 1_000_000).unwrap_or(0);
-                            st.revision = if st.read_once { newest_ms.max(st.revision + 1) } else { newest_ms.max(1) };
-                            st.backups = backups;
-                            changed = true;
-                        }
-                        st.read_once = true;
-                    }
-                    st.last_success = Some(now);
-                    st.failing_since = None;
-                    st.last_error = None;
-                    self.explain_empty(source, &mut st);
-                }
-                Err(err) => {
-                    m.read_errors
-                        .get_or_create(&crate::metrics::ReadErrorLabels {
-                            server: labels.server.clone(),
-                            tier: labels.tier.clone(),
-                            reason: CatalogError::reason(&err),
-                        })
-                        .inc();
-                    self.failed(source, &mut st, now, CatalogError::from_call(&source.url, &err));
-                }
+        futures_util::future::join_all(reads).await
+    }
+
+    /// Applies one source's read to its state, its metrics and its log; true when the backups
+    /// it contributes changed.
+    fn record_read(&self, source: &Source, result: Result<ReadOutcome, CallError>, now: SystemTime) -> bool {
+        let mut st = source.state.lock().expect("source state");
+        let labels = source.labels();
+        let m = crate::metrics::metrics();
+        let outcome = match &result {
+            Ok(ReadOutcome::Unchanged) => "not_modified",
+            Ok(ReadOutcome::Changed { .. }) => "ok",
+            Err(_) => "error",
+        };
+        m.fetches
+            .get_or_create(&crate::metrics::FetchLabels {
+                server: labels.server.clone(),
+                tier: labels.tier.clone(),
+                result: outcome.into(),
+            })
+            .inc();
+        match result {
+            Ok(outcome) => {
+                let unix = now.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                m.last_success.get_or_create(&labels).set(unix);
+                let changed = match outcome {
+                    ReadOutcome::Changed { backups, newest_nanos } => st.accept(backups, newest_nanos),
+                    ReadOutcome::Unchanged => false,
+                };
+                st.last_success = Some(now);
+                st.failing_since = None;
+                st.last_error = None;
+                self.explain_empty(source, &mut st);
+                changed
+            }
+            Err(err) => {
+                m.read_errors
+                    .get_or_create(&crate::metrics::ReadErrorLabels {
+                        server: labels.server.clone(),
+                        tier: labels.tier.clone(),
+                        reason: CatalogError::reason(&err),
+                    })
+                    .inc();
+                self.failed(source, &mut st, now, CatalogError::from_call(&source.url, &err));
+                false
             }
         }
-        let any_read = self.sources.iter().any(|s| s.state.lock().expect("source state").read_once);
-        if any_read && (changed || self.latest().is_none()) {
-            self.publish();
-            release_freed_memory();
-        }
-        let failing = self.sources.iter().any(|s| s.state.lock().expect("source state").last_error.is_some());
-        self.any_failing.store(failing, std::sync::atomic::Ordering::Relaxed);
-        self.rounds.send_modify(|r| *r += 1);
     }
 
     /// Logs, once per empty spell, why a server may show no backups: since Klio 0.0.13 the
@@ -506,5 +570,38 @@ fn release_freed_memory() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::kopia::ids::ManifestId;
+
+    fn backup(id: u8) -> Arc<SourceBackup> {
+        let record = crate::upstream::record::sample_record("pg", &format!("backup-{id}"), 1_763_026_297, 2, 7, false);
+        Arc::new(SourceBackup {
+            record: Arc::new(serde_json::from_value(record).unwrap()),
+            manifest: ManifestId([id; 16]),
+            written_nanos: 1,
+            root: [id; 16],
+            snapshots: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_source_revision_is_its_newest_manifest_time_or_one_more() {
+        let mut st = SourceState::default();
+        let (a, b) = (backup(1), backup(2));
+        assert!(st.accept(vec![], 0), "the first read is a change, even when empty");
+        assert_eq!(st.revision, 1, "a revision is never 0");
+        assert!(st.accept(vec![a.clone(), b.clone()], 5_000_000_000));
+        assert_eq!(st.revision, 5_000, "the newest manifest's time, in milliseconds");
+        assert!(!st.accept(vec![a.clone(), b.clone()], 5_000_000_000), "the same backups are no change");
+        assert_eq!(st.revision, 5_000);
+        assert!(st.accept(vec![a.clone()], 5_000_000_000), "a deletion is a change");
+        assert_eq!(st.revision, 5_001, "without a newer manifest, one more than before");
+        assert!(st.accept(vec![a, b], 4_000_000_000));
+        assert_eq!(st.revision, 5_002, "a revision never goes back");
     }
 }

@@ -10,11 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-use serde::Serialize;
-
-use crate::model::{KlioBackup, KlioBackupSpec, KlioBackupStatus, TablespaceLayout};
+#[cfg(test)]
 use crate::upstream::kopia::ids::ManifestId;
 use crate::upstream::kopia::reader::SourceBackup;
 use crate::upstream::record::BackupRecord;
@@ -55,12 +51,16 @@ impl ResourceVersion {
 /// What kind of change an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventType {
+    /// The object is new (or, for a filtered watch, now matches).
     Added,
+    /// The object changed and still exists.
     Modified,
+    /// The object is gone (or, for a filtered watch, no longer matches).
     Deleted,
 }
 
 impl EventType {
+    /// The watch event's `type` as Kubernetes spells it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Added => "ADDED",
@@ -74,14 +74,18 @@ impl EventType {
 /// (selectors need it to turn a change into ADDED/DELETED for a watcher that filters).
 #[derive(Debug, Clone)]
 pub struct Event {
+    /// Added, modified or deleted.
     pub kind: EventType,
+    /// The object after the change; for a deletion, the last state with the deleting revision.
     pub object: Arc<Backup>,
+    /// The object before the change (for a deletion, as last served); `None` for an addition.
     pub previous: Option<Arc<Backup>>,
 }
 
 /// One consistent view of the catalog.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// The sources' revisions this view was built from.
     pub resource_version: ResourceVersion,
     /// The same, printed once.
     pub resource_version_text: String,
@@ -93,6 +97,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The backup named `name`, by binary search (the list is sorted).
     pub fn get(&self, name: &str) -> Option<&Arc<Backup>> {
         self.position(name).ok().map(|i| &self.backups[i])
     }
@@ -103,30 +108,9 @@ impl Snapshot {
     }
 }
 
-/// The label keys the service puts on every object.
-pub mod labels {
-    pub const CLUSTER: &str = "kliocatalog.enterprisedb.io/cluster";
-    pub const SERVER: &str = "kliocatalog.enterprisedb.io/server";
-    pub const TIER1: &str = "kliocatalog.enterprisedb.io/tier1";
-    pub const TIER2: &str = "kliocatalog.enterprisedb.io/tier2";
-}
-
-/// The annotation marking the tier a backup was found on (klio-catalog.md §2).
-pub const TIER_ANNOTATIONS: [&str; 2] = ["klio.io/tier1", "klio.io/tier2"];
-
-/// The annotations naming a backup's Kopia snapshots, per tier: the product document's names
-/// describe tier 1; tier 2 (where migration gave the snapshots new IDs) has its own.
-pub mod snapshot_annotations {
-    /// The PGDATA snapshot's manifest ID (also on each tablespace: its snapshot's ID).
-    pub const PGDATA: [&str; 2] = ["klio.io/kopiaManifestID", "klio.io/tier2KopiaManifestID"];
-    /// The pg_control snapshot's manifest ID.
-    pub const CONTROLDATA: [&str; 2] =
-        ["klio.io/controlDataKopiaManifestID", "klio.io/tier2ControlDataKopiaManifestID"];
-}
-
-/// One KlioBackup as the catalog keeps it: what each tier holds of it (shared with the source it
-/// was read from and with earlier snapshots) and what the service adds. It becomes the generated
-/// [`KlioBackup`] type only when it is served, so the catalog holds a fraction of the memory a
+/// One backup as the catalog keeps it: what each tier holds of it (shared with the source it
+/// was read from and with earlier snapshots), its object name and revision. It becomes the
+/// generated `KlioBackup` type (in the API layer) only when it is served, so the catalog holds a fraction of the memory a
 /// `KlioBackup` with its label and annotation maps would take.
 #[derive(Debug, Clone)]
 pub struct Backup {
@@ -146,7 +130,8 @@ impl Backup {
         resource_version: Arc<str>,
     ) -> Option<Self> {
         let record = &tiers.iter().flatten().next()?.record;
-        if time(record.started_at).is_none() || time(record.stopped_at).is_none() {
+        let representable = |seconds: i64| jiff::Timestamp::from_second(seconds).is_ok();
+        if !representable(record.started_at) || !representable(record.stopped_at) {
             tracing::warn!(cluster = %record.cluster_name, backup = %record.name, "skipping a backup record with an impossible timestamp");
             return None;
         }
@@ -161,6 +146,11 @@ impl Backup {
     /// The record served: tier 1's when the backup is on tier 1.
     pub fn record(&self) -> &BackupRecord {
         &self.tiers.iter().flatten().next().expect("a backup is on a tier").record
+    }
+
+    /// The Klio server (its configured name) the backup is on.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// On tier 1, on tier 2.
@@ -184,50 +174,10 @@ impl Backup {
         Self { resource_version, ..self.clone() }
     }
 
-    /// One of the labels of [`labels`], without building the label map.
-    pub fn label(&self, key: &str) -> Option<&str> {
-        match key {
-            labels::CLUSTER => Some(&self.record().cluster_name),
-            labels::SERVER => Some(&self.server),
-            labels::TIER1 => self.tiers[0].is_some().then_some("true"),
-            labels::TIER2 => self.tiers[1].is_some().then_some("true"),
-            _ => None,
-        }
-    }
-
-    pub fn metadata(&self) -> ObjectMeta {
-        let labels = [labels::CLUSTER, labels::SERVER, labels::TIER1, labels::TIER2]
-            .into_iter()
-            .filter_map(|k| self.label(k).map(|v| (k.to_string(), v.to_string())))
-            .collect();
-        ObjectMeta {
-            name: Some(self.name.to_string()),
-            labels: Some(labels),
-            resource_version: Some(self.resource_version.to_string()),
-            uid: Some(self.uid()),
-            creation_timestamp: self.created(),
-            ..Default::default()
-        }
-    }
-
-    /// `metadata.uid`: a name-based UUID (version 5) of the server, the cluster and the backup
-    /// ID, so every replica, and every restart, gives a backup the same one, and two backups
-    /// never share one (not even two clusters' backups of the same name).
-    pub fn uid(&self) -> String {
-        let record = self.record();
-        uuid_v5(&[&self.server, &record.cluster_name, &record.name])
-    }
-
-    /// `metadata.creationTimestamp`: when the backup completed (its `stoppedAt`), which is when
-    /// Klio adds it to its catalog. The same on every tier and replica, and it never changes.
-    pub fn created(&self) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
-        time(self.record().stopped_at)
-    }
-
     /// A backup of the demo's shape, on tier 1 of the server `klio`.
     #[cfg(test)]
     pub(crate) fn sample(cluster: &str, id: &str) -> Self {
-        let record = crate::demo::sample_record(cluster, id, 1_763_026_297, 2, 7, false);
+        let record = crate::upstream::record::sample_record(cluster, id, 1_763_026_297, 2, 7, false);
         let record = Arc::new(serde_json::from_value(record).expect("the demo record decodes"));
         let source = SourceBackup {
             record,
@@ -248,73 +198,13 @@ impl Backup {
         };
         same(&self.tiers[0], &other.tiers[0]) && same(&self.tiers[1], &other.tiers[1]) && self.server == other.server
     }
-
-    /// The mapping of `klio-catalog.md` §2, plus the labels, the server and the Kopia snapshot
-    /// IDs of every tier the backup is on (a record that carries them keeps its own).
-    pub fn to_kliobackup(&self) -> KlioBackup {
-        let record = self.record();
-        let mut annotations = record.annotations.to_map();
-        let set = |map: &mut BTreeMap<String, String>, key: &str, id: Option<ManifestId>| {
-            if let Some(id) = id {
-                map.entry(key.to_string()).or_insert_with(|| id.to_string());
-            }
-        };
-        for (tier, source) in self.tiers.iter().enumerate() {
-            let Some(source) = source else { continue };
-            annotations.insert(TIER_ANNOTATIONS[tier].to_string(), "present".into());
-            set(&mut annotations, snapshot_annotations::PGDATA[tier], source.snapshots.pgdata);
-            set(&mut annotations, snapshot_annotations::CONTROLDATA[tier], source.snapshots.controldata);
-        }
-        let tablespaces: Vec<TablespaceLayout> = record
-            .tablespaces
-            .iter()
-            .flatten()
-            .map(|t| {
-                let mut ts_annotations = t.annotations.to_map();
-                for (tier, source) in self.tiers.iter().enumerate() {
-                    let id = source.as_ref().and_then(|s| {
-                        s.snapshots.tablespaces.iter().find(|(name, _)| **name == *t.name).map(|(_, id)| *id)
-                    });
-                    set(&mut ts_annotations, snapshot_annotations::PGDATA[tier], id);
-                }
-                TablespaceLayout {
-                    name: t.name.to_string(),
-                    oid: Some(t.oid.to_string()).filter(|s| !s.is_empty()),
-                    path: Some(t.path.to_string()).filter(|s| !s.is_empty()),
-                    annotations: Some(ts_annotations).filter(|a| !a.is_empty()),
-                }
-            })
-            .collect();
-        KlioBackup {
-            api_version: crate::routes::group_version().to_string(),
-            kind: "KlioBackup".to_string(),
-            metadata: self.metadata(),
-            spec: KlioBackupSpec { backup_id: record.name.to_string(), cluster_name: record.cluster_name.to_string() },
-            status: Some(KlioBackupStatus {
-                annotations: Some(annotations).filter(|a| !a.is_empty()),
-                start_lsn: Some(record.start_lsn),
-                end_lsn: Some(record.end_lsn),
-                start_wal: Some(record.start_wal.to_string()),
-                end_wal: Some(record.end_wal.to_string()),
-                started_at: time(record.started_at),
-                stopped_at: time(record.stopped_at),
-                server: Some(self.server.to_string()),
-                tablespaces: Some(tablespaces).filter(|t| !t.is_empty()),
-            }),
-        }
-    }
-}
-
-/// Serialized as the `KlioBackup` it stands for.
-impl Serialize for Backup {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_kliobackup().serialize(serializer)
-    }
 }
 
 /// The backups one source contributed.
 pub struct SourceRecords<'a> {
+    /// The configured server's name, shared with every backup of it.
     pub server: &'a Arc<str>,
+    /// 0 for tier 1, 1 for tier 2.
     pub tier: usize,
     /// Sorted by (cluster, name).
     pub backups: &'a [Arc<SourceBackup>],
@@ -386,40 +276,14 @@ fn object_name(server: &str, cluster: &str, name: &str, prefix_server: bool) -> 
     }
 }
 
-/// The namespace of KlioBackup UIDs: the UUID v5 of `kliocatalog.enterprisedb.io` in RFC 4122's
-/// DNS namespace.
-const UID_NAMESPACE: [u8; 16] =
-    [0x9d, 0xf1, 0xc5, 0x32, 0x16, 0xda, 0x58, 0xb7, 0x83, 0xfd, 0x3b, 0xf0, 0x3d, 0x07, 0x0d, 0xc1];
-
-/// RFC 4122 version 5: SHA-1 of the namespace and the name, with the version and variant bits
-/// set. The name is the parts joined by `/`.
-fn uuid_v5(parts: &[&str]) -> String {
-    let mut sha = openssl::sha::Sha1::new();
-    sha.update(&UID_NAMESPACE);
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            sha.update(b"/");
-        }
-        sha.update(part.as_bytes());
-    }
-    let mut b = sha.finish();
-    b[6] = (b[6] & 0x0f) | 0x50;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
-    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
-}
-
-fn time(seconds: i64) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time> {
-    jiff::Timestamp::from_second(seconds).ok().map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(cluster: &str, id: &str, end_lsn: u64) -> Arc<SourceBackup> {
         let mut r: BackupRecord =
-            serde_json::from_value(crate::demo::sample_record(cluster, id, 1_763_026_297, 2, 7, false)).unwrap();
+            serde_json::from_value(crate::upstream::record::sample_record(cluster, id, 1_763_026_297, 2, 7, false))
+                .unwrap();
         r.end_lsn = end_lsn;
         Arc::new(SourceBackup {
             record: Arc::new(r),
@@ -436,19 +300,6 @@ mod tests {
 
     fn names(events: &[Event]) -> Vec<(EventType, String)> {
         events.iter().map(|e| (e.kind, e.object.name().to_string())).collect()
-    }
-
-    #[test]
-    fn uids_are_rfc4122_version_5() {
-        // Python: uuid.uuid5(uuid.NAMESPACE_DNS, "kliocatalog.enterprisedb.io")
-        let namespace: String = UID_NAMESPACE.iter().map(|x| format!("{x:02x}")).collect();
-        assert_eq!(namespace, "9df1c53216da58b783fd3bf03d070dc1");
-        // Python: uuid.uuid5(uuid.UUID("9df1c532-16da-58b7-83fd-3bf03d070dc1"), "klio/pg/b1")
-        assert_eq!(uuid_v5(&["klio", "pg", "b1"]), "ade2041b-d97a-50ce-8712-3263ea32f31e");
-        assert_ne!(uuid_v5(&["klio", "pg", "b1"]), uuid_v5(&["klio", "pg-b1", ""]));
-        let b = Backup::sample("cluster-example", "backup-20251113093137");
-        assert_eq!(b.uid(), uuid_v5(&["klio", "cluster-example", "backup-20251113093137"]));
-        assert_eq!(b.created().unwrap().0.as_second(), 1_763_026_299);
     }
 
     #[test]
@@ -498,18 +349,8 @@ mod tests {
         let east: Arc<str> = "east".into();
         let s = build(None, ResourceVersion(vec![1, 1]), &[source(&east, 0, &t1), source(&east, 1, &t2)], true);
         assert_eq!(s.backups.iter().map(|b| b.name()).collect::<Vec<_>>(), ["east.a.b0", "east.a.b1"]);
-        let both = s.get("east.a.b1").unwrap().to_kliobackup();
-        let ann = both.status.as_ref().unwrap().annotations.as_ref().unwrap();
-        assert_eq!(
-            (ann.get("klio.io/tier1").map(String::as_str), ann.get("klio.io/tier2").map(String::as_str)),
-            (Some("present"), Some("present"))
-        );
-        let labels = both.metadata.labels.as_ref().unwrap();
-        assert_eq!(labels.get(labels::CLUSTER).map(String::as_str), Some("a"));
-        assert_eq!(labels.get(labels::SERVER).map(String::as_str), Some("east"));
-        let b0 = s.get("east.a.b0").unwrap();
-        assert_eq!(b0.metadata().labels.unwrap().get(labels::TIER1), None);
-        assert_eq!((b0.label(labels::TIER1), b0.label(labels::TIER2)), (None, Some("true")));
-        assert_eq!(b0.label("other"), None);
+        assert_eq!(s.get("east.a.b1").unwrap().tiers(), [true, true]);
+        assert_eq!(s.get("east.a.b0").unwrap().tiers(), [false, true]);
+        assert_eq!(s.get("east.a.b0").unwrap().server(), "east");
     }
 }

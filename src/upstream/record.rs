@@ -21,30 +21,42 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct BackupRecord {
     /// The backup ID, e.g. `backup-20251113093137`.
     pub name: Box<str>,
+    /// The CloudNativePG cluster backed up (shared between records, see [`Interner`]).
     pub cluster_name: Arc<str>,
+    /// The WAL position (LSN) where the backup started.
     pub start_lsn: u64,
+    /// The WAL position where it ended.
     pub end_lsn: u64,
+    /// The WAL segment file at the start.
     pub start_wal: WalName,
+    /// The WAL segment file at the end.
     pub end_wal: WalName,
     // tli, segmentSize, backupLabel, tablespaceMap and pgData are part of the record but not of
     // a KlioBackup: they are not kept.
+    /// The tablespaces backed up with the data directory; absent in records without any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tablespaces: Option<Box<[TablespaceRecord]>>,
+    /// Backend metadata Klio attaches (e.g. `klio.io/kopiaManifestID`).
     #[serde(default, skip_serializing_if = "Annotations::is_empty")]
     pub annotations: Annotations,
-    /// Unix seconds.
+    /// When the backup started, Unix seconds.
     pub started_at: i64,
-    /// Unix seconds.
+    /// When it ended, Unix seconds.
     pub stopped_at: i64,
 }
 
+/// One tablespace of a backup, as the record lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TablespaceRecord {
+    /// The tablespace's name in PostgreSQL.
     pub name: Box<str>,
+    /// Its OID, as a string (as Klio writes it).
     #[serde(default)]
     pub oid: Box<str>,
+    /// Its location on the PostgreSQL host.
     #[serde(default)]
     pub path: Box<str>,
+    /// Backend metadata Klio attaches to this tablespace.
     #[serde(default, skip_serializing_if = "Annotations::is_empty")]
     pub annotations: Annotations,
 }
@@ -53,7 +65,9 @@ pub struct TablespaceRecord {
 /// timeline was unknown); those are kept as the 12 bytes they spell, anything else as text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WalName {
+    /// The usual name, as the 12 bytes its hex spells.
     Hex([u8; 12]),
+    /// Anything else, verbatim.
     Text(Box<str>),
 }
 
@@ -107,14 +121,17 @@ impl<'de> Deserialize<'de> for WalName {
 pub struct Annotations(Box<[(Arc<str>, Box<str>)]>);
 
 impl Annotations {
+    /// True without entries (then the field is not written).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The value under `key`, by binary search.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.binary_search_by(|(k, _)| (**k).cmp(key)).ok().map(|i| &*self.0[i].1)
     }
 
+    /// The entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(k, v)| (&**k, &**v))
     }
@@ -193,6 +210,8 @@ impl Interner {
         }
     }
 
+    /// Makes a freshly decoded record share its cluster name and annotation keys with the
+    /// records seen before.
     pub fn record(&mut self, r: &mut BackupRecord) {
         self.share(&mut r.cluster_name);
         self.share_keys(&mut r.annotations);
@@ -206,6 +225,43 @@ impl Interner {
 /// (`<cluster>.<backup>`): what the API accepts in a name, without the dot that joins them.
 pub fn is_name_part(s: &str) -> bool {
     !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+}
+
+/// One sample record in Klio's format (as Klio 0.0.10 and later write it: the Kopia snapshot
+/// IDs are not in the record, the service finds them in the repository).
+#[allow(clippy::too_many_arguments)]
+pub fn sample_record(
+    cluster: &str,
+    id: &str,
+    started: i64,
+    duration: i64,
+    segment: u64,
+    tablespaces: bool,
+) -> serde_json::Value {
+    let start_lsn = segment * 0x100_0000 + 0x28;
+    let end_lsn = start_lsn + 0xF8;
+    let wal = format!("{:08X}{:08X}{:08X}", 1, segment >> 8, segment & 0xFF);
+    let mut record = serde_json::json!({
+        "name": id,
+        "clusterName": cluster,
+        "startLsn": start_lsn,
+        "endLsn": end_lsn,
+        "startWal": wal,
+        "endWal": wal,
+        "tli": 1,
+        "segmentSize": 16_777_216,
+        "backupLabel": format!("START WAL LOCATION: {:X}/{:X} (file {wal})\nCHECKPOINT LOCATION: {:X}/{:X}\nBACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: {started}\nLABEL: {id}\nSTART TIMELINE: 1\n", start_lsn >> 32, start_lsn & 0xFFFF_FFFF, start_lsn >> 32, (start_lsn + 0x60) & 0xFFFF_FFFF),
+        "tablespaceMap": "",
+        "pgData": "/var/lib/postgresql/data/pgdata",
+        "startedAt": started,
+        "stoppedAt": started + duration,
+    });
+    if tablespaces {
+        record["tablespaceMap"] = serde_json::json!("16385 /var/lib/postgresql/tablespaces/analytics\n");
+        // Klio writes a tablespace's `annotations` without omitempty: null when unset.
+        record["tablespaces"] = serde_json::json!([{ "name": "analytics", "oid": "16385", "path": "/var/lib/postgresql/tablespaces/analytics", "annotations": null }]);
+    }
+    record
 }
 
 #[cfg(test)]
@@ -236,7 +292,7 @@ mod tests {
     #[test]
     fn interned_strings_are_shared() {
         let sample = |id| {
-            let mut record = crate::demo::sample_record("pg", id, 1, 2, 3, false);
+            let mut record = crate::upstream::record::sample_record("pg", id, 1, 2, 3, false);
             // As records written before Klio 0.0.10 carry them.
             record["annotations"] = serde_json::json!({ "klio.io/kopiaManifestID": id });
             serde_json::from_value::<BackupRecord>(record)

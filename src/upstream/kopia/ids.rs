@@ -121,6 +121,7 @@ pub struct ObjectId {
     pub indirection: u8,
     /// Object-level compression (`Z`), used only by repositories without content compression.
     pub compressed: bool,
+    /// The content holding the bytes (or, indirect, the index of the parts).
     pub content: ContentId,
 }
 

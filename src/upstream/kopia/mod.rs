@@ -17,6 +17,7 @@ pub mod ids;
 pub mod reader;
 pub mod server;
 pub mod session;
+mod snapshot_read;
 pub mod tls;
 
 /// Generated from `src/upstream/kopia/repository.proto`.

@@ -33,6 +33,7 @@ use crate::metrics::{metrics, KopiaRequestLabels, SourceLabels};
 pub struct SessionConfig {
     /// `https://host:port`.
     pub url: String,
+    /// The certificates to trust the server by and to present, read again at each opening.
     pub files: ClientFiles,
     /// Bound on one request (including waiting for a slot in the window) and on opening.
     pub request_timeout: Duration,
@@ -52,11 +53,17 @@ pub enum CallError {
     /// The stream ended or failed while the request waited for its answer.
     #[error("the session stream broke: {0}")]
     Broken(String),
+    /// No answer within the request timeout (seconds); a stream that stops answering is closed.
     #[error("no answer within {0}s")]
     Timeout(u64),
     /// The server answered the request with an error.
     #[error("{}: {message}", code_name(*.code))]
-    Server { code: i32, message: String },
+    Server {
+        /// Kopia's `ErrorResponse` code (see [`code_name`]).
+        code: i32,
+        /// The server's message.
+        message: String,
+    },
     /// An answer of the wrong kind.
     #[error("unexpected answer: {0}")]
     Protocol(String),
@@ -68,18 +75,30 @@ pub enum OpenError {
     /// The certificate files could not be read or do not fit together.
     #[error("{0}")]
     Files(String),
+    /// No TLS connection: network, handshake or an untrusted server.
     #[error(transparent)]
     Connect(#[from] ConnectError),
     /// The server ended the session with a gRPC status before it started (authentication:
     /// `PERMISSION_DENIED`, `access denied for snapshot_reader@klio`).
     #[error("the Kopia server refused the session: {code}: {message}")]
-    Refused { code: String, message: String },
+    Refused {
+        /// The gRPC status code's name.
+        code: String,
+        /// The status message.
+        message: String,
+    },
+    /// The HTTP/2 stream or the session's first exchange went wrong (what).
     #[error("the Kopia session did not start: {0}")]
     Protocol(String),
     /// An earlier attempt failed and the next one is not due yet (said as the failure itself, so
     /// that a repeated failure reads the same and is logged once).
     #[error("{last}")]
-    BackingOff { last: Box<OpenError>, wait_ms: u64 },
+    BackingOff {
+        /// The failure of the last attempt.
+        last: Box<OpenError>,
+        /// Milliseconds until the next attempt is allowed.
+        wait_ms: u64,
+    },
 }
 
 impl OpenError {
@@ -196,15 +215,18 @@ impl Drop for Live {
 const MAX_ANSWERS: usize = 10_000;
 
 impl Session {
+    /// Checks the URL and sets the session up without connecting (the first request does).
     pub fn new(config: SessionConfig) -> anyhow::Result<Self> {
         let (host, port) = parse_url(&config.url)?;
         Ok(Self { config, host, port, state: Default::default(), stray_answers: Default::default() })
     }
 
+    /// The server's URL, as configured.
     pub fn url(&self) -> &str {
         &self.config.url
     }
 
+    /// The bound on one request.
     pub fn timeout(&self) -> Duration {
         self.config.request_timeout
     }
@@ -239,6 +261,7 @@ impl Session {
         Ok(entries)
     }
 
+    /// One manifest: its labels and its JSON payload.
     pub async fn get_manifest(&self, id: &ManifestId) -> Result<GetManifestResponse, CallError> {
         let request = session_request::Request::GetManifest(GetManifestRequest { manifest_id: id.to_string() });
         match self.call("get_manifest", request).await?.pop() {
@@ -248,6 +271,7 @@ impl Session {
         }
     }
 
+    /// One content's bytes, decrypted and decompressed by the server.
     pub async fn get_content(&self, id: &ContentId) -> Result<bytes::Bytes, CallError> {
         let request = session_request::Request::GetContent(GetContentRequest { content_id: id.to_string() });
         match self.call("get_content", request).await?.pop() {

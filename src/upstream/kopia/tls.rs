@@ -30,7 +30,9 @@ use tokio_openssl::SslStream;
 pub struct ClientFiles {
     /// The Klio server's certificate (its pin), or a CA that issued it.
     pub server_cert: PathBuf,
+    /// The client certificate (PEM, leaf first) presented to the server.
     pub client_cert: PathBuf,
+    /// Its private key (PEM).
     pub client_key: PathBuf,
     /// The identity the client certificate must carry, `snapshot_reader@<hostname>`.
     pub expected_identity: String,
@@ -38,20 +40,27 @@ pub struct ClientFiles {
 
 /// What [`ClientFiles`] held when they were last read.
 pub struct ClientMaterial {
+    /// How to check the server.
     pub trust: ServerTrust,
+    /// The client certificate chain, leaf first.
     pub chain: Vec<X509>,
+    /// Its private key, checked to match the leaf.
     pub key: PKey<Private>,
     /// The two halves of the certificate's `user@host` common name, sent as `kopia-username`
     /// and `kopia-hostname`.
     pub username: String,
+    /// The host half.
     pub hostname: String,
 }
 
 /// The server-certificate file: its first certificate's SHA-256 (the pin) and every
 /// certificate in it (CAs, when it is not the server's own certificate).
 pub struct ServerTrust {
+    /// The file it was read from, named in errors.
     pub file: PathBuf,
+    /// The first certificate's SHA-256: any presented certificate with it is trusted.
     pub pin: [u8; 32],
+    /// Every certificate of the file, used as CAs when no presented certificate is the pin.
     pub certs: Vec<X509>,
 }
 
@@ -110,10 +119,13 @@ pub fn split_identity(cn: &str) -> Result<(String, String)> {
 /// Why a connection could not be set up. The catalog tells them apart in its messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
+    /// No TCP connection (refused, no route, name lookup), or no TLS within the timeout.
     #[error("cannot connect: {0}")]
     Unreachable(String),
+    /// TCP connected but TLS failed (protocol version, ALPN, our certificate refused).
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
+    /// The server's certificate is neither the pin nor verified by the file's CAs.
     #[error("{0}")]
     UntrustedServer(String),
 }
@@ -218,6 +230,7 @@ fn verify_with_cas(leaf: &X509, intermediates: &[X509], cas: &[X509], host: &str
 /// (the last CN, as Go and Kubernetes read a subject).
 #[derive(Debug, Clone, Default)]
 pub struct PeerIdentity {
+    /// `None` when the client sent no certificate (or one that did not verify).
     pub common_name: Option<String>,
 }
 

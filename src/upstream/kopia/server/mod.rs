@@ -13,6 +13,7 @@
 //!
 //! [`SessionService`] takes any [`Backend`], so tests can serve a repository of their own making.
 
+mod files;
 pub mod repository;
 
 use std::collections::HashMap;
@@ -42,7 +43,9 @@ use repository::{DirRepository, StoredManifest};
 pub trait Backend: Send + Sync + 'static {
     /// Every manifest, oldest first.
     fn manifests(&self) -> Vec<Arc<StoredManifest>>;
+    /// One manifest, for `GetManifest`; `None` answers `MANIFEST_NOT_FOUND`.
     fn manifest(&self, id: &ManifestId) -> Option<Arc<StoredManifest>>;
+    /// One content's plain bytes, for `GetContent`; `None` answers `CONTENT_NOT_FOUND`.
     fn content(&self, id: &ContentId) -> Option<Bytes>;
     /// Announced in `InitializeSession`.
     fn hmac_secret(&self) -> Vec<u8> {
@@ -73,9 +76,13 @@ impl Backend for DirRepository {
 /// Requests served, by kind (tests and the bench count upstream work with it).
 #[derive(Debug, Default)]
 pub struct RequestCounts {
+    /// Sessions opened.
     pub sessions: AtomicU64,
+    /// `FindManifests` requests.
     pub find_manifests: AtomicU64,
+    /// `GetManifest` requests.
     pub get_manifest: AtomicU64,
+    /// `GetContent` requests.
     pub get_content: AtomicU64,
 }
 
@@ -115,10 +122,12 @@ pub struct SessionService<B: ?Sized> {
 }
 
 impl<B: Backend + ?Sized> SessionService<B> {
+    /// Serves `backend` under `acl`, with fresh request counts.
     pub fn new(backend: Arc<B>, acl: Acl) -> Self {
         Self { backend, acl, counts: Default::default(), concurrency: 8 }
     }
 
+    /// The counts of the requests served so far.
     pub fn counts(&self) -> Arc<RequestCounts> {
         self.counts.clone()
     }
@@ -379,10 +388,12 @@ impl<B: Backend + ?Sized> KopiaServer<B> {
         Ok(Self { listener, acceptor: Arc::new(acceptor), service })
     }
 
+    /// The address bound, to learn the port when 0 was asked for.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener")
     }
 
+    /// The counts of the requests served so far.
     pub fn counts(&self) -> Arc<RequestCounts> {
         self.service.counts()
     }

@@ -14,11 +14,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde::Deserialize;
 
+pub use super::files::write_key;
+use super::files::{record_files, repository_key, FileStamp};
 use crate::upstream::kopia::format::{
     time_text, DirEntry, DirSummary, Directory, IndirectEntry, IndirectIndex, SnapshotManifest, SnapshotStats,
     SourceInfo, DIRECTORY_STREAM, INDIRECT_STREAM,
@@ -38,9 +40,14 @@ const SOURCE_USER: &str = "klio";
 /// A manifest as the repository stores it.
 #[derive(Debug)]
 pub struct StoredManifest {
+    /// Its ID, what `GetManifest` asks for.
     pub id: ManifestId,
+    /// When it was written, nanoseconds since the epoch (FindManifests reports it; readers
+    /// derive resourceVersions from it).
     pub mod_time_nanos: i64,
+    /// Its labels, what `FindManifests` matches.
     pub labels: BTreeMap<String, String>,
+    /// Its JSON payload (a snapshot manifest).
     pub json: Bytes,
 }
 
@@ -49,7 +56,9 @@ pub struct StoredManifest {
 pub struct View {
     /// Oldest first (Kopia's FindManifests order), then by ID.
     pub manifests: Vec<Arc<StoredManifest>>,
+    /// The same manifests by ID.
     pub by_id: HashMap<ManifestId, Arc<StoredManifest>>,
+    /// Every content of every snapshot, plain.
     pub contents: HashMap<ContentId, Bytes>,
 }
 
@@ -118,6 +127,9 @@ struct TablespaceShape {
 }
 
 impl DirRepository {
+    /// A repository over the existing directory `dir` (its key file is written when missing);
+    /// files larger than `split_bytes` become indirect objects; the directory is scanned again
+    /// at most every `rescan`.
     pub fn new(dir: &Path, split_bytes: usize, rescan: Duration) -> anyhow::Result<Self> {
         anyhow::ensure!(dir.is_dir(), "--dir {} is not a directory", dir.display());
         let secret = repository_key(dir)?;
@@ -437,41 +449,6 @@ impl DirRepository {
     }
 }
 
-/// The key in `dir/.repository-key`, made (random) when there is none.
-fn repository_key(dir: &Path) -> anyhow::Result<Vec<u8>> {
-    use anyhow::Context;
-    let path = dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let text = text.trim();
-            let key: Option<Vec<u8>> = (text.len() == 64)
-                .then(|| (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect())
-                .flatten();
-            key.with_context(|| format!("{} must hold 64 hexadecimal characters", path.display()))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = vec![0; 32];
-            openssl::rand::rand_bytes(&mut key)?;
-            write_key(dir, &key)?;
-            Ok(key)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
-}
-
-/// Writes `key` as the repository key of `dir` (readable by the owner only).
-pub fn write_key(dir: &Path, key: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    use std::io::Write;
-    let path = dir.join(KEY_FILE);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(&path)
-        .and_then(|mut f| f.write_all(crate::upstream::kopia::ids::hex(key).as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
-}
-
 fn same_manifests(a: &BuiltRecord, b: &BuiltRecord) -> bool {
     a.manifests.len() == b.manifests.len()
         && a.manifests
@@ -496,80 +473,25 @@ fn assemble<'a>(records: impl Iterator<Item = &'a BuiltRecord>) -> View {
     view
 }
 
-/// Every `*.json` under `dir`, hidden files and directories skipped, sorted.
-fn record_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut files = vec![];
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let path = entry.path();
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() && path.extension().is_some_and(|e| e == "json") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// What changes whenever a file's content does: a rewrite moves ctime (which nobody can set
-/// back), a copy or rename brings another inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    dev: u64,
-    ino: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    fn of(m: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            len: m.len(),
-            dev: m.dev(),
-            ino: m.ino(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-
-    fn mtime_nanos(&self) -> i64 {
-        self.mtime.0.saturating_mul(1_000_000_000).saturating_add(self.mtime.1)
-    }
-
-    /// File times are coarse: a file changed within a second of being read is read again.
-    fn changed_before(&self, t: SystemTime) -> bool {
-        let ctime = UNIX_EPOCH + Duration::new(self.ctime.0.max(0) as u64, self.ctime.1.clamp(0, 999_999_999) as u32);
-        ctime + Duration::from_secs(1) < t
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("klio-repo-{name}-{}-{:?}", std::process::id(), SystemTime::now()));
-        std::fs::create_dir_all(dir.join("pg")).unwrap();
+    /// A repository directory with a cluster directory `pg` (removed when dropped).
+    fn temp_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pg")).unwrap();
         dir
     }
 
     #[test]
     fn every_change_is_a_new_manifest_even_in_place_within_one_tick() {
-        let dir = temp_dir("change");
+        let tmp = temp_dir();
+        let dir = tmp.path();
         let file = dir.join("pg/b1.json");
         let record = |lsn: u32| format!(r#"{{"clusterName":"pg","name":"b1","endLsn":{lsn}}}"#);
         std::fs::write(&file, record(1000)).unwrap();
-        let repo = DirRepository::new(&dir, 1 << 20, Duration::ZERO).unwrap();
+        let repo = DirRepository::new(dir, 1 << 20, Duration::ZERO).unwrap();
         let metadata_ids = |v: &View| -> Vec<ManifestId> {
             v.manifests.iter().filter(|m| m.labels[labels::CONTENT] == "metadata").map(|m| m.id).collect()
         };
@@ -582,12 +504,12 @@ mod tests {
         assert_ne!(metadata_ids(&second), metadata_ids(&first));
         std::fs::remove_file(&file).unwrap();
         assert!(repo.view().manifests.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn large_files_are_indirect_objects_and_ids_can_be_fixed() {
-        let dir = temp_dir("indirect");
+        let tmp = temp_dir();
+        let dir = tmp.path();
         let record = serde_json::json!({"clusterName": "pg", "name": "b1", "backupLabel": "x".repeat(300),
             "tablespaces": [{"name": "ts", "oid": "1", "path": "/ts"}]});
         std::fs::write(dir.join("pg/b1.json"), record.to_string()).unwrap();
@@ -596,7 +518,7 @@ mod tests {
             r#"{"pg/b1": {"pgdata": "2272afec220f48d0fa0064f85b043ac4", "tablespaces": {"ts": "7f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f"}}}"#,
         )
         .unwrap();
-        let repo = DirRepository::new(&dir, 128, Duration::ZERO).unwrap();
+        let repo = DirRepository::new(dir, 128, Duration::ZERO).unwrap();
         let view = repo.view();
         let kinds: BTreeMap<&str, &StoredManifest> =
             view.manifests.iter().map(|m| (m.labels[labels::CONTENT].as_str(), &**m)).collect();
@@ -617,6 +539,5 @@ mod tests {
             .flat_map(|e| view.contents[&e.object.parse::<ContentId>().unwrap()].to_vec())
             .collect();
         assert_eq!(whole, record.to_string().as_bytes());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

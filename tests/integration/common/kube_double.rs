@@ -10,9 +10,6 @@
 //! Every call is counted and the SubjectAccessReview specs are recorded, so a test can see which
 //! identity the service under test ended up with. Calls that do not carry the kubeconfig's bearer
 //! token are answered 401 (and counted), as the real kube-apiserver would.
-//!
-//! Self-contained (only the klio_api library and its dependencies), so it can be included with
-//! `#[path]` or as `common::kube_double`.
 
 #![allow(dead_code)]
 

@@ -1,7 +1,7 @@
 //! The built binary, configured the way the product document's Deployment configures it:
 //! `server api-server` with only the CLIENT_BASE_* environment variables.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -605,8 +605,7 @@ fn expired_certificates_and_readable_keys_are_warned_about_by_file() {
     assert!(!out.contains("expired") && !out.contains("readable by every user"), "{out}");
 }
 
-#[path = "common/kube_double.rs"]
-mod kube_double;
+use crate::common::kube_double;
 
 #[test]
 fn trace_logs_never_hold_a_bearer_token() {

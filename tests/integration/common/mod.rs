@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod kopia_fakes;
+pub mod kube_double;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

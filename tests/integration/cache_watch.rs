@@ -7,7 +7,7 @@
 //! The API service reads the catalog again every second here; every wait for a change is a
 //! bounded poll (or a bounded wait for a watch event), never a fixed sleep.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -183,3 +183,157 @@ fn the_comparison_sees_drift() {
         assert_ne!(canonical(status), canonical(&changed), "{what} went unnoticed");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operations: what poem-openapi derives from the operations build.rs generated must be the
+// document's paths, parameters and responses.
+
+/// The spec poem-openapi derives from the generated operations.
+fn derived_spec() -> Value {
+    let spec = klio_api::api::operations::service(klio_api::api::operations::Served).spec();
+    serde_json::from_str(&spec).expect("poem-openapi's spec is JSON")
+}
+
+/// Follows a `$ref` into `doc`'s components.
+fn deref<'a>(doc: &'a Value, item: &'a Value) -> &'a Value {
+    match item.get("$ref").and_then(Value::as_str) {
+        Some(r) => doc.pointer(&r.replacen('#', "", 1)).unwrap_or_else(|| panic!("$ref {r} names nothing")),
+        None => item,
+    }
+}
+
+/// A parameter schema's facts: its type and bounds. An integer's 64-bit format is what an
+/// integer without a format means (kube's int64); any other format counts.
+fn canonical_param_schema(doc: &Value, schema: &Value) -> Value {
+    let schema = deref(doc, schema);
+    let mut out = serde_json::Map::new();
+    for key in ["type", "enum", "minimum", "maximum", "default", "pattern", "minLength", "maxLength", "format"] {
+        if let Some(v) = schema.get(key) {
+            let v = match key {
+                "minimum" | "maximum" => json!(v.as_f64()),
+                _ => v.clone(),
+            };
+            out.insert(key.into(), v);
+        }
+    }
+    if matches!(out.get("format").and_then(Value::as_str), Some("int64" | "uint64")) {
+        out.remove("format");
+    }
+    Value::Object(out)
+}
+
+/// Every operation of `doc`, in one canonical shape: per path and method, the operation id, the
+/// parameters (path-level ones included) by name with where they go, their schema, whether they
+/// are required and their description, and the responses by code with their description, media
+/// types and schemas.
+fn canonical_operations(doc: &Value) -> Value {
+    let mut paths = BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let mut params = BTreeMap::new();
+            let shared = item["parameters"].as_array().into_iter().flatten();
+            for p in shared.chain(op["parameters"].as_array().into_iter().flatten()) {
+                let p = deref(doc, p);
+                let required = p["required"].as_bool().unwrap_or(false);
+                params.insert(
+                    p["name"].as_str().unwrap().to_string(),
+                    json!({
+                        "in": p["in"],
+                        "required": required,
+                        "schema": canonical_param_schema(doc, &p["schema"]),
+                        "description": p["description"].as_str().map(str::trim),
+                    }),
+                );
+            }
+            let mut responses = BTreeMap::new();
+            for (code, r) in op["responses"].as_object().into_iter().flatten() {
+                let r = deref(doc, r);
+                let content: BTreeMap<&String, &Value> = r["content"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(media, m)| (media, &m["schema"]["$ref"]))
+                    .collect();
+                responses.insert(code.clone(), json!({"description": r["description"], "content": content}));
+            }
+            paths.insert(
+                format!("{} {path}", method.to_uppercase()),
+                json!({
+                    "operationId": op["operationId"],
+                    // poem-openapi publishes a one-line doc comment as the summary.
+                    "description": op.get("description").or_else(|| op.get("summary")),
+                    "parameters": params,
+                    "responses": responses,
+                }),
+            );
+        }
+    }
+    json!(paths)
+}
+
+#[test]
+fn the_generated_operations_derive_the_documented_paths_parameters_and_responses() {
+    let doc = source_document();
+    let derived = derived_spec();
+    let (documented, served) = (canonical_operations(&doc), canonical_operations(&derived));
+    assert_eq!(
+        documented.as_object().unwrap().keys().collect::<Vec<_>>(),
+        served.as_object().unwrap().keys().collect::<Vec<_>>(),
+        "the same paths and methods"
+    );
+    for (operation, expected) in documented.as_object().unwrap() {
+        let got = &served[operation];
+        for part in ["operationId", "description", "parameters", "responses"] {
+            let (e, g) = (&expected[part], &got[part]);
+            if part == "parameters" || part == "responses" {
+                let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+                assert_eq!(keys(e), keys(g), "{operation}: the same {part}");
+                for key in keys(e) {
+                    assert_eq!(e[&key], g[&key], "{operation}: {part} {key}: the document and poem-openapi disagree");
+                }
+            }
+            assert_eq!(e, g, "{operation}: {part}");
+        }
+    }
+    // The comparison covers what matters: twelve list parameters, the get's name in the path.
+    let list = &served["GET /apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups"];
+    assert_eq!(list["parameters"].as_object().unwrap().len(), 12);
+    assert_eq!(list["parameters"]["watch"]["schema"], json!({"type": "boolean"}));
+    assert_eq!(list["parameters"]["limit"]["schema"], json!({"type": "integer", "minimum": 0.0}));
+    let get = &served["GET /apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups/{name}"];
+    assert_eq!(get["parameters"]["name"]["in"], "path");
+    assert_eq!(get["parameters"]["name"]["required"], true);
+    assert_eq!(get["parameters"]["includeObject"]["schema"]["enum"], json!(["None", "Metadata", "Object"]));
+    assert!(get["responses"]["404"].is_object());
+}
+
+#[test]
+fn the_operations_comparison_sees_drift() {
+    let doc = source_document();
+    const LIST: &str = "/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups";
+    type Mutation = (&'static str, fn(&mut Value));
+    let mutations: [Mutation; 7] = [
+        ("a parameter's type", |d| d["components"]["parameters"]["limit"]["schema"]["type"] = json!("string")),
+        ("a parameter's bound", |d| d["components"]["parameters"]["limit"]["schema"]["maximum"] = json!(500)),
+        ("a parameter's format", |d| d["components"]["parameters"]["limit"]["schema"]["format"] = json!("int32")),
+        ("a required parameter", |d| d["components"]["parameters"]["watch"]["required"] = json!(true)),
+        ("a parameter fewer", |d| {
+            d["paths"][LIST]["get"]["parameters"].as_array_mut().unwrap().pop();
+        }),
+        ("a response code more", |d| {
+            d["paths"][LIST]["get"]["responses"]["409"] = json!({"$ref": "#/components/responses/Gone"})
+        }),
+        ("a path renamed", |d| {
+            let item = d["paths"].as_object_mut().unwrap().remove(LIST).unwrap();
+            d["paths"]["/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackup"] = item;
+        }),
+    ];
+    for (what, mutate) in mutations {
+        let mut changed = doc.clone();
+        mutate(&mut changed);
+        assert_ne!(canonical_operations(&doc), canonical_operations(&changed), "{what} went unnoticed");
+    }
+}

@@ -4,7 +4,7 @@
 //! tiers, server identity (pin, CA, rotation), the server's own checks, restarts and broken
 //! streams, and the empty catalog of a repository without ACLs.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -108,15 +108,20 @@ fn with_incomplete(manifests: Vec<Arc<StoredManifest>>) -> Vec<Arc<StoredManifes
 
 #[test]
 fn incomplete_snapshots_are_ignored() {
+    // A server name of its own: the metrics registry is the process's, shared with other tests.
     let h = Harness::start(Options {
-        tier1: Up::backend(|dir: &Path| Changed::over(dir, with_incomplete)),
+        servers: vec![ServerOpt {
+            name: "incomplete",
+            tier1: Up::backend(|dir: &Path| Changed::over(dir, with_incomplete)),
+            tier2: None,
+        }],
         ..Default::default()
     });
     let list = h.list_json();
     let expected: Vec<&str> = SAMPLE_TIER1.iter().copied().filter(|n| !n.starts_with("pg-orders")).collect();
     assert_eq!(Harness::names(&list), expected, "pg-orders has only an incomplete snapshot");
     assert_eq!(item(&list, EXAMPLE)["status"]["endLSN"], 117_440_800u64, "served from the complete snapshot");
-    let series = r#"klio_catalog_read_errors_total{server="klio",tier="1",reason="incomplete"}"#;
+    let series = r#"klio_catalog_read_errors_total{server="incomplete",tier="1",reason="incomplete"}"#;
     assert_eq!(metric(&h, series), Some(2.0), "each incomplete snapshot counted once");
     // Refreshes do not read them again.
     let before = h.requests_after_refreshes(2);
@@ -382,14 +387,16 @@ fn a_repository_without_acls_shows_no_backups_and_says_how_to_grant_access() {
 
 #[test]
 fn an_undecodable_record_is_skipped_logged_and_counted_once() {
+    // A server name of its own: the metrics registry is the process's, shared with other tests.
     let h = Harness::start(Options {
+        servers: vec![ServerOpt { name: "undecodable", tier1: Up::Kopia, tier2: None }],
         prepare: Some(|t1, _| {
             put_raw(t1, "pg-bad/backup-20251201000000.json", b"{ this is not a record");
         }),
         ..Default::default()
     });
     assert_eq!(Harness::names(&h.list_json()), SAMPLE_TIER1, "one bad backup hides no other");
-    let series = r#"klio_catalog_read_errors_total{server="klio",tier="1",reason="undecodable_record"}"#;
+    let series = r#"klio_catalog_read_errors_total{server="undecodable",tier="1",reason="undecodable_record"}"#;
     assert_eq!(metric(&h, series), Some(1.0));
     let (_, _, manifests, _) = h.requests_after_refreshes(2);
     assert_eq!(manifests, 6, "read once, not at every refresh");

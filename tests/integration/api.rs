@@ -1,7 +1,7 @@
 //! The API service end to end, in-process: discovery, list/get as JSON and Table, errors as
 //! Status, field selectors, authentication, tiers, Klio failures, catalog changes, OpenAPI.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -439,6 +439,26 @@ fn unknown_name_is_a_kube_not_found() {
     r.expect_status(404, "NotFound");
 }
 
+/// The refusal of a write reaches the client even when its body is not small: the server reads
+/// the body it does not use before answering, so closing never resets the connection under the
+/// answer.
+#[test]
+fn a_refused_write_with_a_large_body_still_gets_its_status() {
+    let h = Harness::sample();
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(200_000));
+    for path in [COLLECTION.to_string(), format!("{COLLECTION}/{EXAMPLE}"), "/version".to_string()] {
+        for _ in 0..3 {
+            let r = h.admin.request(
+                "PUT",
+                &path,
+                &[("Accept", "application/json"), ("Content-Type", "application/json")],
+                Some(&body),
+            );
+            r.expect_status(405, "MethodNotAllowed");
+        }
+    }
+}
+
 #[test]
 fn write_methods_are_method_not_allowed() {
     let h = Harness::sample();
@@ -603,6 +623,35 @@ fn label_selectors_follow_kube_semantics() {
         let r = h.admin.get_accept(&format!("{COLLECTION}?labelSelector={bad}"), TABLE_ACCEPT);
         r.expect_status(400, "BadRequest");
     }
+}
+
+/// What poem-openapi refuses (a parameter without the document's type) is a kube Status, in
+/// kube's order: the media type is negotiated first (406), a get's name checked first (400 for
+/// the name), and a type error comes before the ListOptions validation (422).
+#[test]
+fn parameters_of_the_wrong_type_are_kube_statuses_in_kubes_order() {
+    let h = Harness::sample();
+    let r = h.admin.get_accept(&format!("{COLLECTION}?limit=x"), "application/vnd.kubernetes.protobuf");
+    r.expect_status(406, "NotAcceptable");
+    let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}?includeObject=All"), "text/html");
+    r.expect_status(406, "NotAcceptable");
+    let s = h.admin.get(&format!("{COLLECTION}/..?includeObject=All")).expect_status(400, "BadRequest");
+    assert!(s["message"].as_str().unwrap().contains("invalid resource name"), "{s}");
+    for (path, key) in [
+        (format!("{COLLECTION}?limit=x&resourceVersionMatch=Exact"), "limit"),
+        (format!("{COLLECTION}?watch=1&timeoutSeconds=soon"), "timeoutSeconds"),
+        (format!("{COLLECTION}/{EXAMPLE}?includeObject=All"), "includeObject"),
+        (format!("{COLLECTION}?includeObject=Object&limit=1.5"), "limit"),
+    ] {
+        let r = h.admin.get_accept(&path, "application/json");
+        assert_eq!(r.media_type(), "application/json", "{path}: a Status, never poem's plain text");
+        let s = r.expect_status(400, "BadRequest");
+        assert!(s["message"].as_str().unwrap().starts_with(&format!("{key}: Invalid value: ")), "{path}: {s}");
+    }
+    // The first value is the one read, as the guard reads it.
+    let r = h.admin.get(&format!("{COLLECTION}?limit=1&limit=x"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(Harness::names(&r.json()).len(), 1);
 }
 
 #[test]
