@@ -65,6 +65,9 @@ pub fn acceptor(chain: &[X509], key: &PKey<Private>, client_auth: ClientAuth) ->
     // An idle connection gives its read and write buffers (about 34 KiB) back: thousands of
     // idle keep-alive connections must not pin that much each.
     b.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
+    // Read what the socket holds in one go (as nginx does): without it OpenSSL reads each
+    // record's 5-byte header and then its body, two system calls for every request.
+    b.set_read_ahead(true);
     b.set_alpn_select_callback(|_, client| {
         openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client).ok_or(AlpnError::NOACK)
     });

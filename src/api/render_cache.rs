@@ -1,28 +1,35 @@
 //! Rendered whole-list responses of the current catalog revision, shared by every request that
-//! asks for the same representation: a warm `kubectl get` of a large catalog costs a copy of
-//! bytes, not a serialization, and requests arriving while a list is rendered wait for that one
-//! render instead of rendering it again. Bounded to a few entries; entries of older revisions
-//! (and Tables of earlier seconds) fall out.
+//! asks for the same representation: a warm `kubectl get` of a large catalog costs writing
+//! shared bytes, not a serialization, and requests arriving while a list is rendered wait for
+//! that one render instead of rendering it again. A Table is kept for as long as none of its AGE
+//! cells would print differently (for a catalog whose newest backup is a day old, until the next
+//! whole hour of some backup's age; never longer than a second while a backup is minutes old).
+//! Bounded to a few entries; entries of older revisions and stale Tables fall out, and entries
+//! nobody asked for during [`IDLE_EXPIRY`] are dropped (a burst of lists does not keep tens of
+//! megabytes resident).
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use super::negotiate::Representation;
-use super::table::IncludeObject;
+use super::table::{self, IncludeObject};
+use crate::catalog::Snapshot;
 
 /// What makes two whole-list responses of one revision identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RenderKey {
     pub repr: Representation,
     pub include: IncludeObject,
-    /// The second a Table was rendered in (its AGE cells): `None` for what does not age.
+    /// The second a Table is asked at (its AGE cells are counted to it): `None` for what does
+    /// not age.
     pub at_second: Option<i64>,
 }
 
 impl RenderKey {
-    /// The same response, at another time.
+    /// The same response, maybe at another time.
     fn same_kind(&self, other: &Self) -> bool {
         self.repr == other.repr && self.include == other.include
     }
@@ -30,54 +37,133 @@ impl RenderKey {
 
 const CAPACITY: usize = 6;
 
+/// Entries nobody asked for this long are dropped.
+pub const IDLE_EXPIRY: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 pub struct RenderCache {
-    /// (resourceVersion, key, the body once rendered), most recently used last.
-    entries: Mutex<Vec<Entry>>,
+    /// Most recently used last; shared with the task that drops idle entries.
+    entries: Arc<Mutex<Entries>>,
 }
 
-type Entry = (String, RenderKey, Arc<OnceCell<Bytes>>);
+#[derive(Default)]
+struct Entries {
+    list: Vec<Entry>,
+    /// A task drops idle entries while there are any.
+    sweeping: bool,
+}
+
+struct Entry {
+    resource_version: String,
+    key: RenderKey,
+    /// The seconds `[from, until)` the render is valid for (`None`: any time).
+    valid: Option<(i64, i64)>,
+    last_used: Instant,
+    /// The body once rendered.
+    body: Arc<OnceCell<Bytes>>,
+}
+
+impl Entry {
+    fn serves(&self, resource_version: &str, key: &RenderKey) -> bool {
+        let in_time = match (self.valid, key.at_second) {
+            (Some((from, until)), Some(at)) => from <= at && at < until,
+            (None, None) => true,
+            _ => false,
+        };
+        in_time && self.key.same_kind(key) && self.resource_version == resource_version
+    }
+}
 
 impl RenderCache {
-    /// The rendered body for `key` at `resource_version`: the kept one, the one being rendered,
-    /// or the one `render` makes now.
+    /// The rendered body of `snapshot` for `key`: the kept one, the one being rendered, or the
+    /// one `render` makes now.
     pub async fn get_or_render<E>(
         &self,
-        resource_version: &str,
+        snapshot: &Snapshot,
         key: RenderKey,
         render: impl FnOnce() -> Result<Bytes, E>,
     ) -> Result<Bytes, E> {
+        let resource_version = &snapshot.resource_version_text;
         let cell = {
             let mut entries = self.entries.lock().expect("render cache");
-            match entries.iter().position(|(rv, k, _)| rv == resource_version && *k == key) {
+            let now = Instant::now();
+            let list = &mut entries.list;
+            let cell = match list.iter().position(|e| e.serves(resource_version, &key)) {
                 Some(i) => {
-                    let entry = entries.remove(i);
-                    let cell = entry.2.clone();
-                    entries.push(entry);
+                    let mut entry = list.remove(i);
+                    entry.last_used = now;
+                    let cell = entry.body.clone();
+                    list.push(entry);
                     cell
                 }
                 None => {
-                    // Another revision (or second) is here now: older renders will not be asked
-                    // for again.
-                    entries.retain(|(rv, k, _)| rv == resource_version && !k.same_kind(&key));
-                    let cell = Arc::new(OnceCell::new());
-                    entries.push((resource_version.to_string(), key, cell.clone()));
-                    if entries.len() > CAPACITY {
-                        entries.remove(0);
+                    // Another revision (or a Table that ages differently) is here now: older
+                    // renders will not be asked for again. Responses being written keep theirs.
+                    list.retain(|e| e.resource_version == *resource_version && !e.key.same_kind(&key));
+                    let valid = key
+                        .at_second
+                        .map(|at| (at, table::ages_unchanged_until(snapshot.backups.iter().map(|b| &**b), at)));
+                    let body = Arc::new(OnceCell::new());
+                    list.push(Entry {
+                        resource_version: resource_version.clone(),
+                        key,
+                        valid,
+                        last_used: now,
+                        body: body.clone(),
+                    });
+                    if list.len() > CAPACITY {
+                        list.remove(0);
                     }
-                    cell
+                    body
                 }
+            };
+            if !entries.sweeping {
+                entries.sweeping = true;
+                tokio::spawn(sweep(Arc::downgrade(&self.entries)));
             }
+            cell
         };
         // A failed render is not kept: the next request tries again.
         cell.get_or_try_init(|| async { render() }).await.cloned()
     }
+
+    /// Entries kept (rendered or being rendered).
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("render cache").list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Drops the entries idle for [`IDLE_EXPIRY`], until none is left (or the cache is gone).
+async fn sweep(entries: std::sync::Weak<Mutex<Entries>>) {
+    loop {
+        tokio::time::sleep(IDLE_EXPIRY / 3).await;
+        let Some(entries) = entries.upgrade() else { return };
+        if drop_idle(&entries, IDLE_EXPIRY) {
+            return;
+        }
+    }
+}
+
+/// Drops the entries idle for `idle`; true when none is left (and sweeping stops).
+fn drop_idle(entries: &Mutex<Entries>, idle: Duration) -> bool {
+    let mut entries = entries.lock().expect("render cache");
+    entries.list.retain(|e| e.last_used.elapsed() < idle);
+    let empty = entries.list.is_empty();
+    if empty {
+        entries.sweeping = false;
+    }
+    empty
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::negotiate::{Format, Shape};
     use super::*;
+    use crate::catalog::ResourceVersion;
 
     fn body(text: &'static str) -> impl FnOnce() -> Result<Bytes, ()> {
         move || Ok(Bytes::from_static(text.as_bytes()))
@@ -87,24 +173,38 @@ mod tests {
         panic!("rendered although kept")
     }
 
+    /// A snapshot at revision `rv` whose backups completed at the given Unix seconds.
+    fn snapshot(rv: u64, stopped: &[i64]) -> Snapshot {
+        let backups =
+            stopped.iter().enumerate().map(|(i, &at)| Arc::new(table::tests::backup_done_at(i, at))).collect();
+        Snapshot {
+            resource_version: ResourceVersion(vec![rv]),
+            resource_version_text: rv.to_string(),
+            backups,
+            events: vec![],
+        }
+    }
+
+    fn table_at(second: i64) -> RenderKey {
+        RenderKey {
+            repr: Representation { shape: Shape::Table("v1"), format: Format::Json },
+            include: IncludeObject::Metadata,
+            at_second: Some(second),
+        }
+    }
+
     #[tokio::test]
     async fn keeps_the_current_revision_only_and_is_bounded() {
         let cache = RenderCache::default();
+        let (one, two) = (snapshot(1, &[]), snapshot(2, &[]));
         let json = RenderKey { repr: Representation::JSON, include: IncludeObject::Metadata, at_second: None };
-        let table = RenderKey {
-            repr: Representation { shape: Shape::Table("v1"), format: Format::Json },
-            include: IncludeObject::Metadata,
-            at_second: Some(5),
-        };
-        assert_eq!(cache.get_or_render("1", json, body("a")).await.unwrap(), "a");
-        assert_eq!(cache.get_or_render("1", table, body("b")).await.unwrap(), "b");
-        assert_eq!(cache.get_or_render("1", json, unexpected).await.unwrap(), "a");
-        assert_eq!(cache.get_or_render("1", table, unexpected).await.unwrap(), "b");
-        let later = RenderKey { at_second: Some(6), ..table };
-        assert_eq!(cache.get_or_render("1", later, body("b6")).await.unwrap(), "b6", "a Table of another second");
-        assert_eq!(cache.get_or_render("1", table, body("b5")).await.unwrap(), "b5", "the earlier second was dropped");
-        assert_eq!(cache.get_or_render("2", json, body("c")).await.unwrap(), "c");
-        assert_eq!(cache.get_or_render("1", json, body("a2")).await.unwrap(), "a2", "an older revision is dropped");
+        let table = table_at(5);
+        assert_eq!(cache.get_or_render(&one, json, body("a")).await.unwrap(), "a");
+        assert_eq!(cache.get_or_render(&one, table, body("b")).await.unwrap(), "b");
+        assert_eq!(cache.get_or_render(&one, json, unexpected).await.unwrap(), "a");
+        assert_eq!(cache.get_or_render(&one, table, unexpected).await.unwrap(), "b");
+        assert_eq!(cache.get_or_render(&two, json, body("c")).await.unwrap(), "c");
+        assert_eq!(cache.get_or_render(&one, json, body("a2")).await.unwrap(), "a2", "an older revision is dropped");
         for v in ["v1", "v1beta1"] {
             for include in [IncludeObject::None, IncludeObject::Metadata, IncludeObject::Object] {
                 let key = RenderKey {
@@ -112,23 +212,63 @@ mod tests {
                     include,
                     at_second: Some(1),
                 };
-                cache.get_or_render("2", key, body("")).await.unwrap();
+                cache.get_or_render(&two, key, body("")).await.unwrap();
             }
         }
-        assert!(cache.entries.lock().unwrap().len() <= CAPACITY);
+        assert!(cache.len() <= CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn a_table_is_rendered_again_when_an_age_would_print_differently() {
+        let cache = RenderCache::default();
+        let day = 86_400;
+        // Ages of 3 days and 2 hours and of 40 days: both print in whole hours or days.
+        let base = 1_000 * day;
+        let old = snapshot(1, &[base - 40 * day, base - 3 * day - 2 * 3600]);
+        assert_eq!(cache.get_or_render(&old, table_at(base), body("t0")).await.unwrap(), "t0");
+        assert_eq!(cache.get_or_render(&old, table_at(base + 1), unexpected).await.unwrap(), "t0");
+        assert_eq!(cache.get_or_render(&old, table_at(base + 3599), unexpected).await.unwrap(), "t0");
+        assert_eq!(
+            cache.get_or_render(&old, table_at(base + 3600), body("t1")).await.unwrap(),
+            "t1",
+            "3d2h becomes 3d3h"
+        );
+        // A backup seconds old: its age moves every second.
+        let young = snapshot(2, &[base - 40 * day, base - 30]);
+        assert_eq!(cache.get_or_render(&young, table_at(base), body("y0")).await.unwrap(), "y0");
+        assert_eq!(cache.get_or_render(&young, table_at(base), unexpected).await.unwrap(), "y0");
+        assert_eq!(cache.get_or_render(&young, table_at(base + 1), body("y1")).await.unwrap(), "y1");
+        assert_eq!(cache.get_or_render(&young, table_at(base), body("y0 again")).await.unwrap(), "y0 again");
+        assert_eq!(cache.len(), 1, "one Table of a kind at a time");
+    }
+
+    #[tokio::test]
+    async fn idle_entries_are_dropped() {
+        let cache = RenderCache::default();
+        let one = snapshot(1, &[]);
+        let json = RenderKey { repr: Representation::JSON, include: IncludeObject::Metadata, at_second: None };
+        cache.get_or_render(&one, json, body("a")).await.unwrap();
+        assert!(cache.entries.lock().unwrap().sweeping, "a sweeper runs while entries are kept");
+        assert!(!drop_idle(&cache.entries, Duration::from_secs(60)), "not idle yet");
+        assert_eq!(cache.get_or_render(&one, json, unexpected).await.unwrap(), "a", "still kept");
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(drop_idle(&cache.entries, Duration::from_millis(1)), "idle for longer than the expiry");
+        assert!(cache.is_empty() && !cache.entries.lock().unwrap().sweeping);
+        assert_eq!(cache.get_or_render(&one, json, body("a2")).await.unwrap(), "a2");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn requests_during_a_render_share_it() {
         let cache = Arc::new(RenderCache::default());
+        let one = Arc::new(snapshot(1, &[]));
         let key = RenderKey { repr: Representation::JSON, include: IncludeObject::None, at_second: None };
         let renders = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
-                let (cache, renders) = (cache.clone(), renders.clone());
+                let (cache, renders, one) = (cache.clone(), renders.clone(), one.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_render("1", key, || {
+                        .get_or_render(&one, key, || {
                             renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             // A slow render: the others arrive while it runs.
                             std::thread::sleep(std::time::Duration::from_millis(200));

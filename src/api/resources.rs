@@ -199,11 +199,7 @@ pub async fn list(req: &Request) -> Result<Response, ApiError> {
     let key = super::render_cache::RenderKey { repr, include: params.include, at_second };
     let content_type = repr.content_type();
     let render = || render_list(&snapshot, start, params, repr, now);
-    let body = if whole {
-        state.renders.get_or_render(&snapshot.resource_version_text, key, render).await?
-    } else {
-        render()?
-    };
+    let body = if whole { state.renders.get_or_render(&snapshot, key, render).await? } else { render()? };
     Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
 }
 

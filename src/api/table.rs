@@ -213,6 +213,33 @@ fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
     ]
 }
 
+/// The first second after `now` at which some backup's AGE cell may print differently than at
+/// `now`: until then a Table of these backups rendered at `now` is the same bytes.
+pub fn ages_unchanged_until<'a>(backups: impl Iterator<Item = &'a Backup>, now: i64) -> i64 {
+    backups
+        .filter_map(|b| b.created())
+        .map(|t| {
+            let age = now - t.0.as_second();
+            now + (next_age_change(age) - age)
+        })
+        .min()
+        .unwrap_or(i64::MAX)
+}
+
+/// The first age after `age` (seconds) whose [`human_duration`] may differ: the next multiple of
+/// the unit its text counts in (seconds under 10 minutes, minutes under 8 hours, hours under 8
+/// days, then days). Each range starts at a multiple of the unit before it, so a change of form
+/// is caught too.
+fn next_age_change(age: i64) -> i64 {
+    let unit = match age {
+        ..600 => return age + 1,
+        600..28_800 => 60,
+        28_800..691_200 => 3600,
+        _ => 86_400,
+    };
+    (age / unit + 1) * unit
+}
+
 /// Renders backups as a Table of the given `meta.k8s.io` version (`v1` or `v1beta1`), ages as
 /// of now.
 pub fn render<'a>(
@@ -238,8 +265,53 @@ pub fn render_at<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A backup (cluster `pg`, ID `b<i>`) that completed at `stopped` (Unix seconds).
+    pub(crate) fn backup_done_at(i: usize, stopped: i64) -> Backup {
+        use crate::upstream::kopia::{ids::ManifestId, reader::SourceBackup};
+        let record = crate::demo::sample_record("pg", &format!("b{i}"), stopped - 2, 2, 7, false);
+        let source = SourceBackup {
+            record: std::sync::Arc::new(serde_json::from_value(record).expect("the demo record decodes")),
+            manifest: ManifestId([1; 16]),
+            written_nanos: stopped * 1_000_000_000,
+            root: [1; 16],
+            snapshots: Default::default(),
+        };
+        let name = format!("pg.b{i}").into();
+        Backup::new(name, [Some(std::sync::Arc::new(source)), None], "klio".into(), "1".into()).expect("valid times")
+    }
+
+    #[test]
+    fn an_age_prints_the_same_until_the_next_change() {
+        // Every age up to 9 years (dense where the text is fine-grained, then sampled): the text
+        // is the same up to the predicted change, and differs at it or changes form.
+        let ages = (-5..1000).chain((1000..700_000).step_by(7)).chain((700_000..300_000_000).step_by(86_399));
+        for age in ages {
+            let next = next_age_change(age);
+            assert!(next > age);
+            let text = human_duration(age);
+            assert_eq!(human_duration(next - 1), text, "age {age}: the same until {next}");
+            // Not more often than needed: below 8 years (then years) the unit is exact.
+            if age >= 0 && next < 8 * 365 * 86_400 {
+                assert_ne!(human_duration(next), text, "age {age}: changes at {next}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_is_valid_until_its_first_age_changes() {
+        let now = 1_000_000_000;
+        let backups = [backup_done_at(0, now - 40 * 86_400), backup_done_at(1, now - 3 * 3600 - 125)];
+        // 3h2m5s prints "3h2m": it becomes 3h3m 55 s later.
+        assert_eq!(ages_unchanged_until(backups.iter(), now), now + 55);
+        let cells_at =
+            |t| -> Vec<String> { backups.iter().map(|b| cells(b, t)[10].as_str().unwrap().to_string()).collect() };
+        assert_eq!(cells_at(now), cells_at(now + 54));
+        assert_ne!(cells_at(now), cells_at(now + 55));
+        assert_eq!(ages_unchanged_until(std::iter::empty(), now), i64::MAX);
+    }
 
     #[test]
     fn times_print_like_go() {
