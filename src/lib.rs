@@ -8,6 +8,7 @@
 //! * [`model`] and [`routes`]: generated from `openapi/` by build.rs;
 //! * [`auth`] and [`kube`]: delegated authentication and authorization, the kube-apiserver client;
 //! * [`tls`], [`pki`], [`server`]: TLS serving, certificates, the HTTPS accept loop;
+//! * [`memory`]: giving memory back to the system after bursts;
 //! * [`upstream_tls`]: TLS of the blocking clients (Klio servers, kube-apiserver);
 //! * [`apiserver`] and [`demo`]: the entry points.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod kube;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod pki;

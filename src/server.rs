@@ -153,7 +153,7 @@ impl HttpsServer {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(2));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused_at: Option<Instant> = None;
-        let mut trimmer = Trimmer::default();
+        let mut trimmer = crate::memory::Trimmer::default();
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -168,7 +168,7 @@ impl HttpsServer {
                     // A finished connection's task keeps its memory until it is reaped.
                     while connections.try_join_next().is_some() {}
                     if trimmer.tick(registry.activity.load(Ordering::Relaxed)) {
-                        tokio::task::spawn_blocking(release_freed_memory);
+                        tokio::task::spawn_blocking(crate::memory::release_freed_memory);
                     }
                     continue;
                 }
@@ -228,20 +228,6 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Gives memory the allocators hold but no longer use back to the system (glibc keeps freed heap
-/// pages otherwise: a burst of connections would stay resident).
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    // The binary allocates with mimalloc (src/main.rs): its pages abandoned by threads that
-    // ended are collected too. Nothing to do where it is not the allocator.
-    // SAFETY: collecting has no preconditions.
-    unsafe { libmimalloc_sys::mi_collect(true) };
-}
-
 // ---------------------------------------------------------------------------------------------
 // Connection bookkeeping
 
@@ -255,7 +241,7 @@ struct Registry {
     epoch: Instant,
     next_id: AtomicU64,
     open: Mutex<HashMap<u64, Arc<ConnState>>>,
-    /// Connections opened plus requests started, ever (for [`Trimmer`]).
+    /// Connections opened and closed plus requests started, ever (for [`crate::memory::Trimmer`]).
     activity: AtomicUsize,
     /// Turns for TLS handshakes ([`MAX_HANDSHAKES`]).
     handshakes: tokio::sync::Semaphore,
@@ -329,41 +315,8 @@ impl Registry {
 
     fn close(&self, id: u64) {
         self.open.lock().expect("connections").remove(&id);
-    }
-}
-
-/// When to give freed memory back: after a burst of activity (connections and requests), once a
-/// housekeeping tick went by without any, and once more a little later (idle blocking threads
-/// exit after 10 s, freeing what they held). Steady traffic causes no trims.
-#[derive(Default)]
-struct Trimmer {
-    seen: usize,
-    at_last_trim: usize,
-    follow_up: Option<Instant>,
-}
-
-/// Connections and requests since the last trim that make a burst.
-const BURST: usize = 64;
-const FOLLOW_UP: Duration = Duration::from_secs(12);
-
-impl Trimmer {
-    /// Called every housekeeping tick with the activity counter; true when it is time to trim.
-    fn tick(&mut self, activity: usize) -> bool {
-        let quiet = activity == self.seen;
-        self.seen = activity;
-        let due = if quiet && activity - self.at_last_trim >= BURST {
-            self.follow_up = Some(Instant::now() + FOLLOW_UP);
-            true
-        } else if self.follow_up.is_some_and(|at| Instant::now() >= at) {
-            self.follow_up = None;
-            true
-        } else {
-            false
-        };
-        if due {
-            self.at_last_trim = activity;
-        }
-        due
+        // What the connection held is freed now: a burst of closes is worth a trim too.
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -697,27 +650,5 @@ async fn serve_http(
             closing = Some(Instant::now());
             served.as_mut().graceful_shutdown();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_is_given_back_after_a_burst_once_quiet_and_once_more_later() {
-        let mut t = Trimmer::default();
-        assert!(!t.tick(10), "a little activity is no burst");
-        assert!(!t.tick(10));
-        assert!(!t.tick(500), "busy: not yet");
-        assert!(!t.tick(900));
-        assert!(t.tick(900), "quiet after a burst");
-        assert!(!t.tick(900), "once");
-        t.follow_up = Some(Instant::now());
-        assert!(t.tick(900), "and once more later");
-        assert!(!t.tick(900));
-        // Steady traffic: never quiet, never trimmed.
-        let mut t = Trimmer::default();
-        assert!((1..100).all(|i| !t.tick(i * 100)));
     }
 }

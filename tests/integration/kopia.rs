@@ -58,7 +58,7 @@ fn more_than_a_thousand_backups_are_listed_in_pages() {
     assert_eq!(Harness::names(&list).len(), 1500);
     let (sessions, finds, manifests, contents) = tier1(&h);
     assert_eq!(sessions, 1);
-    assert_eq!(finds % 4, 0, "{finds}");
+    assert!(finds >= 1, "{finds}");
     assert_eq!((manifests, contents), (1500, 3000), "three reads per backup, each once");
 }
 
@@ -334,7 +334,7 @@ fn a_restarted_server_is_read_again_without_reading_known_backups() {
     });
     let (sessions, finds, manifests, contents) = tier1(&h);
     assert_eq!(sessions, 1, "a new session on the new server");
-    assert!(finds >= 4);
+    assert!(finds >= 1);
     assert_eq!((manifests, contents), (0, 0), "manifest IDs survive a restart: nothing is read again");
     assert_eq!(h.list_json(), before, "same objects, same resourceVersions");
 }
@@ -342,8 +342,8 @@ fn a_restarted_server_is_read_again_without_reading_known_backups() {
 #[test]
 fn a_server_that_ends_the_stream_early_is_survived() {
     let mut h = Harness::sample();
-    // The listings (four answers) are served, anything more ends the stream.
-    h.start_upstream(0, &faulty(Fault::EndAfter(4)));
+    // The listing (one answer) is served, anything more ends the stream.
+    h.start_upstream(0, &faulty(Fault::EndAfter(1)));
     let added = "pg-new.backup-20251201000000";
     put_record(&h.tier1_dir, &record("pg-new", "backup-20251201000000", 9));
     let r = poll("the warning", WAIT, || {
@@ -362,7 +362,9 @@ fn answers_to_requests_nobody_sent_are_ignored() {
     let h = Harness::start(Options { tier1: faulty(Fault::StrayIds), ..Default::default() });
     assert_eq!(Harness::names(&h.list_json()), SAMPLE_TIER1);
     let stray = metric(&h, r#"klio_catalog_read_errors_total{server="klio",tier="1",reason="stray_answer"}"#);
-    assert!(stray.is_some_and(|n| n >= 19.0), "every stray answer counted: {stray:?}");
+    // The session's start, its listing and three reads for each of the five backups: 17 answers,
+    // each followed by a stray one (the last perhaps not yet counted).
+    assert!(stray.is_some_and(|n| n >= 16.0), "every stray answer counted: {stray:?}");
 }
 
 /// Klio 0.0.13 and later: no ACLs, so the reader sees nothing, without an error. The service is

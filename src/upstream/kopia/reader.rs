@@ -1,7 +1,7 @@
 //! The catalog of one Klio server's tier, read incrementally over its Kopia session.
 //!
-//! A read lists Klio's snapshots with one `FindManifests` per kind (metadata, PGDATA,
-//! pg_control, tablespace), labels only. Everything behind a manifest ID is immutable, so only
+//! A read lists Klio's snapshots with one `FindManifests` (`type: snapshot`; the kind, metadata,
+//! PGDATA, pg_control or tablespace, is each entry's `tag:klio.io/content` label), labels only. Everything behind a manifest ID is immutable, so only
 //! metadata manifests never seen before are read: `GetManifest`, then `GetContent` of the root
 //! directory, then of `metadata.json` (three round trips, pipelined across backups); a manifest
 //! whose root directory is already known costs one. IDs that disappear are deletions.
@@ -130,26 +130,18 @@ impl CatalogReader {
 
     /// One read: the listings, then whatever is new.
     pub async fn read(&mut self) -> Result<ReadOutcome, CallError> {
-        let session = &self.session;
-        let lists = futures_util::future::try_join_all(SnapshotKind::ALL.map(|kind| async move {
-            let entries =
-                session.find_manifests(&[(labels::TYPE, labels::SNAPSHOT), (labels::CONTENT, kind.label())]).await?;
-            Ok::<_, CallError>((kind, entries))
-        }))
-        .await?;
+        let listing = self.session.find_manifests(&[(labels::TYPE, labels::SNAPSHOT)]).await?;
 
-        // Most reads find nothing new: compare a fingerprint of the listings before building
-        // anything from them.
+        // Most reads find nothing new: compare a fingerprint of the listing before building
+        // anything from it (an ID's labels never change, so the IDs and times say it all).
         let mut fingerprint = Fingerprint::default();
-        for (kind, entries) in &lists {
-            for raw in entries {
-                match ListedManifestHead::decode(raw.clone()) {
-                    Ok(head) => fingerprint.add(*kind, &head.id, head.mod_time_nanos),
-                    Err(_) => fingerprint.add(*kind, raw, 0),
-                }
+        for raw in &listing {
+            match ListedManifestHead::decode(raw.clone()) {
+                Ok(head) => fingerprint.add(&head.id, head.mod_time_nanos),
+                Err(_) => fingerprint.add(raw, 0),
             }
         }
-        if !lists.iter().any(|(kind, entries)| *kind == SnapshotKind::Metadata && !entries.is_empty()) {
+        if listing.is_empty() {
             // Perhaps the reader may not see the backups yet: Kopia authorizes a session once,
             // so only a new session sees access granted since.
             self.session.reopen().await;
@@ -160,26 +152,26 @@ impl CatalogReader {
 
         let mut by_kind: BTreeMap<SnapshotKind, Vec<Listed>> = BTreeMap::new();
         let mut usable_ids = HashSet::new();
-        for (kind, entries) in lists {
-            for raw in entries {
-                let entry = match ListedManifest::decode(raw) {
-                    Ok(e) => e,
-                    Err(e) => {
+        for raw in listing {
+            let entry = match ListedManifest::decode(raw) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.count("malformed_manifest");
+                    tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, error = %e, "ignoring a listed manifest that does not decode");
+                    continue;
+                }
+            };
+            let id = ManifestId::from_hex(&entry.id);
+            usable_ids.extend(id);
+            // Snapshots that are not Klio's (another content label, or none) are not ours to list.
+            let Some(kind) = entry_kind(&entry) else { continue };
+            match self.listed(kind, &entry) {
+                Ok(l) => by_kind.entry(kind).or_default().push(l),
+                Err(why) => {
+                    if id.is_none_or(|id| self.reported_entries.insert(id)) {
                         self.count("malformed_manifest");
-                        tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, error = %e, "ignoring a listed manifest that does not decode");
-                        continue;
-                    }
-                };
-                let id = ManifestId::from_hex(&entry.id);
-                usable_ids.extend(id);
-                match self.listed(kind, &entry) {
-                    Ok(l) => by_kind.entry(kind).or_default().push(l),
-                    Err(why) => {
-                        if id.is_none_or(|id| self.reported_entries.insert(id)) {
-                            self.count("malformed_manifest");
-                            let manifest = String::from_utf8_lossy(&entry.id[..entry.id.len().min(64)]).into_owned();
-                            tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest, reason = %why, "ignoring a listed snapshot");
-                        }
+                        let manifest = String::from_utf8_lossy(&entry.id[..entry.id.len().min(64)]).into_owned();
+                        tracing::warn!(server = %self.session.url(), tier = %self.labels.tier, manifest, reason = %why, "ignoring a listed snapshot");
                     }
                 }
             }
@@ -339,10 +331,7 @@ impl CatalogReader {
     /// Checks a listed entry's labels.
     fn listed(&self, kind: SnapshotKind, entry: &ListedManifest) -> Result<Listed, String> {
         let id = ManifestId::from_hex(&entry.id).ok_or("not a manifest ID")?;
-        let label = |k: &str| {
-            let value = entry.labels.iter().find(|l| l.key == k.as_bytes()).map(|l| &l.value[..]).unwrap_or_default();
-            std::str::from_utf8(value).unwrap_or_default()
-        };
+        let label = |k: &str| label(entry, k);
         if label(labels::TYPE) != labels::SNAPSHOT || label(labels::CONTENT) != kind.label() {
             return Err(format!(
                 "labels type={:?}, {}={:?} do not describe a Klio {} snapshot",
@@ -366,7 +355,18 @@ impl CatalogReader {
     }
 }
 
-/// What identifies a set of listings: which IDs of which kind, in any order (a keyed mix of
+/// A label's value (empty when absent or not UTF-8).
+fn label<'a>(entry: &'a ListedManifest, key: &str) -> &'a str {
+    let value = entry.labels.iter().find(|l| l.key == key.as_bytes()).map(|l| &l.value[..]).unwrap_or_default();
+    std::str::from_utf8(value).unwrap_or_default()
+}
+
+/// Which Klio snapshot an entry is, from its `tag:klio.io/content` label.
+fn entry_kind(entry: &ListedManifest) -> Option<SnapshotKind> {
+    SnapshotKind::from_label(label(entry, labels::CONTENT))
+}
+
+/// What identifies a listing: which IDs, in any order (a keyed mix of
 /// each, summed and xored), how many, and the newest modification time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Fingerprint {
@@ -377,10 +377,10 @@ struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn add(&mut self, kind: SnapshotKind, id: &[u8], mod_time_nanos: i64) {
-        // FNV-1a over the kind and the ID, then a splitmix64 finish to spread the bits.
+    fn add(&mut self, id: &[u8], mod_time_nanos: i64) {
+        // FNV-1a over the ID, then a splitmix64 finish to spread the bits.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in std::iter::once(kind as u8).chain(id.iter().copied()) {
+        for &b in id {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }
         h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -472,19 +472,18 @@ mod tests {
 
     #[test]
     fn fingerprints_ignore_order_and_see_every_change() {
-        let fp = |entries: &[(SnapshotKind, u8)]| {
+        let fp = |ids: &[u8]| {
             let mut f = Fingerprint::default();
-            for (kind, id) in entries {
-                f.add(*kind, &[*id; 32], i64::from(*id));
+            for id in ids {
+                f.add(&[*id; 32], i64::from(*id));
             }
             f
         };
-        use SnapshotKind::*;
-        let base = fp(&[(Metadata, 1), (Metadata, 2), (Pgdata, 3)]);
-        assert_eq!(base, fp(&[(Pgdata, 3), (Metadata, 2), (Metadata, 1)]));
-        assert_ne!(base, fp(&[(Metadata, 1), (Metadata, 2)]), "a deletion");
-        assert_ne!(base, fp(&[(Metadata, 1), (Metadata, 2), (Controldata, 3)]), "the same ID of another kind");
-        assert_ne!(base, fp(&[(Metadata, 1), (Metadata, 4), (Pgdata, 3)]), "a replaced ID");
+        let base = fp(&[1, 2, 3]);
+        assert_eq!(base, fp(&[3, 2, 1]));
+        assert_ne!(base, fp(&[1, 2]), "a deletion");
+        assert_ne!(base, fp(&[1, 4, 3]), "a replaced ID");
+        assert_ne!(fp(&[1, 1]), fp(&[2, 2]), "twice the same ID is not another pair");
         assert_eq!(base.newest_nanos, 3);
     }
 }
