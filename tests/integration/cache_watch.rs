@@ -942,6 +942,7 @@ fn refreshes_read_only_what_is_new() {
     let (sessions2, finds2, m, c) = up(&h);
     assert_eq!((m, c), (manifests + 1, contents + 2), "three reads for the one new backup");
     assert_eq!(sessions2, 1, "still the same session");
+    assert!(finds2 > finds, "the new backup came with a listing: {finds} then {finds2}");
     assert_ne!(rv_of(&h.list_json()), rv);
     let ready = h.anonymous.get("/readyz?verbose").text();
     assert!(ready.contains("[+]catalog-klio-tier1 ok\n"), "{ready}");
