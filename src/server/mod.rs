@@ -16,29 +16,32 @@
 //!
 //! [`PeerIdentity`]: crate::tls::PeerCertificates
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::body::{Body, Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openssl::ssl::{Ssl, SslAcceptor};
 use poem::endpoint::BoxEndpoint;
 use poem::{Endpoint, EndpointExt, IntoEndpoint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tokio_openssl::SslStream;
 
 use crate::tls::{AcceptorHandle, PeerCertificates};
+
+mod connections;
+mod io;
+
+pub use connections::ConnectionStats;
+use connections::{ConnState, Registry, TrackedBody, Verdict};
+use io::ConnIo;
 
 /// When a response must be written by: a response carrying this extension whose body has not
 /// ended [`OVERDUE_GRACE`] after it has its connection closed (a client that stopped reading
@@ -93,6 +96,8 @@ pub struct HttpsServer {
 }
 
 impl HttpsServer {
+    /// Listens on `addr` (port 0 picks a free one, see [`Self::local_addr`]); serving starts
+    /// with [`Self::serve`].
     pub async fn bind(addr: SocketAddr, acceptor: SslAcceptor) -> Result<Self> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
         Ok(Self {
@@ -119,6 +124,7 @@ impl HttpsServer {
         ConnectionStats(self.registry.clone())
     }
 
+    /// Where it listens (the port chosen, when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
     }
@@ -134,6 +140,8 @@ impl HttpsServer {
         self.serve_with_grace(endpoint, shutdown, Duration::from_secs(30)).await
     }
 
+    /// [`Self::serve`] with another grace period for open connections at shutdown (tests
+    /// shorten it).
     pub async fn serve_with_grace<E>(
         self,
         endpoint: E,
@@ -225,308 +233,6 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
         if rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connection bookkeeping
-
-/// Milliseconds on one monotonic clock, as atomics hold them.
-fn millis_since(epoch: Instant) -> u64 {
-    epoch.elapsed().as_millis() as u64
-}
-
-/// The open connections of one server.
-struct Registry {
-    epoch: Instant,
-    next_id: AtomicU64,
-    open: Mutex<HashMap<u64, Arc<ConnState>>>,
-    /// Connections opened and closed plus requests started, ever (for [`crate::memory::Trimmer`]).
-    activity: AtomicUsize,
-    /// Turns for TLS handshakes ([`MAX_HANDSHAKES`]).
-    handshakes: tokio::sync::Semaphore,
-}
-
-/// Live counts of a server's connections.
-#[derive(Clone)]
-pub struct ConnectionStats(Arc<Registry>);
-
-impl ConnectionStats {
-    /// Connections open now (handshakes included).
-    pub fn open(&self) -> usize {
-        self.0.open.lock().expect("connections").len()
-    }
-}
-
-impl Registry {
-    fn new() -> Self {
-        Self {
-            epoch: Instant::now(),
-            next_id: AtomicU64::new(0),
-            open: Mutex::new(HashMap::new()),
-            activity: AtomicUsize::new(0),
-            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
-        }
-    }
-
-    /// Room for one more connection: true when under `max`, or when the connection idle the
-    /// longest (no request in flight; a handshake counts as idle) was asked to close.
-    fn make_room(&self, max: usize) -> bool {
-        let open = self.open.lock().expect("connections");
-        if open.len() < max {
-            return true;
-        }
-        let closing = open.values().filter(|c| c.evicted.load(Ordering::Relaxed)).count();
-        if open.len() - closing < max {
-            return true;
-        }
-        let victim = open
-            .values()
-            .filter(|c| !c.evicted.load(Ordering::Relaxed) && c.busy.load(Ordering::Relaxed) == 0)
-            .min_by_key(|c| c.last_active_ms.load(Ordering::Relaxed));
-        match victim {
-            Some(c) => {
-                c.evicted.store(true, Ordering::Relaxed);
-                c.evict.notify_one();
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn open(self: &Arc<Self>) -> Arc<ConnState> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let conn = Arc::new(ConnState {
-            id,
-            epoch: self.epoch,
-            registry: Arc::downgrade(self),
-            busy: AtomicUsize::new(0),
-            last_active_ms: AtomicU64::new(millis_since(self.epoch)),
-            evicted: AtomicBool::new(false),
-            evict: Notify::new(),
-            write_blocked_since_ms: AtomicU64::new(0),
-            deadlines: Mutex::new(Vec::new()),
-            next_response: AtomicU64::new(0),
-        });
-        self.open.lock().expect("connections").insert(id, conn.clone());
-        self.activity.fetch_add(1, Ordering::Relaxed);
-        conn
-    }
-
-    fn close(&self, id: u64) {
-        self.open.lock().expect("connections").remove(&id);
-        // What the connection held is freed now: a burst of closes is worth a trim too.
-        self.activity.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// One connection's state, shared by its task, its I/O and its requests.
-struct ConnState {
-    id: u64,
-    epoch: Instant,
-    registry: std::sync::Weak<Registry>,
-    /// Requests in flight: from their start until their response body ended.
-    busy: AtomicUsize,
-    last_active_ms: AtomicU64,
-    /// Asked to close to make room for a new connection.
-    evicted: AtomicBool,
-    evict: Notify,
-    /// Since when a write has been waiting for the client to read (0: none is).
-    write_blocked_since_ms: AtomicU64,
-    /// The deadlines of the responses being written.
-    deadlines: Mutex<Vec<(u64, Instant)>>,
-    next_response: AtomicU64,
-}
-
-/// Why a connection is closed.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    /// Nothing in flight for the idle timeout: closed gracefully.
-    Idle,
-    /// The client has not read for the write-stall timeout: closed at once.
-    Stalled,
-    /// A response past its deadline has not been written: closed at once.
-    Overdue,
-}
-
-impl ConnState {
-    fn now_ms(&self) -> u64 {
-        millis_since(self.epoch)
-    }
-
-    fn touch(&self) {
-        self.last_active_ms.store(self.now_ms(), Ordering::Relaxed);
-    }
-
-    /// A request starts; it ends when the returned tracker is dropped.
-    fn start_request(self: &Arc<Self>) -> RequestTracker {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        self.touch();
-        if let Some(registry) = self.registry.upgrade() {
-            registry.activity.fetch_add(1, Ordering::Relaxed);
-        }
-        RequestTracker { conn: self.clone(), deadline: None }
-    }
-
-    fn verdict(&self, limits: &ConnectionLimits) -> Option<Verdict> {
-        let now = self.now_ms();
-        let blocked = self.write_blocked_since_ms.load(Ordering::Relaxed);
-        if blocked != 0 && now.saturating_sub(blocked) >= limits.write_stall_timeout.as_millis() as u64 {
-            return Some(Verdict::Stalled);
-        }
-        let overdue = self.deadlines.lock().expect("deadlines").iter().any(|(_, d)| d.elapsed() > OVERDUE_GRACE);
-        if overdue {
-            return Some(Verdict::Overdue);
-        }
-        let idle_for = now.saturating_sub(self.last_active_ms.load(Ordering::Relaxed));
-        if self.busy.load(Ordering::Relaxed) == 0 && idle_for >= limits.idle_timeout.as_millis() as u64 {
-            return Some(Verdict::Idle);
-        }
-        None
-    }
-}
-
-/// One request of a connection, in flight until dropped (with its response body).
-struct RequestTracker {
-    conn: Arc<ConnState>,
-    deadline: Option<u64>,
-}
-
-impl RequestTracker {
-    fn set_deadline(&mut self, at: Instant) {
-        let token = self.conn.next_response.fetch_add(1, Ordering::Relaxed);
-        self.conn.deadlines.lock().expect("deadlines").push((token, at));
-        self.deadline = Some(token);
-    }
-}
-
-impl Drop for RequestTracker {
-    fn drop(&mut self) {
-        if let Some(token) = self.deadline {
-            self.conn.deadlines.lock().expect("deadlines").retain(|(t, _)| *t != token);
-        }
-        self.conn.touch();
-        self.conn.busy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A response body that ends its request's tracking when it ends (or is dropped).
-struct TrackedBody {
-    inner: BoxBody<Bytes, std::io::Error>,
-    tracker: Option<RequestTracker>,
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &frame {
-            this.tracker = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The connection's I/O
-
-/// One TLS record's worth: small buffers are gathered into one write (a response head and a
-/// small body go out in one record).
-const GATHER: usize = 16 * 1024;
-
-thread_local! {
-    /// Where [`ConnIo::poll_write_vectored`] gathers small buffers: one per thread, allocated
-    /// once, not cleared for each write.
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(GATHER));
-}
-
-/// The TLS stream of a connection, noting when writes wait for the client. It accepts vectored
-/// writes, so hyper queues response chunks (shared `Bytes`) instead of copying them into a
-/// buffer of its own: a client that stops reading a large list pins no copy of it.
-struct ConnIo {
-    inner: SslStream<TcpStream>,
-    conn: Arc<ConnState>,
-}
-
-impl ConnIo {
-    fn note<T>(&self, r: &Poll<std::io::Result<T>>) {
-        let blocked = &self.conn.write_blocked_since_ms;
-        match r {
-            Poll::Pending => {
-                if blocked.load(Ordering::Relaxed) == 0 {
-                    blocked.store(self.conn.now_ms().max(1), Ordering::Relaxed);
-                }
-            }
-            Poll::Ready(_) => blocked.store(0, Ordering::Relaxed),
-        }
-    }
-}
-
-impl AsyncRead for ConnIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ConnIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.note(&r);
-        r
-    }
-
-    /// OpenSSL writes one buffer at a time: a large first buffer is written as it is; small ones
-    /// are gathered up to one record. A write that must wait is retried by hyper with the same
-    /// buffers (nothing was consumed), so the gathered bytes start the same and are at least as
-    /// many, as OpenSSL requires of a retried write.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
-        let Some(first) = nonempty.next() else { return Poll::Ready(Ok(0)) };
-        if first.len() >= GATHER || bufs.len() == 1 {
-            return self.poll_write(cx, first);
-        }
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            for b in std::iter::once(first).chain(nonempty) {
-                let take = b.len().min(GATHER - scratch.len());
-                scratch.extend_from_slice(&b[..take]);
-                if scratch.len() == GATHER {
-                    break;
-                }
-            }
-            self.poll_write(cx, scratch)
-        })
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_flush(cx);
-        this.note(&r);
-        r
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
