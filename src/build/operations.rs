@@ -304,13 +304,13 @@ pub fn generate(doc: &Value) -> Result<String> {
     }
 
     for (name, values) in &enums {
+        let parameter = name[..1].to_ascii_lowercase() + &name[1..];
         let _ = writeln!(
             out,
-            "/// The values the document allows for `{}`.\n#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]\n#[oai(rename = {name:?})]\npub enum {name} {{",
-            name[..1].to_ascii_lowercase() + &name[1..]
+            "/// The values the document allows for `{parameter}`.\n#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]\n#[oai(rename = {name:?})]\npub enum {name} {{"
         );
         for v in values {
-            let _ = writeln!(out, "    #[oai(rename = {v:?})]\n    {},", pascal_case(v));
+            let _ = writeln!(out, "    /// `{parameter}={v}`.\n    #[oai(rename = {v:?})]\n    {},", pascal_case(v));
         }
         out.push_str("}\n\n");
     }
