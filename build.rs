@@ -241,12 +241,13 @@ fn generate_model(doc: &Value) -> Result<String> {
     }
     // Stand-ins that let utoipa reference the apimachinery schemas by their published names.
     out.push_str("/// utoipa stand-ins for the apimachinery schemas the document references.\npub mod schema_refs {\n");
-    for name in schemas(doc)?.keys().filter_map(|n| n.strip_prefix(META_PREFIX)) {
+    for (full, schema) in schemas(doc)? {
+        let Some(name) = full.strip_prefix(META_PREFIX) else { continue };
+        let description = schema["description"].as_str().unwrap_or_default();
+        doc_comment(&mut out, "    ", &format!("Stands for `{full}`, referenced by name: {description}"));
         let _ = writeln!(
             out,
-            "    pub struct {name};\n    impl utoipa::PartialSchema for {name} {{\n        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {{\n            utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_schema_name({:?}))\n        }}\n    }}\n    impl utoipa::ToSchema for {name} {{\n        fn name() -> std::borrow::Cow<'static, str> {{\n            {:?}.into()\n        }}\n    }}",
-            format!("{META_PREFIX}{name}"),
-            format!("{META_PREFIX}{name}"),
+            "    pub struct {name};\n    impl utoipa::PartialSchema for {name} {{\n        fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {{\n            utoipa::openapi::RefOr::Ref(utoipa::openapi::Ref::from_schema_name({full:?}))\n        }}\n    }}\n    impl utoipa::ToSchema for {name} {{\n        fn name() -> std::borrow::Cow<'static, str> {{\n            {full:?}.into()\n        }}\n    }}"
         );
     }
     out.push_str("}\n");

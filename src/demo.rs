@@ -18,10 +18,12 @@ use crate::upstream::kopia::server::KopiaServer;
 
 /// The files a demo (or a test) needs: one CA for everything, which keeps the example short.
 pub struct DemoPki {
+    /// The directory given to [`DemoPki::create`]; the files are under its `pki/`.
     pub dir: PathBuf,
 }
 
 impl DemoPki {
+    /// The file `name` (`ca.crt`, `admin.key`, ...) of the PKI.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join("pki").join(name)
     }
@@ -67,6 +69,8 @@ impl DemoPki {
         }
     }
 
+    /// How a reference catalog server serves the repository in `dir` with these certificates,
+    /// on a free port of 127.0.0.1, the Klio client's identity reading every snapshot.
     pub fn catalog_serve_args(&self, dir: PathBuf) -> CatalogServeArgs {
         CatalogServeArgs {
             dir,

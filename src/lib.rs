@@ -12,6 +12,10 @@
 //! * [`upstream_tls`]: TLS of the blocking clients (Klio servers, kube-apiserver);
 //! * [`apiserver`] and [`demo`]: the entry points.
 
+// The tests, the docs generator and the bench build on this library: every public item says
+// what it is for.
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod apiserver;
 pub mod auth;

@@ -14,13 +14,21 @@ use crate::routes::{group, group_version, RESOURCES, VERSION};
 /// One resource of the group, as discovery describes it.
 #[derive(Debug)]
 pub struct Resource {
+    /// The plural, in paths and in `kubectl get <name>`.
     pub name: &'static str,
+    /// What `kubectl get <singular>` also accepts.
     pub singular_name: &'static str,
+    /// The `kind` of one object (`KlioBackup`).
     pub kind: &'static str,
+    /// The `kind` of a list (`KlioBackupList`).
     pub list_kind: &'static str,
+    /// False: cluster-scoped, so clients build paths without a namespace.
     pub namespaced: bool,
+    /// Abbreviations kubectl resolves (`kubectl get kb`).
     pub short_names: &'static [&'static str],
+    /// Names of groups of resources kubectl expands (`kubectl get klio` lists every member).
     pub categories: &'static [&'static str],
+    /// What clients may do, from the document's operations; kubectl refuses the others.
     pub verbs: &'static [&'static str],
 }
 

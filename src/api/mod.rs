@@ -35,9 +35,13 @@ use status::ApiError;
 
 /// What the handlers share.
 pub struct AppState {
+    /// Where every answer's backups come from; its health drives /readyz.
     pub catalog: Arc<Catalog>,
+    /// Who is asking: client certificates, front-proxy headers, TokenReviews.
     pub authenticator: Arc<Authenticator>,
+    /// Whether they may: SubjectAccessReviews, with the always-allowed paths.
     pub authorizer: Arc<Authorizer>,
+    /// What the guard enforces per request.
     pub limits: Limits,
     /// Turns true when the process shuts down; long-running watches end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,

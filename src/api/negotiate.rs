@@ -4,12 +4,17 @@
 /// One entry of an Accept header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaRange<'a> {
+    /// `type/subtype`, lower-cased (media types compare without case).
     pub essence: String,
+    /// The parameters but `q`, keys lower-cased, values unquoted (`as`, `v`, `g` pick a Table
+    /// or a discovery form).
     pub params: Vec<(String, &'a str)>,
+    /// The client's preference, 0 to 1.
     pub q: f32,
 }
 
 impl MediaRange<'_> {
+    /// The value of parameter `key` (lower case), if given.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
@@ -54,6 +59,7 @@ pub fn is_json(range: &MediaRange) -> bool {
 /// How a resource response is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// JSON, also for watch streams (`application/json;stream=watch`).
     Json,
     /// kube-apiserver serves YAML for everything but watches (YAML has no stream framing).
     Yaml,
@@ -69,17 +75,25 @@ pub enum Shape {
     /// `meta.k8s.io` `PartialObjectMetadata` (`list: false`) or `PartialObjectMetadataList`
     /// (`list: true`) of this version: only each object's metadata (client-go's metadata client,
     /// metadata informers, garbage collectors and quota counters ask for these).
-    Metadata { version: &'static str, list: bool },
+    Metadata {
+        /// The `meta.k8s.io` version asked for (`v1` or `v1beta1`).
+        version: &'static str,
+        /// `PartialObjectMetadataList` was asked for.
+        list: bool,
+    },
 }
 
 /// The representation of a resource response: what it holds and how it is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Representation {
+    /// What the body holds.
     pub shape: Shape,
+    /// How it is encoded.
     pub format: Format,
 }
 
 impl Representation {
+    /// The objects as JSON: what a request without an Accept header gets.
     pub const JSON: Self = Self { shape: Shape::Object, format: Format::Json };
 
     /// The Content-Type of a response in this representation (kube-apiserver's, but for the

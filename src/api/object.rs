@@ -13,9 +13,13 @@ use crate::upstream::kopia::ids::ManifestId;
 
 /// The label keys the service puts on every object.
 pub mod labels {
+    /// The CloudNativePG cluster backed up: `-l` finds one cluster's backups.
     pub const CLUSTER: &str = "kliocatalog.enterprisedb.io/cluster";
+    /// The Klio server (its configured name) the backup is on, where one service reads several.
     pub const SERVER: &str = "kliocatalog.enterprisedb.io/server";
+    /// `"true"` on backups found on tier 1, absent on the others: `-l` selects a tier.
     pub const TIER1: &str = "kliocatalog.enterprisedb.io/tier1";
+    /// `"true"` on backups found on tier 2, absent on the others.
     pub const TIER2: &str = "kliocatalog.enterprisedb.io/tier2";
 }
 

@@ -15,6 +15,8 @@ use crate::routes::{group, DOCUMENT_GROUP, VERSION};
 
 include!(concat!(env!("OUT_DIR"), "/openapi_hashes.rs"));
 
+/// The group-version document as built, for the document's group (`tests/` compares it with
+/// the hand-authored one and with the generated types).
 pub static V3_GROUP_DOC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi_v3_group.json"));
 static V2_JSON: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi_v2.json"));
 static V2_PROTOBUF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/openapi_v2.pb"));
@@ -27,13 +29,21 @@ pub const V2_PROTOBUF_CONTENT_TYPE: &str = "application/com.github.proto-openapi
 pub struct Published {
     /// `apis/<group>/<version>`: the v3 index key (no leading slash).
     pub v3_group_path: String,
+    /// `/openapi/v3/apis/<group>/<version>`: the group-version document.
     pub v3_group: Cow<'static, [u8]>,
+    /// Its SHA-256, the `?hash=` of the index's URL and its ETag.
     pub v3_hash: String,
+    /// `/openapi/v3`: the index pointing at the group-version document by hash.
     pub v3_index: Vec<u8>,
+    /// The index's ETag.
     pub v3_index_hash: String,
+    /// `/openapi/v2` as JSON.
     pub v2_json: Cow<'static, [u8]>,
+    /// Its ETag.
     pub v2_json_hash: String,
+    /// `/openapi/v2` as the gnostic protobuf.
     pub v2_protobuf: Cow<'static, [u8]>,
+    /// Its ETag.
     pub v2_protobuf_hash: String,
 }
 
@@ -102,17 +112,21 @@ fn conditional(
     }
 }
 
+/// `/openapi/v3`: the index kubectl reads first, revalidated on every use (no-cache).
 #[handler]
 pub fn serve_v3_index(headers: &HeaderMap) -> Response {
     let p = &*PUBLISHED;
     conditional(headers, &etag_of(&p.v3_index_hash), "application/json", "no-cache, private", &p.v3_index)
 }
 
+/// The query of `/openapi/v3/<group-version>`.
 #[derive(Deserialize)]
-pub struct HashQuery {
+struct HashQuery {
+    /// The hash the index named: the document at that hash never changes.
     hash: Option<String>,
 }
 
+/// `/openapi/v3/apis/<group>/<version>`: cacheable for good when asked by its current hash.
 #[handler]
 pub fn serve_v3_group(headers: &HeaderMap, Query(q): Query<HashQuery>) -> Response {
     let p = &*PUBLISHED;
@@ -131,6 +145,8 @@ pub fn serve_v3_group(headers: &HeaderMap, Query(q): Query<HashQuery>) -> Respon
     }
 }
 
+/// `/openapi/v2`: the gnostic protobuf when the Accept prefers it (kubectl, kube-aggregator),
+/// JSON otherwise.
 #[handler]
 pub fn serve_v2(headers: &HeaderMap) -> Response {
     let wants_protobuf = headers

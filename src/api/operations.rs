@@ -63,6 +63,62 @@ impl ParseFromParameter for KubeBool {
     }
 }
 
+/// An enumerated query parameter as apimachinery reads it: the parameter is a Go string, so an
+/// empty value is the zero value, which kube takes for not given (`includeObject=` is the
+/// default, Metadata). Published as `T`, not required; any other value must be one of `T`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KubeEnum<T>(pub Option<T>);
+
+impl<T: Type> Type for KubeEnum<T> {
+    const IS_REQUIRED: bool = false;
+    type RawValueType = T::RawValueType;
+    type RawElementValueType = T::RawElementValueType;
+
+    fn name() -> Cow<'static, str> {
+        format!("optional_{}", T::name()).into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        T::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        self.0.as_ref().and_then(T::as_raw_value)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        match &self.0 {
+            Some(value) => value.raw_element_iter(),
+            None => Box::new(std::iter::empty()),
+        }
+    }
+
+    fn is_none(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl<T: ParseFromParameter> ParseFromParameter for KubeEnum<T> {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        if value.is_empty() {
+            return Ok(Self(None));
+        }
+        T::parse_from_parameter(value).map(|v| Self(Some(v))).map_err(ParseError::propagate)
+    }
+
+    /// The first value (the query was rewritten to one per parameter), or none.
+    fn parse_from_parameters<I: IntoIterator<Item = A>, A: AsRef<str>>(iter: I) -> ParseResult<Self> {
+        match iter.into_iter().next() {
+            Some(value) => Self::parse_from_parameter(value.as_ref()),
+            None => Ok(Self(None)),
+        }
+    }
+}
+
 /// One parameter of a parsed query, read as poem-openapi's `Query` extractor reads it: all the
 /// values given for `name` (one, after the query was rewritten) through
 /// `ParseFromParameter::parse_from_parameters`, failing as it fails.
@@ -223,6 +279,8 @@ mod tests {
         "limit=-1&limit=5",
         "timeoutSeconds=1.5",
         "includeObject=Everything",
+        "includeObject=&includeObject=Object",
+        "includeObject=",
         "continue=abc&continue=def",
         "resourceVersion=5&resourceVersion=0&resourceVersionMatch=Exact",
     ];

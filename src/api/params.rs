@@ -249,6 +249,9 @@ mod tests {
         assert!(!p.selectors.is_empty());
         assert_eq!(list_params("limit=0").unwrap().limit, None);
         assert_eq!(list_params("includeObject=Object").unwrap().include, IncludeObject::Object);
+        // An empty value is none, as in kube (its first value counts, like any other).
+        assert_eq!(list_params("includeObject=").unwrap().include, IncludeObject::Metadata);
+        assert_eq!(list_params("includeObject=&includeObject=None").unwrap().include, IncludeObject::Metadata);
         assert!(list_params("watch=true&allowWatchBookmarks=true").unwrap().allow_bookmarks);
         // Booleans as apimachinery reads them: only 0 and false are false.
         assert!(list_params("watch=yes").unwrap().watch);

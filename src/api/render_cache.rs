@@ -21,7 +21,9 @@ use crate::catalog::Snapshot;
 /// What makes two whole-list responses of one revision identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RenderKey {
+    /// The body's shape and encoding.
     pub repr: Representation,
+    /// What a Table's rows carry (`includeObject`).
     pub include: IncludeObject,
     /// The second a Table is asked at (its AGE cells are counted to it): `None` for what does
     /// not age.
@@ -40,6 +42,7 @@ const CAPACITY: usize = 6;
 /// Entries nobody asked for this long are dropped.
 pub const IDLE_EXPIRY: Duration = Duration::from_secs(30);
 
+/// The kept renders, one per key of the current revision (see the module's header).
 #[derive(Default)]
 pub struct RenderCache {
     /// Most recently used last; shared with the task that drops idle entries.
@@ -132,6 +135,7 @@ impl RenderCache {
         self.entries.lock().expect("render cache").list.len()
     }
 
+    /// Nothing kept (clippy wants it beside `len`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -100,9 +100,11 @@ pub fn kube_bool(value: &str) -> bool {
 /// A request as the server understands it.
 #[derive(Debug)]
 pub struct RequestInfo {
+    /// The HTTP method, for the access log and the verb.
     pub method: Method,
     /// The path, percent-decoded (as routing decodes it); `None` when that is not UTF-8.
     pub path: Option<String>,
+    /// The query as kube reads it; the access log hands its canonical form on to poem-openapi.
     pub query: Query,
     /// The typed query of the resource's operation (read with poem-openapi's parsers), for
     /// requests on the resource whose parameters have the document's types.

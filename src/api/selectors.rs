@@ -48,6 +48,7 @@ impl FieldSelector {
         self.requirements.iter().find(|r| r.field == "metadata.name" && r.equal).map(|r| r.value.as_str())
     }
 
+    /// Whether `b` satisfies every requirement.
     pub fn matches(&self, b: &Backup) -> bool {
         self.requirements.iter().all(|r| {
             let actual = match r.field {
@@ -262,6 +263,7 @@ impl LabelSelector {
         Ok(Self { requirements })
     }
 
+    /// No requirement: every object matches.
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
@@ -281,15 +283,20 @@ impl LabelSelector {
 /// Label and field selectors together.
 #[derive(Debug, Clone, Default)]
 pub struct Selectors {
+    /// `labelSelector`.
     pub labels: LabelSelector,
+    /// `fieldSelector`.
     pub fields: FieldSelector,
 }
 
 impl Selectors {
+    /// Neither selects: a list is the whole collection (it may be served from the render
+    /// cache, and carries `remainingItemCount`).
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty() && self.fields == FieldSelector::default()
     }
 
+    /// Whether `b` satisfies both selectors.
     pub fn matches(&self, b: &Backup) -> bool {
         self.fields.matches(b) && self.labels.matches(|k| b.label(k))
     }

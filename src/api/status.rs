@@ -10,14 +10,20 @@ use crate::routes::group;
 /// A `Status` failure, ready to be sent.
 #[derive(Debug, Clone)]
 pub struct ApiError {
+    /// The HTTP status, also the body's `code`.
     pub code: StatusCode,
+    /// kube's `StatusReason`, which clients switch on (`NotFound`, `Expired`, ...).
     pub reason: &'static str,
+    /// What kubectl prints after `Error from server (<reason>): `.
     pub message: String,
+    /// What the error is about (group, kind, name) or its causes; boxed to keep `Result`s small.
     pub details: Option<Box<StatusDetails>>,
+    /// Sent as the `Retry-After` header and `details.retryAfterSeconds`: clients back off that long.
     pub retry_after_seconds: Option<u32>,
 }
 
 impl ApiError {
+    /// A failure without details; the named constructors below word the common ones as kube does.
     pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
         Self { code, reason, message: message.into(), details: None, retry_after_seconds: None }
     }
@@ -33,6 +39,7 @@ impl ApiError {
         self
     }
 
+    /// An object that does not exist (`kliobackups.<group> "<name>" not found`).
     pub fn not_found(resource: &str, name: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, "NotFound", format!("{resource}.{} \"{name}\" not found", group()))
             .about(resource, Some(name))
@@ -43,6 +50,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
     }
 
+    /// A write, or any method the API does not serve, about the resource when one is named.
     pub fn method_not_allowed(resource: Option<(&str, Option<&str>)>) -> Self {
         let err = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -55,10 +63,12 @@ impl ApiError {
         }
     }
 
+    /// A malformed request (kube's `NewBadRequest`): the message says what is wrong.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
     }
 
+    /// No media type of the Accept header can be produced; the message lists those that can.
     pub fn not_acceptable(accepted: &[&str]) -> Self {
         Self::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -67,6 +77,7 @@ impl ApiError {
         )
     }
 
+    /// What authorization denied; `message` is kube's `User "..." cannot <verb> ...` text.
     pub fn forbidden(message: String, resource: Option<(&str, Option<&str>)>) -> Self {
         let err = Self::new(StatusCode::FORBIDDEN, "Forbidden", message);
         match resource {
@@ -75,20 +86,24 @@ impl ApiError {
         }
     }
 
+    /// No verified identity (kube answers just "Unauthorized", whatever failed).
     pub fn unauthorized() -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
     }
 
+    /// A resourceVersion or continue token too old to serve (`Expired`): clients relist.
     pub fn gone(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GONE, "Expired", message)
     }
 
+    /// A catalog source that cannot be reached now: clients retry after 5 s.
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut err = Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message);
         err.retry_after_seconds = Some(5);
         err
     }
 
+    /// A catalog source that answered, but not with anything usable.
     pub fn bad_gateway(message: impl Into<String>) -> Self {
         // kube has no BadGateway reason; InternalError is what clients know for 5xx.
         Self::new(StatusCode::BAD_GATEWAY, "InternalError", message)
@@ -181,6 +196,8 @@ impl ApiError {
         }
     }
 
+    /// The Status as a JSON response, with `Retry-After` when there is one (kube sends Status
+    /// bodies as JSON whatever the request's Accept).
     pub fn into_response(self) -> Response {
         let status = self.status();
         let mut resp = Response::builder().status(self.code).content_type("application/json");
@@ -194,16 +211,24 @@ impl ApiError {
 /// One field error of a validation (k8s.io/apimachinery's `field.Error`), worded as kube words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
+    /// The field's path, as kube names it (`resourceVersionMatch`, `sendInitialEvents`).
     pub field: &'static str,
+    /// What is wrong with it.
     pub kind: FieldErrorKind,
 }
 
+/// The kinds of field error this server reports (a subset of apimachinery's `field.ErrorType`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldErrorKind {
     /// `Forbidden: <detail>`.
     Forbidden(&'static str),
     /// `Unsupported value: "<value>": supported values: "<a>", "<b>"`.
-    NotSupported { value: String, supported: &'static [&'static str] },
+    NotSupported {
+        /// The value given.
+        value: String,
+        /// The values that would have been accepted.
+        supported: &'static [&'static str],
+    },
 }
 
 impl FieldErrorKind {
@@ -217,10 +242,12 @@ impl FieldErrorKind {
 }
 
 impl FieldError {
+    /// A field that must not be set in this combination; `detail` says why.
     pub fn forbidden(field: &'static str, detail: &'static str) -> Self {
         Self { field, kind: FieldErrorKind::Forbidden(detail) }
     }
 
+    /// A value outside `supported`.
     pub fn not_supported(field: &'static str, value: &str, supported: &'static [&'static str]) -> Self {
         Self { field, kind: FieldErrorKind::NotSupported { value: value.to_string(), supported } }
     }

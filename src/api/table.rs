@@ -8,14 +8,16 @@ use serde::Serialize;
 use crate::catalog::Backup;
 use crate::model::KlioBackup;
 
+/// A `meta.k8s.io` Table, ready to serialize: what [`render`] returns for a list, a get or a
+/// watch event.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Table<'a> {
-    pub kind: &'static str,
-    pub api_version: &'static str,
-    pub metadata: ListMeta,
-    pub column_definitions: &'static [Column],
-    pub rows: Rows<'a>,
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: ListMeta,
+    column_definitions: &'static [Column],
+    rows: Rows<'a>,
 }
 
 /// The rows, each built just before it is written: a table of every backup is never held whole.
@@ -48,13 +50,19 @@ impl Serialize for Rows<'_> {
     }
 }
 
+/// A column definition (`TableColumnDefinition`); the docs site lists them too.
 #[derive(Debug, Serialize)]
 pub struct Column {
+    /// The header kubectl prints, upper-cased.
     pub name: &'static str,
+    /// The OpenAPI type of the cells (`type` on the wire).
     #[serde(rename = "type")]
     pub kind: &'static str,
+    /// The OpenAPI format of the cells (`name` marks the column identifying the object).
     pub format: &'static str,
+    /// A human-readable description of the column's cells (the docs site prints it too).
     pub description: &'static str,
+    /// 0: kubectl shows the column by default; above 0: only with `-o wide`.
     pub priority: i32,
 }
 
@@ -86,9 +94,12 @@ struct PartialObjectMetadata {
 /// The `includeObject` query parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IncludeObject {
+    /// Rows carry no object: the cells are all the client wants.
     None,
+    /// Rows carry a `PartialObjectMetadata` (kube's default, and what an empty value means).
     #[default]
     Metadata,
+    /// Rows carry the whole `KlioBackup`.
     Object,
 }
 

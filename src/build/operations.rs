@@ -12,8 +12,9 @@
 //! * a response type whose OpenAPI description is the document's responses (codes, media types,
 //!   schemas); the body and its media type stay the handler's (kube's content negotiation).
 //!
-//! Enumerated string parameters become poem-openapi enums; booleans are `KubeBool` (apimachinery
-//! reads any value but `0` and `false` as true); non-negative integers are `u64`.
+//! Enumerated string parameters become poem-openapi enums, read through `KubeEnum` (apimachinery
+//! reads an empty value as none); booleans are `KubeBool` (apimachinery reads any value but `0`
+//! and `false` as true); non-negative integers are `u64`.
 
 use std::fmt::Write as _;
 
@@ -52,6 +53,23 @@ impl Param {
             self.ty.clone()
         } else {
             format!("Option<{}>", self.ty)
+        }
+    }
+
+    /// The type poem-openapi parses: the field's, but for an optional enumeration, read through
+    /// `KubeEnum` (an empty value is no value, as apimachinery reads a string).
+    fn parsed_type(&self) -> String {
+        match (&self.enumeration, self.required) {
+            (Some(_), false) => format!("crate::api::operations::KubeEnum<{}>", self.ty),
+            _ => self.field_type(),
+        }
+    }
+
+    /// `parsed`, a value of [`Param::parsed_type`], as a value of [`Param::field_type`].
+    fn to_field(&self, parsed: &str) -> String {
+        match (&self.enumeration, self.required) {
+            (Some(_), false) => format!("{parsed}.0"),
+            _ => parsed.to_string(),
         }
     }
 }
@@ -102,6 +120,10 @@ fn param(doc: &Value, raw: &Value, at: &str) -> Result<Param> {
     };
     let default = match schema.get("default") {
         None => None,
+        // Its empty value must read as the default, which `KubeEnum` does not know.
+        Some(_) if enumeration.is_some() => {
+            bail!("{at}: parameter {name} is an enumeration with a default; only enumerations without are generated")
+        }
         Some(Value::String(s)) if enumeration.is_some() => Some(format!("{ty}::{}", pascal_case(s))),
         Some(Value::String(s)) => Some(format!("{s:?}.to_string()")),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -237,9 +259,13 @@ pub fn generate(doc: &Value) -> Result<String> {
                 None => {
                     let _ = writeln!(
                         structs,
-                        "            {}: crate::api::operations::param(query, {:?})?,",
+                        "            {}: {},",
                         p.ident(),
-                        p.name
+                        p.to_field(&format!(
+                            "crate::api::operations::param::<{}>(query, {:?})?",
+                            p.parsed_type(),
+                            p.name
+                        ))
                     );
                 }
             }
@@ -292,11 +318,14 @@ pub fn generate(doc: &Value) -> Result<String> {
                 "        #[oai({})] {}: poem_openapi::param::{extractor}<{}>,",
                 attrs.join(", "),
                 p.ident(),
-                p.field_type()
+                p.parsed_type()
             );
         }
         let path_values: String = path_params.iter().map(|p| format!("{}.0, ", p.ident())).collect();
-        let fields: String = query_params.iter().map(|p| format!("{0}: {0}.0, ", p.ident())).collect();
+        let fields: String = query_params
+            .iter()
+            .map(|p| format!("{}: {}, ", p.ident(), p.to_field(&format!("{}.0", p.ident()))))
+            .collect();
         let _ = writeln!(
             methods,
             "    ) -> {response_ty} {{\n        {response_ty}(self.0.{action}(req, {path_values}{query_ty} {{ {fields}}}).await)\n    }}\n"
@@ -304,13 +333,13 @@ pub fn generate(doc: &Value) -> Result<String> {
     }
 
     for (name, values) in &enums {
+        let parameter = name[..1].to_ascii_lowercase() + &name[1..];
         let _ = writeln!(
             out,
-            "/// The values the document allows for `{}`.\n#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]\n#[oai(rename = {name:?})]\npub enum {name} {{",
-            name[..1].to_ascii_lowercase() + &name[1..]
+            "/// The values the document allows for `{parameter}`.\n#[derive(poem_openapi::Enum, Debug, Clone, Copy, PartialEq, Eq)]\n#[oai(rename = {name:?})]\npub enum {name} {{"
         );
         for v in values {
-            let _ = writeln!(out, "    #[oai(rename = {v:?})]\n    {},", pascal_case(v));
+            let _ = writeln!(out, "    /// `{parameter}={v}`.\n    #[oai(rename = {v:?})]\n    {},", pascal_case(v));
         }
         out.push_str("}\n\n");
     }

@@ -391,6 +391,36 @@ fn table_include_object() {
     assert!(s["message"].as_str().unwrap().contains("includeObject"), "{s}");
 }
 
+/// An empty `includeObject` is kube-apiserver's default, Metadata (its `ValidateTableOptions`
+/// accepts "" and `asTable` reads it as Metadata), for lists and gets alike; of repeated values
+/// the first counts, even when empty.
+#[test]
+fn an_empty_include_object_is_the_default() {
+    let h = Harness::sample();
+    let list = h.list_json();
+    let metadata_of = |name: &str| json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item(&list, name)["metadata"]});
+    for query in ["includeObject=", "includeObject=&includeObject=Object"] {
+        let r = h.admin.get_accept(&format!("{COLLECTION}?{query}"), TABLE_ACCEPT);
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        let t = r.json();
+        assert_eq!(Harness::names(&t), SAMPLE_TIER1, "{query}");
+        for r in t["rows"].as_array().unwrap() {
+            assert_eq!(r["object"], metadata_of(r["cells"][0].as_str().unwrap()), "{query}");
+        }
+
+        let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}?{query}"), TABLE_ACCEPT);
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        let t = r.json();
+        assert_eq!(t["rows"].as_array().map(Vec::len), Some(1), "{query}: {t}");
+        assert_eq!(t["rows"][0]["object"], metadata_of(EXAMPLE), "{query}");
+
+        // Without a Table it changes nothing.
+        let r = h.admin.get_accept(&format!("{COLLECTION}/{EXAMPLE}?{query}"), "application/json");
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        assert_eq!(&r.json(), item(&list, EXAMPLE), "{query}");
+    }
+}
+
 #[test]
 fn single_get_with_table_accept_is_a_one_row_table() {
     let h = Harness::sample();
