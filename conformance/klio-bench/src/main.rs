@@ -216,7 +216,7 @@ async fn run(args: Args) -> Result<()> {
             let (cpu0, find0) = (svc.cpu(), requests().0);
             tokio::time::sleep(Duration::from_secs(6)).await;
             let (cpu1, find1) = (svc.cpu(), requests().0);
-            let refreshes = ((find1 - find0) / 4).max(1);
+            let refreshes = (find1 - find0).max(1); // one FindManifests per refresh
             figures.idle_refresh_cpu_ms = (cpu1 - cpu0).as_secs_f64() * 1e3 / refreshes as f64;
             eprintln!("   idle refresh: {} refreshes, {:.1} ms CPU each", refreshes, figures.idle_refresh_cpu_ms);
         }
