@@ -182,9 +182,9 @@ impl ApiServer {
             tokio::time::sleep(delay).await;
             let _ = stop_tx.send(true);
         });
+        spawn_catalog_refresher(state.catalog.clone(), stop.clone())?;
         let tasks = [
             drain,
-            tokio::spawn(state.catalog.clone().run_refresher()),
             tokio::spawn(self.trust.clone().run_refresher(self.trust_refresh)),
             tokio::spawn(reload_acceptor(self.server.acceptor(), self.serving, self.trust.clone())),
         ];
@@ -195,6 +195,24 @@ impl ApiServer {
         }
         result
     }
+}
+
+/// Reads the catalog on a thread of its own until `stop` (or its sender is gone): a read allocates and drops megabytes
+/// (every listed manifest of every server), all of it on that thread, so the trim after each read
+/// gives it back at once (freed across threads, it would wait for each worker to collect), and
+/// reads never take a serving worker. The Kopia sessions' own tasks live there too.
+fn spawn_catalog_refresher(catalog: Arc<crate::catalog::Catalog>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("catalog-refresh".into()).spawn(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                () = catalog.run_refresher() => {}
+                // Stopped, or the server is gone without saying so (its runtime ended).
+                _ = stop.wait_for(|&stopped| stopped) => {}
+            }
+        });
+    })?;
+    Ok(())
 }
 
 /// Startup warnings, each naming its file: a serving or Klio client certificate that has
