@@ -106,6 +106,51 @@ fn with_incomplete(manifests: Vec<Arc<StoredManifest>>) -> Vec<Arc<StoredManifes
     out
 }
 
+/// `changed` for the test below: snapshots in the repository that are not Klio's, one without a
+/// `tag:klio.io/content` label (someone's `kopia snapshot create /etc`) and one of a kind this
+/// service does not know, both newer than everything else.
+fn with_foreign(manifests: Vec<Arc<StoredManifest>>) -> Vec<Arc<StoredManifest>> {
+    let template =
+        manifests.iter().find(|m| m.labels.get(labels::CONTENT).is_some_and(|c| c == "metadata")).unwrap().clone();
+    let newest = manifests.iter().map(|m| m.mod_time_nanos).max().unwrap_or_default();
+    let foreign = |id: u8, content: Option<&str>| {
+        // The snapshot's identity (who may see it) stays; Klio's tags go.
+        let mut kept = template.labels.clone();
+        kept.retain(|k, _| [labels::TYPE, labels::HOSTNAME, labels::USERNAME, labels::PATH].contains(&k.as_str()));
+        if let Some(content) = content {
+            kept.insert(labels::CONTENT.to_string(), content.to_string());
+        }
+        Arc::new(StoredManifest {
+            id: ManifestId([id; 16]),
+            mod_time_nanos: newest + i64::from(id),
+            labels: kept,
+            json: template.json.clone(),
+        })
+    };
+    let mut out = manifests;
+    out.push(foreign(0xF1, None));
+    out.push(foreign(0xF2, Some("wal-archive")));
+    out
+}
+
+#[test]
+fn snapshots_that_are_not_klios_are_listed_but_never_read() {
+    let h = Harness::start(Options {
+        servers: vec![ServerOpt {
+            name: "foreign",
+            tier1: Up::backend(|dir: &Path| Changed::over(dir, with_foreign)),
+            tier2: None,
+        }],
+        ..Default::default()
+    });
+    assert_eq!(Harness::names(&h.list_json()), SAMPLE_TIER1);
+    let (_, finds, manifests, contents) = tier1(&h);
+    assert!(finds >= 1);
+    assert_eq!((manifests, contents), (5, 10), "three reads per Klio backup, none for the others");
+    let malformed = r#"klio_catalog_read_errors_total{server="foreign",tier="1",reason="malformed_manifest"}"#;
+    assert_eq!(metric(&h, malformed), None, "not Klio's is not malformed");
+}
+
 #[test]
 fn incomplete_snapshots_are_ignored() {
     // A server name of its own: the metrics registry is the process's, shared with other tests.
