@@ -39,6 +39,7 @@ import json
 import os
 import random
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -731,25 +732,74 @@ def attack_no_tls(stack, fig):
         s.close()
 
 
-def h2_connection(stack):
-    """A TLS connection speaking HTTP/2 (ALPN h2), its preface and SETTINGS sent, and a thread
-    draining what the server writes."""
-    ctx = ssl.create_default_context(cafile=f"{stack.pki}/ca.crt")
-    ctx.set_alpn_protocols(["h2"])
-    raw = socket.create_connection(("127.0.0.1", stack.port), timeout=30)
-    sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-    assert sock.selected_alpn_protocol() == "h2"
-    sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+class H2Connection:
+    """A TLS connection speaking HTTP/2 (ALPN h2), its preface and SETTINGS sent, reading (and
+    dropping) what the server writes while it sends, so neither side blocks on the other. One
+    thread drives it through a memory BIO: OpenSSL's connection may not be read in one thread and
+    written in another (CPython then crashes, as a drain thread once made this script do)."""
 
-    def drain():
+    def __init__(self, stack):
+        ctx = ssl.create_default_context(cafile=f"{stack.pki}/ca.crt")
+        ctx.set_alpn_protocols(["h2"])
+        self.raw = socket.create_connection(("127.0.0.1", stack.port), timeout=30)
+        self.raw.setblocking(False)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="127.0.0.1")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_pending(deadline)
+                self._wait_readable(deadline)
+                self._receive()
+        assert self.tls.selected_alpn_protocol() == "h2"
+        self.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+
+    def sendall(self, data):
+        self.tls.write(data)
+        self._send_pending(time.monotonic() + 30)
+
+    def close(self):
+        self.raw.close()
+
+    def _send_pending(self, deadline):
+        pending = self.outgoing.read()
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server stopped reading")
+            readable, writable, _ = select.select([self.raw], [self.raw] if pending else [], [], 1)
+            if readable:
+                self._receive()
+            if writable:
+                try:
+                    pending = pending[self.raw.send(pending):]
+                except BlockingIOError:
+                    pass
+
+    def _wait_readable(self, deadline):
+        if not select.select([self.raw], [], [], max(0, deadline - time.monotonic()))[0]:
+            raise TimeoutError("no answer from the server")
+
+    def _receive(self):
+        """What the socket holds, decrypted and dropped; a connection the server ended raises."""
         try:
-            while sock.recv(65536):
+            data = self.raw.recv(65536)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ConnectionResetError("the server closed the connection")
+        self.incoming.write(data)
+        try:
+            while self.tls.read(65536):
                 pass
-        except OSError:
+        except ssl.SSLWantReadError:
             pass
 
-    threading.Thread(target=drain, daemon=True).start()
-    return sock
+
+def h2_connection(stack):
+    return H2Connection(stack)
 
 
 def frame(kind, flags, stream, payload):
