@@ -13,15 +13,6 @@ use serde_json::{json, Value};
 const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 const AGGREGATED_V2BETA1: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
 
-fn item<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|i| i["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in the list: {list}"))
-}
-
 /// The product document's `kubectl get kliobackups cluster-example.backup-20251113093137 -o yaml`,
 /// plus what the service adds: the tier marker, the labels on every object, and the server.
 fn product_example() -> Value {

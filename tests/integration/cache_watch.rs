@@ -32,15 +32,6 @@ fn record_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(cluster).join(format!("{id}.json"))
 }
 
-fn item<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .find(|i| i["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not in the list: {list}"))
-}
-
 fn has(list: &Value, name: &str) -> bool {
     Harness::names(list).iter().any(|n| n == name)
 }

@@ -29,16 +29,6 @@ fn metric(h: &Harness, series: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// The item of a list named `name`.
-fn item<'a>(list: &'a Value, name: &str) -> &'a Value {
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("{name}: {list}"))
-}
-
 fn tier1(h: &Harness) -> (u64, u64, u64, u64) {
     h.upstreams[0].as_ref().expect("tier 1 runs our Kopia server").requests()
 }

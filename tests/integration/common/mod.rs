@@ -54,6 +54,16 @@ pub const SAMPLE_BOTH_TIERS: &str = "pg-analytics.backup-20251120010000";
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// The item of a list body named `name` (a failure names what the list held).
+pub fn item<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the list: {list}"))
+}
+
 /// Polls `f` every 20 ms until it yields `Some`, for at most `timeout`.
 pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
