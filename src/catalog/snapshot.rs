@@ -190,13 +190,14 @@ impl Backup {
             .expect("the demo record has valid times")
     }
 
-    fn same_content(&self, other: &Self) -> bool {
+    /// Whether this object is what `tiers` on `server` make (then it is kept as it is).
+    fn holds(&self, tiers: &[Option<Arc<SourceBackup>>; 2], server: &str) -> bool {
         let same = |a: &Option<Arc<SourceBackup>>, b: &Option<Arc<SourceBackup>>| match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => true,
             _ => false,
         };
-        same(&self.tiers[0], &other.tiers[0]) && same(&self.tiers[1], &other.tiers[1]) && self.server == other.server
+        same(&self.tiers[0], &tiers[0]) && same(&self.tiers[1], &tiers[1]) && &*self.server == server
     }
 }
 
@@ -232,22 +233,28 @@ pub fn build(
     }
     let mut backups: Vec<Arc<Backup>> = Vec::with_capacity(merged.len());
     let mut events = vec![];
+    let mut object_name = String::new();
     for ((_, cluster, name), (server, tiers)) in merged {
-        let object_name = object_name(server, cluster, name, prefix_server);
-        let Some(fresh) = Backup::new(object_name, tiers, server.clone(), rv_shared.clone()) else {
-            continue;
-        };
-        match previous.and_then(|p| p.get(fresh.name())) {
-            Some(old) if old.same_content(&fresh) => backups.push(old.clone()),
-            old => {
-                let fresh = Arc::new(fresh);
-                if previous.is_some() {
-                    let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
-                    events.push(Event { kind, object: fresh.clone(), previous: old.cloned() });
-                }
-                backups.push(fresh);
-            }
+        object_name.clear();
+        if prefix_server {
+            object_name.extend([&**server, "."]);
         }
+        object_name.extend([cluster, ".", name]);
+        let old = previous.and_then(|p| p.get(&object_name));
+        if let Some(old) = old.filter(|old| old.holds(&tiers, server)) {
+            backups.push(old.clone());
+            continue;
+        }
+        // Kept until the backup changes: made where long-lived data goes (see memory.rs).
+        let made = crate::memory::long_lived(|| {
+            Backup::new(object_name.as_str().into(), tiers, server.clone(), rv_shared.clone()).map(Arc::new)
+        });
+        let Some(fresh) = made else { continue };
+        if previous.is_some() {
+            let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
+            events.push(Event { kind, object: fresh.clone(), previous: old.cloned() });
+        }
+        backups.push(fresh);
     }
     // Object names sort differently from (cluster, name) pairs ('-' sorts before '.').
     backups.sort_by(|a, b| a.name().cmp(b.name()));
@@ -266,14 +273,6 @@ pub fn build(
     events.extend(deleted);
     backups.shrink_to_fit();
     Snapshot { resource_version, resource_version_text: rv_text, backups, events }
-}
-
-fn object_name(server: &str, cluster: &str, name: &str, prefix_server: bool) -> Box<str> {
-    if prefix_server {
-        format!("{server}.{cluster}.{name}").into()
-    } else {
-        format!("{cluster}.{name}").into()
-    }
 }
 
 /// A demo-shaped backup of `cluster` as one tier holds it; `n` sets its end LSN and its IDs.

@@ -63,8 +63,8 @@ struct Args {
     /// nginx binary.
     #[arg(long, default_value = "nginx")]
     nginx: String,
-    /// Keep the warm service and nginx of the first size running this many seconds before
-    /// measuring (to profile them by hand); prints where they are.
+    /// Keep the service and nginx of the first size running this many seconds, right after the
+    /// idle RSS is read and before any request (to profile them by hand); prints where they are.
     #[arg(long)]
     hold: Option<u64>,
 }
@@ -229,6 +229,12 @@ async fn run(args: Args) -> Result<()> {
         let before = requests();
         tokio::time::sleep(SETTLE).await;
         figures.idle_rss_kib = svc.rss().0;
+        if let (Some(seconds), false) = (args.hold, held) {
+            held = true;
+            eprintln!("   holding {seconds} s: service pid {} on {}, nginx on {}", svc.pid(), svc.addr, nginx.addr);
+            eprintln!("   e.g. oha ... -H 'Accept: {TABLE}' https://localhost:{}{COLLECTION}", svc.addr.port());
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+        }
         let cases = [
             Case {
                 name: "list json",
@@ -250,12 +256,6 @@ async fn run(args: Args) -> Result<()> {
         for case in &cases {
             let body = client.fetch(&case.path, case.accept).await?;
             std::fs::write(nginx_dir.join("www").join(case.file), &body)?;
-        }
-        if let (Some(seconds), false) = (args.hold, held) {
-            held = true;
-            eprintln!("   holding {seconds} s: service pid {} on {}, nginx on {}", svc.pid(), svc.addr, nginx.addr);
-            eprintln!("   e.g. oha ... -H 'Accept: {TABLE}' https://localhost:{}{COLLECTION}", svc.addr.port());
-            tokio::time::sleep(Duration::from_secs(seconds)).await;
         }
         let mut peak = svc.rss().1;
         let cells = args.concurrency.iter().map(|&c| (c, false)).chain(args.h2_concurrency.iter().map(|&c| (c, true)));

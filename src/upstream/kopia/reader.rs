@@ -247,12 +247,14 @@ impl CatalogReader {
                 // A newer candidate that failed for a passing reason does not replace what was
                 // served: the backup stays as it was until that candidate can be read.
                 Some(_) | None if pending => previous.get(&(&**cluster, &**name)).map(|b| (*b).clone()),
-                Some((c, root, record)) => Some(Arc::new(SourceBackup {
-                    record: record.clone(),
-                    manifest: c.id,
-                    written_nanos: c.mod_time,
-                    root: *root,
-                    snapshots: data.ids(cluster, name),
+                Some((c, root, record)) => Some(crate::memory::long_lived(|| {
+                    Arc::new(SourceBackup {
+                        record: record.clone(),
+                        manifest: c.id,
+                        written_nanos: c.mod_time,
+                        root: *root,
+                        snapshots: data.ids(cluster, name),
+                    })
                 })),
                 None => None,
             };
@@ -307,8 +309,14 @@ impl CatalogReader {
             record.cluster_name = cluster.into();
             record.name = name.into();
         }
-        self.interner.record(&mut record);
-        Arc::new(record)
+        // Kept for as long as the backup exists: copied where long-lived data goes, apart from
+        // what decoding it allocated.
+        crate::memory::long_lived(|| {
+            let mut kept = record.clone();
+            drop(record);
+            self.interner.record(&mut kept);
+            Arc::new(kept)
+        })
     }
 
     fn report_duplicates(&mut self, groups: &BTreeMap<(Box<str>, Box<str>), Vec<Listed>>) {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _, Result};
 use openssl::nid::Nid;
 use openssl::pkey::{PKey, Private};
-use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslConnector, SslMethod, SslRef, SslVerifyMode, SslVersion};
+use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslContextBuilder, SslMethod, SslRef, SslVerifyMode, SslVersion};
 use openssl::stack::Stack;
 use openssl::x509::store::X509StoreBuilder;
 use openssl::x509::verify::X509VerifyParam;
@@ -157,7 +157,10 @@ pub async fn connect(
 }
 
 fn client_ssl(host: &str, material: &ClientMaterial) -> Result<Ssl> {
-    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    // A bare context, not `SslConnector::builder`: that one loads the system's CA bundle (about
+    // 150 certificates, parsed on every connection and kept while it lasts), which a server
+    // pinned by its own certificate never consults.
+    let mut b = SslContextBuilder::new(SslMethod::tls_client())?;
     b.set_min_proto_version(Some(SslVersion::TLS1_3))?;
     // The chain is checked after the handshake, against the pin or the CA (see check_server);
     // the handshake still proves the server holds the certificate's key.
@@ -169,7 +172,7 @@ fn client_ssl(host: &str, material: &ClientMaterial) -> Result<Ssl> {
         b.add_extra_chain_cert(c.clone())?;
     }
     b.set_private_key(&material.key)?;
-    let mut ssl = Ssl::new(&b.build().into_context())?;
+    let mut ssl = Ssl::new(&b.build())?;
     if host.parse::<IpAddr>().is_err() {
         ssl.set_hostname(host)?;
     }
