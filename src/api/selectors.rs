@@ -51,12 +51,12 @@ impl FieldSelector {
     /// Whether `b` satisfies every requirement.
     pub fn matches(&self, b: &Backup) -> bool {
         self.requirements.iter().all(|r| {
-            let actual = match r.field {
-                "metadata.name" => b.name(),
-                "spec.clusterName" => &b.record().cluster_name,
-                _ => &b.record().name,
+            let same = match r.field {
+                "metadata.name" => b.name() == *r.value,
+                "spec.clusterName" => *b.record().cluster_name == *r.value,
+                _ => *b.record().name == *r.value,
             };
-            (actual == r.value) == r.equal
+            same == r.equal
         })
     }
 }

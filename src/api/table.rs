@@ -209,7 +209,7 @@ fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
         .map(|(m, _)| m.trim_start_matches("klio.io/"))
         .collect();
     [
-        text(b.name()),
+        serde_json::Value::String(b.name().to_string()),
         text(&r.cluster_name),
         go_time_of(r.started_at).into(),
         go_time_of(r.stopped_at).into(),
@@ -284,14 +284,14 @@ pub(crate) mod tests {
         use crate::upstream::kopia::{ids::ManifestId, reader::SourceBackup};
         let record = crate::demo::sample_record("pg", &format!("b{i}"), stopped - 2, 2, 7, false);
         let source = SourceBackup {
-            record: std::sync::Arc::new(serde_json::from_value(record).expect("the demo record decodes")),
+            record: serde_json::from_value(record).expect("the demo record decodes"),
             manifest: ManifestId([1; 16]),
             written_nanos: stopped * 1_000_000_000,
             root: [1; 16],
             snapshots: Default::default(),
         };
-        let name = format!("pg.b{i}").into();
-        Backup::new(name, [Some(std::sync::Arc::new(source)), None], "klio".into(), "1".into()).expect("valid times")
+        let (server, revision) = (crate::catalog::ServerName::single("klio"), std::sync::Arc::new("1".into()));
+        Backup::new([Some(std::sync::Arc::new(source)), None], server, revision).expect("valid times")
     }
 
     #[test]

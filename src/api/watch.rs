@@ -119,7 +119,7 @@ fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventTy
         (EventType::Modified, Some(_), true) => Some((EventType::Modified, e.object.clone())),
         (EventType::Modified, None, true) => Some((EventType::Added, e.object.clone())),
         (EventType::Modified, Some(previous), false) => {
-            Some((EventType::Deleted, Arc::new(previous.at_version(e.object.resource_version().into()))))
+            Some((EventType::Deleted, Arc::new(previous.at_version(Arc::new(e.object.resource_version().to_string())))))
         }
         (EventType::Deleted, Some(_), _) => Some((EventType::Deleted, e.object.clone())),
         _ => None,
@@ -288,7 +288,7 @@ mod tests {
         assert_eq!(kind(&ev(EventType::Deleted, backup("a"), Some(backup("a")))), Some(EventType::Deleted));
         assert_eq!(kind(&ev(EventType::Deleted, backup("b"), Some(backup("b")))), None);
         // Leaving the selector: DELETED with the last matching state and the change's version.
-        let moved = backup("b").at_version("7".into());
+        let moved = backup("b").at_version(Arc::new("7".into()));
         let (k, object) = filtered(&sel, &ev(EventType::Modified, Arc::new(moved), Some(backup("a")))).unwrap();
         assert_eq!(k, EventType::Deleted);
         assert_eq!(&*object.record().cluster_name, "a");

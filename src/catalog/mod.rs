@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 use crate::upstream::kopia::reader::ReadOutcome;
 use crate::upstream::kopia::session::{CallError, OpenError};
 use crate::upstream::kopia::tls::ConnectError;
-pub use snapshot::{Backup, Event, EventType, ResourceVersion, Snapshot};
+pub use snapshot::{Backup, Event, EventType, ObjectName, ResourceVersion, ServerName, Snapshot};
 pub use sources::{KlioServer, ServerConfig, SourceHealth};
 use sources::{Source, SourceState};
 

@@ -6,6 +6,7 @@
 //! `resourceVersion`) from the previous snapshot; the [`Event`]s from the previous snapshot are
 //! computed once, when the snapshot is built, however many watchers there are.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -104,30 +105,108 @@ impl Snapshot {
 
     /// Where `name` is, or would be, in the sorted list.
     pub fn position(&self, name: &str) -> Result<usize, usize> {
-        self.backups.binary_search_by(|b| b.name().cmp(name))
+        self.backups.binary_search_by(|b| b.name().cmp_str(name))
     }
 }
 
 /// One backup as the catalog keeps it: what each tier holds of it (shared with the source it
-/// was read from and with earlier snapshots), its object name and revision. It becomes the
-/// generated `KlioBackup` type (in the API layer) only when it is served, so the catalog holds a fraction of the memory a
-/// `KlioBackup` with its label and annotation maps would take.
+/// was read from and with earlier snapshots), its server and revision. It becomes the generated
+/// `KlioBackup` type (in the API layer) only when it is served, so the catalog holds a fraction
+/// of the memory a `KlioBackup` with its label and annotation maps would take. Its name is
+/// spelled from the record when asked ([`ObjectName`]), not kept: with thin pointers to the
+/// shared server and revision, a backup is 32 bytes beside what its tiers hold.
 #[derive(Debug, Clone)]
 pub struct Backup {
-    name: Box<str>,
     /// Tier 1, tier 2; at least one is present.
     tiers: [Option<Arc<SourceBackup>>; 2],
-    server: Arc<str>,
-    resource_version: Arc<str>,
+    server: Arc<ServerName>,
+    resource_version: Arc<String>,
+}
+
+/// The Klio server backups are on, shared by all of them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServerName {
+    /// Its configured name.
+    pub name: Box<str>,
+    /// Whether its backups' object names start with it (when several servers are configured).
+    pub in_object_names: bool,
+}
+
+impl ServerName {
+    /// The only server configured: object names do not carry it.
+    pub fn single(name: &str) -> Arc<Self> {
+        Arc::new(Self { name: name.into(), in_object_names: false })
+    }
+}
+
+/// A backup's `metadata.name`: `<clusterName>.<backupID>`, prefixed by the server when there are
+/// several. Compares and prints as that string without making it.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectName<'a>([&'a str; 5]);
+
+impl ObjectName<'_> {
+    /// Compares with a name as a string, byte by byte (as `str` orders).
+    pub fn cmp_str(&self, other: &str) -> Ordering {
+        let mut rest = other.as_bytes();
+        for part in self.0 {
+            let part = part.as_bytes();
+            let n = part.len().min(rest.len());
+            match part[..n].cmp(&rest[..n]) {
+                Ordering::Equal if n < part.len() => return Ordering::Greater,
+                Ordering::Equal => rest = &rest[n..],
+                unequal => return unequal,
+            }
+        }
+        if rest.is_empty() {
+            Ordering::Equal
+        } else {
+            Ordering::Less
+        }
+    }
+
+    fn bytes(&self) -> impl Iterator<Item = u8> + '_ {
+        self.0.iter().flat_map(|part| part.bytes())
+    }
+}
+
+impl fmt::Display for ObjectName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|part| f.write_str(part))
+    }
+}
+
+impl PartialEq<str> for ObjectName<'_> {
+    fn eq(&self, other: &str) -> bool {
+        self.cmp_str(other) == Ordering::Equal
+    }
+}
+
+impl PartialEq for ObjectName<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for ObjectName<'_> {}
+
+impl PartialOrd for ObjectName<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ObjectName<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.bytes().cmp(other.bytes())
+    }
 }
 
 impl Backup {
     /// `None` (logged) for a backup that cannot be shown.
     pub fn new(
-        name: Box<str>,
         tiers: [Option<Arc<SourceBackup>>; 2],
-        server: Arc<str>,
-        resource_version: Arc<str>,
+        server: Arc<ServerName>,
+        resource_version: Arc<String>,
     ) -> Option<Self> {
         let record = &tiers.iter().flatten().next()?.record;
         let representable = |seconds: i64| jiff::Timestamp::from_second(seconds).is_ok();
@@ -135,12 +214,15 @@ impl Backup {
             tracing::warn!(cluster = %record.cluster_name, backup = %record.name, "skipping a backup record with an impossible timestamp");
             return None;
         }
-        Some(Self { name, tiers, server, resource_version })
+        Some(Self { tiers, server, resource_version })
     }
 
     /// `metadata.name`: `<clusterName>.<backupID>`, prefixed by the server when there are several.
-    pub fn name(&self) -> &str {
-        &self.name
+    pub fn name(&self) -> ObjectName<'_> {
+        let r = self.record();
+        let server: &str = if self.server.in_object_names { &self.server.name } else { "" };
+        let dot = if server.is_empty() { "" } else { "." };
+        ObjectName([server, dot, &r.cluster_name, ".", &r.name])
     }
 
     /// The record served: tier 1's when the backup is on tier 1.
@@ -150,7 +232,7 @@ impl Backup {
 
     /// The Klio server (its configured name) the backup is on.
     pub fn server(&self) -> &str {
-        &self.server
+        &self.server.name
     }
 
     /// On tier 1, on tier 2.
@@ -170,7 +252,7 @@ impl Backup {
 
     /// The same object as of another revision (a deletion is reported with the revision that
     /// deleted it).
-    pub fn at_version(&self, resource_version: Arc<str>) -> Self {
+    pub fn at_version(&self, resource_version: Arc<String>) -> Self {
         Self { resource_version, ..self.clone() }
     }
 
@@ -178,7 +260,7 @@ impl Backup {
     #[cfg(test)]
     pub(crate) fn sample(cluster: &str, id: &str) -> Self {
         let record = crate::upstream::record::sample_record(cluster, id, 1_763_026_297, 2, 7, false);
-        let record = Arc::new(serde_json::from_value(record).expect("the demo record decodes"));
+        let record = serde_json::from_value(record).expect("the demo record decodes");
         let source = SourceBackup {
             record,
             manifest: ManifestId([1; 16]),
@@ -186,18 +268,19 @@ impl Backup {
             root: [1; 16],
             snapshots: Default::default(),
         };
-        Self::new(format!("{cluster}.{id}").into(), [Some(Arc::new(source)), None], "klio".into(), "1".into())
+        let _ = (cluster, id);
+        Self::new([Some(Arc::new(source)), None], ServerName::single("klio"), Arc::new("1".into()))
             .expect("the demo record has valid times")
     }
 
     /// Whether this object is what `tiers` on `server` make (then it is kept as it is).
-    fn holds(&self, tiers: &[Option<Arc<SourceBackup>>; 2], server: &str) -> bool {
+    fn holds(&self, tiers: &[Option<Arc<SourceBackup>>; 2], server: &ServerName) -> bool {
         let same = |a: &Option<Arc<SourceBackup>>, b: &Option<Arc<SourceBackup>>| match (a, b) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
             (None, None) => true,
             _ => false,
         };
-        same(&self.tiers[0], &tiers[0]) && same(&self.tiers[1], &tiers[1]) && &*self.server == server
+        same(&self.tiers[0], &tiers[0]) && same(&self.tiers[1], &tiers[1]) && *self.server == *server
     }
 }
 
@@ -220,15 +303,20 @@ pub fn build(
     prefix_server: bool,
 ) -> Snapshot {
     let rv_text = resource_version.to_string();
-    let rv_shared: Arc<str> = rv_text.as_str().into();
+    let rv_shared = Arc::new(rv_text.clone());
+    let servers: BTreeMap<&str, Arc<ServerName>> = sources
+        .iter()
+        .map(|s| (&**s.server, Arc::new(ServerName { name: (**s.server).into(), in_object_names: prefix_server })))
+        .collect();
     // (server, cluster, backup) -> (server, what each tier holds)
     type Key<'a> = (&'a str, &'a str, &'a str);
-    type Tiers<'a> = (&'a Arc<str>, [Option<Arc<SourceBackup>>; 2]);
+    type Tiers<'a> = (&'a Arc<ServerName>, [Option<Arc<SourceBackup>>; 2]);
     let mut merged: BTreeMap<Key, Tiers> = BTreeMap::new();
     for source in sources {
+        let server = &servers[&**source.server];
         for b in source.backups {
             let key = (&**source.server, &*b.record.cluster_name, &*b.record.name);
-            merged.entry(key).or_insert((source.server, [None, None])).1[source.tier] = Some(b.clone());
+            merged.entry(key).or_insert((server, [None, None])).1[source.tier] = Some(b.clone());
         }
     }
     let mut backups: Vec<Arc<Backup>> = Vec::with_capacity(merged.len());
@@ -237,7 +325,7 @@ pub fn build(
     for ((_, cluster, name), (server, tiers)) in merged {
         object_name.clear();
         if prefix_server {
-            object_name.extend([&**server, "."]);
+            object_name.extend([&*server.name, "."]);
         }
         object_name.extend([cluster, ".", name]);
         let old = previous.and_then(|p| p.get(&object_name));
@@ -245,11 +333,9 @@ pub fn build(
             backups.push(old.clone());
             continue;
         }
-        // Kept until the backup changes: made where long-lived data goes (see memory.rs).
-        let made = crate::memory::long_lived(|| {
-            Backup::new(object_name.as_str().into(), tiers, server.clone(), rv_shared.clone()).map(Arc::new)
-        });
-        let Some(fresh) = made else { continue };
+        let Some(fresh) = Backup::new(tiers, server.clone(), rv_shared.clone()).map(Arc::new) else {
+            continue;
+        };
         if previous.is_some() {
             let kind = if old.is_some() { EventType::Modified } else { EventType::Added };
             events.push(Event { kind, object: fresh.clone(), previous: old.cloned() });
@@ -257,9 +343,9 @@ pub fn build(
         backups.push(fresh);
     }
     // Object names sort differently from (cluster, name) pairs ('-' sorts before '.').
-    backups.sort_by(|a, b| a.name().cmp(b.name()));
-    events.sort_by(|a, b| a.object.name().cmp(b.object.name()));
-    let in_snapshot = |b: &Arc<Backup>| backups.binary_search_by(|x| x.name().cmp(b.name())).is_ok();
+    backups.sort_by(|a, b| a.name().cmp(&b.name()));
+    events.sort_by(|a, b| a.object.name().cmp(&b.object.name()));
+    let in_snapshot = |b: &Arc<Backup>| backups.binary_search_by(|x| x.name().cmp(&b.name())).is_ok();
     let deleted: Vec<Event> = previous
         .into_iter()
         .flat_map(|p| p.backups.iter())
@@ -283,7 +369,7 @@ pub(crate) fn source_backup(cluster: &str, id: &str, n: u64) -> Arc<SourceBackup
             .unwrap();
     r.end_lsn = n;
     Arc::new(SourceBackup {
-        record: Arc::new(r),
+        record: r,
         manifest: ManifestId([n as u8; 16]),
         written_nanos: 1,
         root: [n as u8; 16],
@@ -294,6 +380,26 @@ pub(crate) fn source_backup(cluster: &str, id: &str, n: u64) -> Arc<SourceBackup
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_names_order_and_compare_as_the_strings_they_spell() {
+        let parts =
+            [("", "a", "b"), ("", "a", "b-c"), ("", "a-b", "c"), ("", "a", "bc"), ("s", "a", "b"), ("", "a", "")];
+        let name = |(server, cluster, backup): (&'static str, &'static str, &'static str)| {
+            ObjectName([server, if server.is_empty() { "" } else { "." }, cluster, ".", backup])
+        };
+        let probes = ["", "a", "a.", "a.b", "a.b-", "a.b-c", "a.bc", "a-b.c", "s.a.b", "a.b.c", "b", "a.a"];
+        for x in parts {
+            let text = name(x).to_string();
+            for probe in probes {
+                assert_eq!(name(x).cmp_str(probe), text.as_str().cmp(probe), "{text} vs {probe}");
+                assert_eq!(name(x) == *probe, text == probe);
+            }
+            for y in parts {
+                assert_eq!(name(x).cmp(&name(y)), text.cmp(&name(y).to_string()), "{text} vs {}", name(y));
+            }
+        }
+    }
 
     fn record(cluster: &str, id: &str, end_lsn: u64) -> Arc<SourceBackup> {
         source_backup(cluster, id, end_lsn)
@@ -353,7 +459,7 @@ mod tests {
         let t2 = [record("a", "b1", 10), record("a", "b0", 5)];
         let east: Arc<str> = "east".into();
         let s = build(None, ResourceVersion(vec![1, 1]), &[source(&east, 0, &t1), source(&east, 1, &t2)], true);
-        assert_eq!(s.backups.iter().map(|b| b.name()).collect::<Vec<_>>(), ["east.a.b0", "east.a.b1"]);
+        assert_eq!(s.backups.iter().map(|b| b.name().to_string()).collect::<Vec<_>>(), ["east.a.b0", "east.a.b1"]);
         assert_eq!(s.get("east.a.b1").unwrap().tiers(), [true, true]);
         assert_eq!(s.get("east.a.b0").unwrap().tiers(), [false, true]);
         assert_eq!(s.get("east.a.b0").unwrap().server(), "east");

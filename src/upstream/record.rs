@@ -199,11 +199,7 @@ impl Interner {
         match self.0.get(s) {
             Some(shared) => *s = shared.clone(),
             None => {
-                // A copy of its own, not the decoder's (whose neighbours are all freed): made
-                // where the caller allocates what it keeps (see `crate::memory::long_lived`).
-                let kept: Arc<str> = Arc::from(&**s);
-                self.0.insert(kept.clone());
-                *s = kept;
+                self.0.insert(s.clone());
             }
         }
     }

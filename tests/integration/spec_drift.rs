@@ -139,7 +139,7 @@ fn served_objects_match_the_document() {
             .unwrap();
     let on_tier = |n: u8| {
         Some(std::sync::Arc::new(SourceBackup {
-            record: std::sync::Arc::new(record.clone()),
+            record: record.clone(),
             manifest: ManifestId([n; 16]),
             written_nanos: 1_763_601_200_000_000_000,
             root: [n; 16],
@@ -150,13 +150,9 @@ fn served_objects_match_the_document() {
             },
         }))
     };
-    let backup = klio_api::catalog::Backup::new(
-        "pg-analytics.backup-1".into(),
-        [on_tier(1), on_tier(10)],
-        "klio".into(),
-        "1".into(),
-    )
-    .unwrap();
+    let server = klio_api::catalog::ServerName::single("klio");
+    let backup =
+        klio_api::catalog::Backup::new([on_tier(1), on_tier(10)], server, std::sync::Arc::new("1".into())).unwrap();
     let value = serde_json::to_value(&backup).unwrap();
     assert!(value["status"]["tablespaces"].is_array(), "the sample must exercise every field");
     check_instance(&doc, "io.enterprisedb.kliocatalog.v1alpha1.KlioBackup", &value, "KlioBackup");

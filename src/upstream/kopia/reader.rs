@@ -30,8 +30,9 @@ use prost::Message;
 /// One backup as one tier holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceBackup {
-    /// The decoded `metadata.json`, its cluster and name taken from the snapshot's labels.
-    pub record: Arc<BackupRecord>,
+    /// The decoded `metadata.json`, its cluster and name taken from the snapshot's labels (in
+    /// the same allocation: one per backup and tier).
+    pub record: BackupRecord,
     /// The metadata snapshot it was read from.
     pub manifest: ManifestId,
     /// When that manifest was written (the server's clock, nanoseconds since the epoch): when the
@@ -66,6 +67,22 @@ pub enum ReadOutcome {
         /// The newest modification time among every listed manifest, 0 when none.
         newest_nanos: i64,
     },
+}
+
+/// A metadata snapshot's record during a read: an entry read before, or a record read now.
+#[derive(Clone)]
+pub(super) enum Known {
+    Kept(Arc<SourceBackup>),
+    Read(Arc<BackupRecord>),
+}
+
+impl Known {
+    pub(super) fn record(&self) -> &BackupRecord {
+        match self {
+            Self::Kept(backup) => &backup.record,
+            Self::Read(record) => record,
+        }
+    }
 }
 
 /// A FindManifests entry of a Klio snapshot.
@@ -191,10 +208,10 @@ impl CatalogReader {
         self.report_duplicates(&groups);
 
         // What was read before (immutable: never read again), for this read only.
-        let mut read: HashMap<ManifestId, (RootKey, Arc<BackupRecord>)> =
-            self.last_output.iter().map(|b| (b.manifest, (b.root, b.record.clone()))).collect();
-        let mut by_root: HashMap<RootKey, Arc<BackupRecord>> =
-            self.last_output.iter().map(|b| (b.root, b.record.clone())).collect();
+        let mut read: HashMap<ManifestId, (RootKey, Known)> =
+            self.last_output.iter().map(|b| (b.manifest, (b.root, Known::Kept(b.clone())))).collect();
+        let mut by_root: HashMap<RootKey, Known> =
+            self.last_output.iter().map(|b| (b.root, Known::Kept(b.clone()))).collect();
 
         // Read the first candidate of each backup that is not settled, until every backup has a
         // readable candidate, has none left, or failed for a passing reason.
@@ -225,7 +242,7 @@ impl CatalogReader {
             for (id, cluster, name, outcome) in results {
                 match outcome? {
                     Ok((root, record)) => {
-                        let record = self.settle_record(record, &cluster, &name);
+                        let record = Known::Read(self.settle_record(record, &cluster, &name));
                         self.reported_transient.remove(&id);
                         by_root.insert(root, record.clone());
                         read.insert(id, (root, record));
@@ -247,15 +264,22 @@ impl CatalogReader {
                 // A newer candidate that failed for a passing reason does not replace what was
                 // served: the backup stays as it was until that candidate can be read.
                 Some(_) | None if pending => previous.get(&(&**cluster, &**name)).map(|b| (*b).clone()),
-                Some((c, root, record)) => Some(crate::memory::long_lived(|| {
-                    Arc::new(SourceBackup {
-                        record: record.clone(),
-                        manifest: c.id,
-                        written_nanos: c.mod_time,
-                        root: *root,
-                        snapshots: data.ids(cluster, name),
+                Some((c, root, known)) => {
+                    let snapshots = data.ids(cluster, name);
+                    Some(match known {
+                        // Read before, and its data snapshots have not changed: the same entry.
+                        Known::Kept(old) if old.written_nanos == c.mod_time && old.snapshots == snapshots => {
+                            old.clone()
+                        }
+                        _ => Arc::new(SourceBackup {
+                            record: known.record().clone(),
+                            manifest: c.id,
+                            written_nanos: c.mod_time,
+                            root: *root,
+                            snapshots,
+                        }),
                     })
-                })),
+                }
                 None => None,
             };
             if let Some(fresh) = fresh {
@@ -309,14 +333,8 @@ impl CatalogReader {
             record.cluster_name = cluster.into();
             record.name = name.into();
         }
-        // Kept for as long as the backup exists: copied where long-lived data goes, apart from
-        // what decoding it allocated.
-        crate::memory::long_lived(|| {
-            let mut kept = record.clone();
-            drop(record);
-            self.interner.record(&mut kept);
-            Arc::new(kept)
-        })
+        self.interner.record(&mut record);
+        Arc::new(record)
     }
 
     fn report_duplicates(&mut self, groups: &BTreeMap<(Box<str>, Box<str>), Vec<Listed>>) {

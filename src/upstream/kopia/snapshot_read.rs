@@ -3,7 +3,6 @@
 //! skipped when that fails for a reason of its own.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::format::{IndirectIndex, DIRECTORY_STREAM, INDIRECT_STREAM};
 use super::ids::{ManifestId, ObjectId};
@@ -147,7 +146,7 @@ pub(super) fn per_backup(e: CallError) -> Result<Skip, CallError> {
 /// failure of the session; the inner one a reason to skip this backup.
 pub(super) async fn read_metadata(
     session: &Session,
-    by_root: &HashMap<RootKey, Arc<BackupRecord>>,
+    by_root: &HashMap<RootKey, super::reader::Known>,
     id: &ManifestId,
 ) -> Result<Result<(RootKey, BackupRecord), Skip>, CallError> {
     let manifest = match session.get_manifest(id).await {
@@ -169,8 +168,8 @@ pub(super) async fn read_metadata(
         return Ok(Err(Skip::MalformedManifest(format!("the root is of type {:?}, not a directory", root.kind))));
     }
     let root_id = root_key(&root.obj);
-    if let Some(record) = by_root.get(&root_id) {
-        return Ok(Ok((root_id, BackupRecord::clone(record))));
+    if let Some(known) = by_root.get(&root_id) {
+        return Ok(Ok((root_id, known.record().clone())));
     }
     let root_obj: ObjectId = match root.obj.parse() {
         Ok(o) => o,
