@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -19,9 +20,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRecord {
-    /// The backup ID, e.g. `backup-20251113093137`.
-    pub name: Box<str>,
-    /// The CloudNativePG cluster backed up (shared between records, see [`Interner`]).
+    /// The backup ID, e.g. `backup-20251113093137`: inside the record up to 24 bytes (Klio's
+    /// are 21), so that a record read keeps no small allocation of its own among the read's
+    /// short-lived strings (whose pages would then stay resident).
+    pub name: CompactString,
+    /// The CloudNativePG cluster backed up, shared between records: decoded into the name
+    /// already known when there is one ([`shared_cluster_name`]), not allocated per record.
+    #[serde(deserialize_with = "shared_cluster_name")]
     pub cluster_name: Arc<str>,
     /// The WAL position (LSN) where the backup started.
     pub start_lsn: u64,
@@ -67,8 +72,9 @@ pub struct TablespaceRecord {
 pub enum WalName {
     /// The usual name, as the 12 bytes its hex spells.
     Hex([u8; 12]),
-    /// Anything else, verbatim.
-    Text(Box<str>),
+    /// Anything else, verbatim (behind a thin pointer: the name is 16 bytes, not 24).
+    #[allow(clippy::box_collection)]
+    Text(Box<String>),
 }
 
 impl WalName {
@@ -89,7 +95,7 @@ impl WalName {
                 return Self::Hex(out);
             }
         }
-        Self::Text(text.into())
+        Self::Text(Box::new(text.into()))
     }
 }
 
@@ -187,6 +193,42 @@ impl<'de> Deserialize<'de> for Annotations {
         }
         deserializer.deserialize_any(Entries)
     }
+}
+
+thread_local! {
+    /// The cluster names records decoded on this thread named, each once. Entries no record
+    /// holds any more are dropped when it grows past [`KNOWN_CLUSTERS_PRUNE`].
+    static KNOWN_CLUSTERS: std::cell::RefCell<HashSet<Arc<str>>> = std::cell::RefCell::new(HashSet::new());
+}
+
+/// Known cluster names kept before the ones no record holds are dropped.
+const KNOWN_CLUSTERS_PRUNE: usize = 4096;
+
+/// Decodes a cluster name into the shared one already known, if any: thousands of records name
+/// a few hundred clusters.
+fn shared_cluster_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc<str>, D::Error> {
+    struct Shared;
+    impl<'de> Visitor<'de> for Shared {
+        type Value = Arc<str>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a cluster name")
+        }
+        fn visit_str<E>(self, name: &str) -> Result<Arc<str>, E> {
+            Ok(KNOWN_CLUSTERS.with(|known| {
+                let mut known = known.borrow_mut();
+                if let Some(shared) = known.get(name) {
+                    return shared.clone();
+                }
+                if known.len() >= KNOWN_CLUSTERS_PRUNE {
+                    known.retain(|n| Arc::strong_count(n) > 1);
+                }
+                let shared: Arc<str> = name.into();
+                known.insert(shared.clone());
+                shared
+            }))
+        }
+    }
+    deserializer.deserialize_str(Shared)
 }
 
 /// Shares equal strings between records: thousands of backups name a few hundred clusters and a
@@ -287,6 +329,19 @@ mod tests {
             assert_eq!(serde_json::to_value(&wal).unwrap(), serde_json::json!(text));
             assert_eq!(matches!(wal, WalName::Hex(_)), text.len() == 24 && text != "00000001000000000000002a");
         }
+    }
+
+    #[test]
+    fn decoding_shares_cluster_names_and_keeps_names_of_any_length() {
+        let decode =
+            |id: &str| serde_json::from_value::<BackupRecord>(sample_record("pg-shared", id, 1, 2, 3, false)).unwrap();
+        let long = "b".repeat(60);
+        let (a, b) = (decode("backup-20251113093137"), decode(&long));
+        assert!(Arc::ptr_eq(&a.cluster_name, &b.cluster_name));
+        assert_eq!((&*a.name, &*b.name), ("backup-20251113093137", long.as_str()));
+        assert_eq!(serde_json::to_value(&b).unwrap()["name"], long.as_str());
+        let odd = serde_json::from_value::<WalName>(serde_json::json!("x")).unwrap();
+        assert_eq!((odd.to_string(), std::mem::size_of::<WalName>()), ("x".to_string(), 16));
     }
 
     #[test]
