@@ -150,12 +150,16 @@ impl ObjectName<'_> {
         let mut rest = other.as_bytes();
         for part in self.0 {
             let part = part.as_bytes();
-            let n = part.len().min(rest.len());
-            match part[..n].cmp(&rest[..n]) {
-                Ordering::Equal if n < part.len() => return Ordering::Greater,
-                Ordering::Equal => rest = &rest[n..],
-                unequal => return unequal,
+            // Parts are a few bytes: a loop, not a call to memcmp per part (a lookup makes
+            // dozens of these comparisons).
+            for (i, &byte) in part.iter().enumerate() {
+                match rest.get(i) {
+                    None => return Ordering::Greater,
+                    Some(&theirs) if theirs != byte => return byte.cmp(&theirs),
+                    Some(_) => {}
+                }
             }
+            rest = &rest[part.len()..];
         }
         if rest.is_empty() {
             Ordering::Equal
