@@ -139,6 +139,7 @@ impl ApiServer {
             shutdown: watch::channel(false).1,
             draining: Default::default(),
             renders: Default::default(),
+            objects: Default::default(),
         };
         Ok(Self {
             server,

@@ -49,6 +49,8 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
     /// Rendered whole lists of the current revision.
     pub renders: render_cache::RenderCache,
+    /// The JSON of the single objects last served.
+    pub objects: render_cache::ObjectCache,
 }
 
 /// Bounds on what clients can make the server hold.

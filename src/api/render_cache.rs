@@ -167,6 +167,32 @@ fn drop_idle(entries: &Mutex<Entries>, idle: Duration) -> bool {
 mod tests {
     use super::super::negotiate::{Format, Shape};
     use super::*;
+
+    #[test]
+    fn an_objects_json_is_made_once_and_kept_for_the_last_objects_served() {
+        use crate::catalog::Backup;
+        let cache = ObjectCache::default();
+        let renders = std::cell::Cell::new(0);
+        let json = |b: &Arc<Backup>| {
+            cache
+                .json(b, || {
+                    renders.set(renders.get() + 1);
+                    Ok::<_, ()>(serde_json::to_vec(&b.to_kliobackup()).unwrap())
+                })
+                .unwrap()
+        };
+        let one = Arc::new(Backup::sample("pg", "b1"));
+        let first = json(&one);
+        assert_eq!((json(&one), renders.get()), (first.clone(), 1), "the same object: kept");
+        let equal = Arc::new(Backup::sample("pg", "b1"));
+        assert_eq!((json(&equal), renders.get()), (first, 2), "another object: its own entry");
+        let others: Vec<_> = (0..OBJECTS).map(|i| Arc::new(Backup::sample("pg", &format!("o{i}")))).collect();
+        others.iter().for_each(|b| drop(json(b)));
+        assert_eq!(cache.len(), OBJECTS, "bounded");
+        let before = renders.get();
+        json(&one);
+        assert_eq!(renders.get(), before + 1, "the oldest entries made room");
+    }
     use crate::catalog::ResourceVersion;
 
     fn body(text: &'static str) -> impl FnOnce() -> Result<Bytes, ()> {
@@ -286,5 +312,59 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), "list");
         }
         assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1, "one render for every request");
+    }
+}
+
+/// Objects whose JSON is kept (the last ones served by a `get`).
+pub const OBJECTS: usize = 64;
+
+/// The JSON of the single objects last served by a `get`, by object: a client polling a backup
+/// (`kubectl get -w`'s first read, a controller's resync, a dashboard) is answered without
+/// building and serializing it again. An object never changes (a change makes a new one), so its
+/// JSON is keyed by the object itself and never stale. Bounded to [`OBJECTS`] entries, replaced in
+/// turn; an entry keeps its object alive, at most that many.
+#[derive(Default)]
+pub struct ObjectCache(Mutex<ObjectSlots>);
+
+#[derive(Default)]
+struct ObjectSlots {
+    next: usize,
+    slots: Vec<(Arc<crate::catalog::Backup>, Bytes)>,
+}
+
+impl ObjectCache {
+    /// The JSON of `backup`, kept or made by `render` (and then kept).
+    pub fn json<E>(
+        &self,
+        backup: &Arc<crate::catalog::Backup>,
+        render: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Bytes, E> {
+        let kept = |s: &ObjectSlots| s.slots.iter().find(|(b, _)| Arc::ptr_eq(b, backup)).map(|(_, j)| j.clone());
+        if let Some(json) = kept(&self.0.lock().expect("object cache")) {
+            return Ok(json);
+        }
+        let json = Bytes::from(render()?);
+        let mut s = self.0.lock().expect("object cache");
+        if kept(&s).is_none() {
+            let entry = (backup.clone(), json.clone());
+            if s.slots.len() < OBJECTS {
+                s.slots.push(entry);
+            } else {
+                let at = s.next;
+                s.slots[at] = entry;
+                s.next = (at + 1) % OBJECTS;
+            }
+        }
+        Ok(json)
+    }
+
+    /// Objects kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("object cache").slots.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }

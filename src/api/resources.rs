@@ -65,10 +65,10 @@ pub(crate) fn warning_headers(texts: &[String]) -> Vec<poem::http::HeaderValue> 
 }
 
 /// The response body in `repr`'s format, from the JSON every representation renders.
-fn encode(repr: Representation, json: Vec<u8>) -> Result<bytes::Bytes, ApiError> {
+fn encode(repr: Representation, json: impl Into<bytes::Bytes> + AsRef<[u8]>) -> Result<bytes::Bytes, ApiError> {
     Ok(match repr.format {
         Format::Json => json.into(),
-        Format::Yaml => super::yaml::from_json(&json)?.into(),
+        Format::Yaml => super::yaml::from_json(json.as_ref())?.into(),
     })
 }
 
@@ -265,14 +265,16 @@ pub async fn get(req: &Request, name: &str) -> Result<Response, ApiError> {
     let params = info.params.as_ref().map_err(Clone::clone)?;
     let snapshot = Resolver::new(&state.catalog).await?.read(params).await?;
     let backup = snapshot.get(name).ok_or_else(|| ApiError::not_found(plural(), name))?;
-    let json = match repr.shape {
-        Shape::Object => to_json(&backup.to_kliobackup())?,
+    let json: bytes::Bytes = match repr.shape {
+        Shape::Object => state.objects.json(backup, || to_json(&backup.to_kliobackup()))?,
         Shape::Table(v) => {
             let metadata =
                 ListMeta { resource_version: Some(snapshot.resource_version_text.clone()), ..Default::default() };
-            to_json(&table::render(v, std::iter::once(backup.as_ref()), metadata, params.include))?
+            to_json(&table::render(v, std::iter::once(backup.as_ref()), metadata, params.include))?.into()
         }
-        Shape::Metadata { version, list: false } => to_json(&PartialObjectMetadata::new(version, backup.metadata()))?,
+        Shape::Metadata { version, list: false } => {
+            to_json(&PartialObjectMetadata::new(version, backup.metadata()))?.into()
+        }
         Shape::Metadata { list: true, .. } => return Err(not_acceptable_for("PartialObjectMetadataList", false)),
     };
     let resp = Response::builder().content_type(repr.content_type()).body(encode(repr, json)?);
