@@ -163,10 +163,65 @@ fn drop_idle(entries: &Mutex<Entries>, idle: Duration) -> bool {
     empty
 }
 
+/// Objects whose JSON is kept (the last ones served by a `get`).
+pub const OBJECTS: usize = 64;
+
+/// The JSON of the single objects last served by a `get`, by object: a client polling a backup
+/// (`kubectl get -w`'s first read, a controller's resync, a dashboard) is answered without
+/// building and serializing it again. An object never changes (a change makes a new one), so its
+/// JSON is keyed by the object itself and never stale. Bounded to [`OBJECTS`] entries, replaced in
+/// turn; an entry keeps its object alive, at most that many.
+#[derive(Default)]
+pub struct ObjectCache(Mutex<ObjectSlots>);
+
+#[derive(Default)]
+struct ObjectSlots {
+    next: usize,
+    slots: Vec<(Arc<crate::catalog::Backup>, Bytes)>,
+}
+
+impl ObjectCache {
+    /// The JSON of `backup`, kept or made by `render` (and then kept).
+    pub fn json<E>(
+        &self,
+        backup: &Arc<crate::catalog::Backup>,
+        render: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Bytes, E> {
+        let kept = |s: &ObjectSlots| s.slots.iter().find(|(b, _)| Arc::ptr_eq(b, backup)).map(|(_, j)| j.clone());
+        if let Some(json) = kept(&self.0.lock().expect("object cache")) {
+            return Ok(json);
+        }
+        let json = Bytes::from(render()?);
+        let mut s = self.0.lock().expect("object cache");
+        if kept(&s).is_none() {
+            let entry = (backup.clone(), json.clone());
+            if s.slots.len() < OBJECTS {
+                s.slots.push(entry);
+            } else {
+                let at = s.next;
+                s.slots[at] = entry;
+                s.next = (at + 1) % OBJECTS;
+            }
+        }
+        Ok(json)
+    }
+
+    /// Objects kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("object cache").slots.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::negotiate::{Format, Shape};
     use super::*;
+    use crate::catalog::ResourceVersion;
 
     #[test]
     fn an_objects_json_is_made_once_and_kept_for_the_last_objects_served() {
@@ -193,7 +248,6 @@ mod tests {
         json(&one);
         assert_eq!(renders.get(), before + 1, "the oldest entries made room");
     }
-    use crate::catalog::ResourceVersion;
 
     fn body(text: &'static str) -> impl FnOnce() -> Result<Bytes, ()> {
         move || Ok(Bytes::from_static(text.as_bytes()))
@@ -312,59 +366,5 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), "list");
         }
         assert_eq!(renders.load(std::sync::atomic::Ordering::SeqCst), 1, "one render for every request");
-    }
-}
-
-/// Objects whose JSON is kept (the last ones served by a `get`).
-pub const OBJECTS: usize = 64;
-
-/// The JSON of the single objects last served by a `get`, by object: a client polling a backup
-/// (`kubectl get -w`'s first read, a controller's resync, a dashboard) is answered without
-/// building and serializing it again. An object never changes (a change makes a new one), so its
-/// JSON is keyed by the object itself and never stale. Bounded to [`OBJECTS`] entries, replaced in
-/// turn; an entry keeps its object alive, at most that many.
-#[derive(Default)]
-pub struct ObjectCache(Mutex<ObjectSlots>);
-
-#[derive(Default)]
-struct ObjectSlots {
-    next: usize,
-    slots: Vec<(Arc<crate::catalog::Backup>, Bytes)>,
-}
-
-impl ObjectCache {
-    /// The JSON of `backup`, kept or made by `render` (and then kept).
-    pub fn json<E>(
-        &self,
-        backup: &Arc<crate::catalog::Backup>,
-        render: impl FnOnce() -> Result<Vec<u8>, E>,
-    ) -> Result<Bytes, E> {
-        let kept = |s: &ObjectSlots| s.slots.iter().find(|(b, _)| Arc::ptr_eq(b, backup)).map(|(_, j)| j.clone());
-        if let Some(json) = kept(&self.0.lock().expect("object cache")) {
-            return Ok(json);
-        }
-        let json = Bytes::from(render()?);
-        let mut s = self.0.lock().expect("object cache");
-        if kept(&s).is_none() {
-            let entry = (backup.clone(), json.clone());
-            if s.slots.len() < OBJECTS {
-                s.slots.push(entry);
-            } else {
-                let at = s.next;
-                s.slots[at] = entry;
-                s.next = (at + 1) % OBJECTS;
-            }
-        }
-        Ok(json)
-    }
-
-    /// Objects kept.
-    pub fn len(&self) -> usize {
-        self.0.lock().expect("object cache").slots.len()
-    }
-
-    /// Whether none is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

@@ -119,7 +119,7 @@ fn filtered(selectors: &Selectors, e: &crate::catalog::Event) -> Option<(EventTy
         (EventType::Modified, Some(_), true) => Some((EventType::Modified, e.object.clone())),
         (EventType::Modified, None, true) => Some((EventType::Added, e.object.clone())),
         (EventType::Modified, Some(previous), false) => {
-            Some((EventType::Deleted, Arc::new(previous.at_version(Arc::new(e.object.resource_version().to_string())))))
+            Some((EventType::Deleted, Arc::new(previous.at_version(e.object.shared_resource_version()))))
         }
         (EventType::Deleted, Some(_), _) => Some((EventType::Deleted, e.object.clone())),
         _ => None,

@@ -103,6 +103,11 @@ impl Snapshot {
         self.position(name).ok().map(|i| &self.backups[i])
     }
 
+    /// The backup named `name`, spelled from its parts.
+    fn get_named(&self, name: &ObjectName<'_>) -> Option<&Arc<Backup>> {
+        self.backups.binary_search_by(|b| b.name().cmp(name)).ok().map(|i| &self.backups[i])
+    }
+
     /// Where `name` is, or would be, in the sorted list.
     pub fn position(&self, name: &str) -> Result<usize, usize> {
         self.backups.binary_search_by(|b| b.name().cmp_str(name))
@@ -144,7 +149,13 @@ impl ServerName {
 #[derive(Debug, Clone, Copy)]
 pub struct ObjectName<'a>([&'a str; 5]);
 
-impl ObjectName<'_> {
+impl<'a> ObjectName<'a> {
+    /// The name of backup `backup` of cluster `cluster` on `server`.
+    pub fn new(server: &'a ServerName, cluster: &'a str, backup: &'a str) -> Self {
+        let (server, dot) = if server.in_object_names { (&*server.name, ".") } else { ("", "") };
+        Self([server, dot, cluster, ".", backup])
+    }
+
     /// Compares with a name as a string, byte by byte (as `str` orders).
     pub fn cmp_str(&self, other: &str) -> Ordering {
         let mut rest = other.as_bytes();
@@ -224,9 +235,7 @@ impl Backup {
     /// `metadata.name`: `<clusterName>.<backupID>`, prefixed by the server when there are several.
     pub fn name(&self) -> ObjectName<'_> {
         let r = self.record();
-        let server: &str = if self.server.in_object_names { &self.server.name } else { "" };
-        let dot = if server.is_empty() { "" } else { "." };
-        ObjectName([server, dot, &r.cluster_name, ".", &r.name])
+        ObjectName::new(&self.server, &r.cluster_name, &r.name)
     }
 
     /// The record served: tier 1's when the backup is on tier 1.
@@ -254,6 +263,11 @@ impl Backup {
         &self.resource_version
     }
 
+    /// The revision this object last changed in, shared (to report another object at it).
+    pub fn shared_resource_version(&self) -> Arc<String> {
+        self.resource_version.clone()
+    }
+
     /// The same object as of another revision (a deletion is reported with the revision that
     /// deleted it).
     pub fn at_version(&self, resource_version: Arc<String>) -> Self {
@@ -272,7 +286,6 @@ impl Backup {
             root: [1; 16],
             snapshots: Default::default(),
         };
-        let _ = (cluster, id);
         Self::new([Some(Arc::new(source)), None], ServerName::single("klio"), Arc::new("1".into()))
             .expect("the demo record has valid times")
     }
@@ -325,14 +338,9 @@ pub fn build(
     }
     let mut backups: Vec<Arc<Backup>> = Vec::with_capacity(merged.len());
     let mut events = vec![];
-    let mut object_name = String::new();
     for ((_, cluster, name), (server, tiers)) in merged {
-        object_name.clear();
-        if prefix_server {
-            object_name.extend([&*server.name, "."]);
-        }
-        object_name.extend([cluster, ".", name]);
-        let old = previous.and_then(|p| p.get(&object_name));
+        let wanted = ObjectName::new(server, cluster, name);
+        let old = previous.and_then(|p| p.get_named(&wanted));
         if let Some(old) = old.filter(|old| old.holds(&tiers, server)) {
             backups.push(old.clone());
             continue;
@@ -389,8 +397,12 @@ mod tests {
     fn object_names_order_and_compare_as_the_strings_they_spell() {
         let parts =
             [("", "a", "b"), ("", "a", "b-c"), ("", "a-b", "c"), ("", "a", "bc"), ("s", "a", "b"), ("", "a", "")];
+        let servers = [
+            ServerName { name: "".into(), in_object_names: false },
+            ServerName { name: "s".into(), in_object_names: true },
+        ];
         let name = |(server, cluster, backup): (&'static str, &'static str, &'static str)| {
-            ObjectName([server, if server.is_empty() { "" } else { "." }, cluster, ".", backup])
+            ObjectName::new(&servers[usize::from(!server.is_empty())], cluster, backup)
         };
         let probes = ["", "a", "a.", "a.b", "a.b-", "a.b-c", "a.bc", "a-b.c", "s.a.b", "a.b.c", "b", "a.a"];
         for x in parts {

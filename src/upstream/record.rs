@@ -196,12 +196,14 @@ impl<'de> Deserialize<'de> for Annotations {
 }
 
 thread_local! {
-    /// The cluster names records decoded on this thread named, each once. Entries no record
-    /// holds any more are dropped when it grows past [`KNOWN_CLUSTERS_PRUNE`].
-    static KNOWN_CLUSTERS: std::cell::RefCell<HashSet<Arc<str>>> = std::cell::RefCell::new(HashSet::new());
+    /// The cluster names records decoded on this thread named, each once, and the size at which
+    /// those no record holds any more are dropped (twice what was left at the last pruning, at
+    /// least [`KNOWN_CLUSTERS_PRUNE`]: pruning stays rare however many clusters are live).
+    static KNOWN_CLUSTERS: std::cell::RefCell<(HashSet<Arc<str>>, usize)> =
+        std::cell::RefCell::new((HashSet::new(), KNOWN_CLUSTERS_PRUNE));
 }
 
-/// Known cluster names kept before the ones no record holds are dropped.
+/// Known cluster names kept, at least, before the ones no record holds are dropped.
 const KNOWN_CLUSTERS_PRUNE: usize = 4096;
 
 /// Decodes a cluster name into the shared one already known, if any: thousands of records name
@@ -215,12 +217,13 @@ fn shared_cluster_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Arc
         }
         fn visit_str<E>(self, name: &str) -> Result<Arc<str>, E> {
             Ok(KNOWN_CLUSTERS.with(|known| {
-                let mut known = known.borrow_mut();
+                let (known, prune_at) = &mut *known.borrow_mut();
                 if let Some(shared) = known.get(name) {
                     return shared.clone();
                 }
-                if known.len() >= KNOWN_CLUSTERS_PRUNE {
+                if known.len() >= *prune_at {
                     known.retain(|n| Arc::strong_count(n) > 1);
+                    *prune_at = (2 * known.len()).max(KNOWN_CLUSTERS_PRUNE);
                 }
                 let shared: Arc<str> = name.into();
                 known.insert(shared.clone());

@@ -15,6 +15,7 @@ use common::*;
 use klio_api::upstream::kopia::ids::ManifestId;
 use klio_api::upstream::kopia::labels;
 use klio_api::upstream::kopia::server::repository::{DirRepository, StoredManifest};
+use klio_api::upstream::kopia::server::Backend;
 use serde_json::{json, Value};
 
 const JSON: &str = "application/json";
@@ -123,16 +124,18 @@ fn with_foreign(manifests: Vec<Arc<StoredManifest>>) -> Vec<Arc<StoredManifest>>
     out
 }
 
+/// A harness whose only server, `name` (its own metrics series: the registry is the process's),
+/// has a tier 1 made by `backend` and no tier 2.
+fn one_tier1(name: &'static str, backend: fn(&Path) -> Arc<dyn Backend>) -> Harness {
+    Harness::start(Options {
+        servers: vec![ServerOpt { name, tier1: Up::backend(backend), tier2: None }],
+        ..Default::default()
+    })
+}
+
 #[test]
 fn snapshots_that_are_not_klios_are_listed_but_never_read() {
-    let h = Harness::start(Options {
-        servers: vec![ServerOpt {
-            name: "foreign",
-            tier1: Up::backend(|dir: &Path| Changed::over(dir, with_foreign)),
-            tier2: None,
-        }],
-        ..Default::default()
-    });
+    let h = one_tier1("foreign", |dir: &Path| Changed::over(dir, with_foreign));
     assert_eq!(Harness::names(&h.list_json()), SAMPLE_TIER1);
     let (_, finds, manifests, contents) = tier1(&h);
     assert!(finds >= 1);
@@ -144,14 +147,7 @@ fn snapshots_that_are_not_klios_are_listed_but_never_read() {
 #[test]
 fn incomplete_snapshots_are_ignored() {
     // A server name of its own: the metrics registry is the process's, shared with other tests.
-    let h = Harness::start(Options {
-        servers: vec![ServerOpt {
-            name: "incomplete",
-            tier1: Up::backend(|dir: &Path| Changed::over(dir, with_incomplete)),
-            tier2: None,
-        }],
-        ..Default::default()
-    });
+    let h = one_tier1("incomplete", |dir: &Path| Changed::over(dir, with_incomplete));
     let list = h.list_json();
     let expected: Vec<&str> = SAMPLE_TIER1.iter().copied().filter(|n| !n.starts_with("pg-orders")).collect();
     assert_eq!(Harness::names(&list), expected, "pg-orders has only an incomplete snapshot");
