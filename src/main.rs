@@ -43,14 +43,19 @@ fn main() -> ExitCode {
         _ => cli.log_format,
     };
     klio_api::logging::init(log_format);
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_park(collect_when_idle).build() {
-            Ok(rt) => rt,
-            Err(err) => {
-                eprintln!("error: starting the async runtime: {err}");
-                return ExitCode::FAILURE;
-            }
-        };
+    // Accepting connections, signals, timers of the process: one thread. Connections are served
+    // by threads of their own (`klio_api::server`), the catalog is read by another.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(klio_api::memory::collect_when_idle)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async move {
         let shutdown = klio_api::apiserver::shutdown_signal();
         match cli.command {
@@ -70,21 +75,6 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// A worker going idle returns the pages its heap no longer uses (mimalloc finds a page empty
-/// only when the thread allocates again or collects), at most once a second per thread.
-fn collect_when_idle() {
-    use std::time::{Duration, Instant};
-    thread_local! {
-        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
-    }
-    let now = Instant::now();
-    if LAST.get().is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-        LAST.set(Some(now));
-        // SAFETY: collecting the calling thread's heap has no preconditions.
-        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

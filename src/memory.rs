@@ -20,6 +20,21 @@ pub fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
+/// A thread of a runtime going idle returns the pages its heap no longer uses (mimalloc finds a
+/// page empty only when the thread allocates again or collects), at most once a second per
+/// thread. Runtimes call it when they park.
+pub fn collect_when_idle() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST.get().is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+        LAST.set(Some(now));
+        // SAFETY: collecting the calling thread's heap has no preconditions.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
+}
+
 /// When the HTTPS server gives freed memory back: after a burst of activity (connections opened
 /// and closed, requests), once a housekeeping tick went by without any, and once more a little
 /// later (idle blocking threads exit after 10 s, freeing what they held). Steady traffic causes

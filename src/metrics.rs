@@ -16,13 +16,13 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// The verb in kube-apiserver's upper case (`GET`, `LIST`, `WATCH`, ...) or `other`: a
     /// closed set, so no client can grow the label space.
-    pub verb: String,
+    pub verb: &'static str,
     /// The API group, empty for non-resource paths (discovery, `/openapi`, `/metrics`).
-    pub group: String,
+    pub group: &'static str,
     /// The resource (`unknown` for a resource we do not serve), empty for non-resource paths.
-    pub resource: String,
+    pub resource: &'static str,
     /// The HTTP status code answered.
-    pub code: String,
+    pub code: u16,
 }
 
 /// Labels of `apiserver_request_duration_seconds`: [`RequestLabels`] without the code, as
@@ -30,18 +30,18 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DurationLabels {
     /// As [`RequestLabels::verb`].
-    pub verb: String,
+    pub verb: &'static str,
     /// As [`RequestLabels::group`].
-    pub group: String,
+    pub group: &'static str,
     /// As [`RequestLabels::resource`].
-    pub resource: String,
+    pub resource: &'static str,
 }
 
 /// Labels of `apiserver_current_inflight_requests`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct InflightLabels {
     /// `readOnly` for ordinary requests, `watch` for open watch streams.
-    pub request_kind: String,
+    pub request_kind: &'static str,
 }
 
 /// Which catalog source a metric is about: one Klio server of one tier.

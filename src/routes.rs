@@ -10,6 +10,7 @@ struct ServedGroup {
     group: String,
     group_version: String,
     version_path: String,
+    resource_prefix: String,
 }
 
 impl ServedGroup {
@@ -18,6 +19,7 @@ impl ServedGroup {
             group: group.to_string(),
             group_version: format!("{group}/{VERSION}"),
             version_path: format!("/apis/{group}/{VERSION}"),
+            resource_prefix: format!("/apis/{group}/{VERSION}/"),
         }
     }
 }
@@ -41,6 +43,11 @@ pub fn group_version() -> &'static str {
 /// `/apis/<group>/<version>`, under which the resources are served.
 pub fn version_path() -> &'static str {
     &served().version_path
+}
+
+/// `/apis/<group>/<version>/`: a path under it is a request on a resource.
+pub fn resource_prefix() -> &'static str {
+    &served().resource_prefix
 }
 
 /// Serves `name` instead of the document's group. Must run before anything is served; a

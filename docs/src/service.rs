@@ -143,9 +143,9 @@ pub fn metrics_table() -> Result<String> {
     use klio_api::metrics::*;
     let m = metrics();
     let s = String::new;
-    let _ = m.requests.get_or_create(&RequestLabels { verb: s(), group: s(), resource: s(), code: s() });
-    let _ = m.request_duration.get_or_create(&DurationLabels { verb: s(), group: s(), resource: s() });
-    let _ = m.inflight.get_or_create(&InflightLabels { request_kind: s() });
+    let _ = m.requests.get_or_create(&RequestLabels { verb: "", group: "", resource: "", code: 0 });
+    let _ = m.request_duration.get_or_create(&DurationLabels { verb: "", group: "", resource: "" });
+    let _ = m.inflight.get_or_create(&InflightLabels { request_kind: "" });
     let _ = m.fetches.get_or_create(&FetchLabels { server: s(), tier: s(), result: s() });
     let _ = m.fetch_duration.get_or_create(&SourceLabels { server: s(), tier: s() });
     let _ = m.last_success.get_or_create(&SourceLabels { server: s(), tier: s() });

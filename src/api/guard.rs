@@ -21,11 +21,11 @@ use hyper::body::{Body, Frame, SizeHint};
 use poem::http::StatusCode;
 use poem::{Endpoint, IntoResponse, Request, Response};
 
-use super::request::{info_of, RequestInfo};
+use super::request::RequestInfo;
 use super::status::ApiError;
 use super::AppState;
 use crate::auth::authz::{Attributes, AuthzError, Decision};
-use crate::auth::{AuthnError, Identity};
+use crate::auth::AuthnError;
 use crate::tls::PeerCertificates;
 
 /// Logged paths, methods and reasons are cut to this many bytes: a request line may be 64 KiB.
@@ -38,126 +38,213 @@ fn too_many_requests() -> Response {
     err.into_response()
 }
 
-fn note_user(req: &Request, identity: &Identity) {
-    if let Some(slot) = req.data::<Arc<UserSlot>>() {
-        let _ = slot.set(identity.user.clone());
+/// The API's front: every request enters here and passes, in one call, what kube-apiserver's
+/// filter chain does: the request is read once ([`read_request`]), authenticated (401; 429
+/// when too many TokenReviews are in flight), counted against the in-flight cap (429; probes
+/// and system:masters exempt), authorized (403) and served within the request timeout (504);
+/// every error becomes a Status body in the format the client accepts; the answer is counted
+/// and logged. One layer, not a stack of middleware: each layer of a stack moves the request
+/// and its future again, a measurable share of a small request.
+pub struct Front<R, O> {
+    /// The resource's operations: every path under the group version's path.
+    resources: R,
+    /// Every other path (discovery, OpenAPI, probes, metrics).
+    others: O,
+    state: Arc<AppState>,
+}
+
+impl<R: Endpoint, O: Endpoint> Front<R, O> {
+    /// `resources` and `others` behind the front, sharing `state` with their handlers. A request
+    /// goes to one or the other by what [`RequestInfo`] read (a resource request or not), so the
+    /// resource's requests are routed once, by poem-openapi.
+    pub fn new(resources: R, others: O, state: Arc<AppState>) -> Self {
+        Self { resources, others, state }
     }
 }
 
-/// Every request passes here, after the access log.
-pub(crate) async fn guard<E: Endpoint>(next: E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
-    let started = Instant::now();
-    let info = info_of(&req);
-    // Routing sees the decoded path; so does authorization (an escaped name is authorized under
-    // the name it is served as).
-    let Some(path) = info.path.as_deref() else {
-        return Ok(ApiError::bad_request("the request path is not valid UTF-8 once decoded").into_response());
-    };
-    let probe = req.method() == poem::http::Method::GET && state.authorizer.always_allowed(path);
-    let identity = if probe {
-        None
-    } else {
-        let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
-        match state.authenticator.authenticate(&peer, req.headers()).await {
-            Ok(identity) => Some(identity),
-            Err(AuthnError::Overloaded) => {
-                tracing::debug!(target: "access", "too many token reviews in flight");
-                return Ok(too_many_requests());
-            }
-            Err(e) => {
-                tracing::info!(
-                    target: "access",
-                    path = %log_text(path),
-                    reason = %log_text(&e.to_string()),
-                    "unauthenticated request"
-                );
-                return Ok(ApiError::unauthorized().into_response());
-            }
-        }
-    };
-    let exempt = probe || identity.as_ref().is_some_and(|i| i.groups.iter().any(|g| g == "system:masters"));
-    let watch = info.is_watch();
-    // Every list and watch takes an in-flight slot (a watch while it is set up, as API Priority
-    // and Fairness counts watch initialization), and every watch a watch slot while it is open.
-    let in_flight = if exempt {
-        None
-    } else {
-        match state.limits.in_flight.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => return Ok(too_many_requests()),
-        }
-    };
-    let watch_slot = if watch && !exempt {
-        match state.limits.watches.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => return Ok(too_many_requests()),
-        }
-    } else {
-        None
-    };
-    if let Some(identity) = identity {
-        let attributes = &info.attributes;
-        match state.authorizer.authorize(&identity, attributes).await {
-            Ok(Decision::Allow) => {}
-            Ok(Decision::Deny(reason)) => {
-                let message = attributes.forbidden_message(&identity.user, &reason);
-                let err = match attributes {
-                    Attributes::Resource { resource, name, .. } => {
-                        ApiError::forbidden(message, Some((resource, name.as_deref())))
-                    }
-                    Attributes::NonResource { .. } => ApiError::forbidden(message, None),
-                };
-                note_user(&req, &identity);
-                return Ok(err.into_response());
-            }
-            Err(AuthzError::Overloaded) => return Ok(too_many_requests()),
-            Err(AuthzError::Failed(e)) => {
-                tracing::warn!(error = %log_text(&e), "authorization failed");
-                return Ok(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    format!("Internal error occurred: authorization failed: {e}"),
-                )
-                .into_response());
-            }
-        }
-        note_user(&req, &identity);
-        req.set_data(identity);
-    }
+impl<R: Endpoint, O: Endpoint> Endpoint for Front<R, O> {
+    type Output = Response;
 
-    // Watches are counted by the watch itself, for as long as the stream lasts.
-    let counted = (!watch).then(|| {
-        let gauge = crate::metrics::metrics()
-            .inflight
-            .get_or_create(&crate::metrics::InflightLabels { request_kind: "readOnly".into() })
-            .clone();
-        gauge.inc();
-        super::scopeguard(move || {
-            gauge.dec();
-        })
-    });
-    let request_timeout = state.limits.request_timeout;
-    let mut resp = match tokio::time::timeout(request_timeout, next.call(req)).await {
-        Ok(resp) => resp.map(IntoResponse::into_response)?,
-        Err(_) => return Ok(ApiError::timeout("the request did not finish in time").into_response()),
-    };
-    let (deadline, expiry, held): (Instant, Expiry, Held) = if watch {
-        // Set up: the in-flight slot is free again; the watch slot stays with the stream.
-        drop(in_flight);
-        (started + info.watch_timeout(), Expiry::End, Box::new(watch_slot))
-    } else {
-        (started + request_timeout, Expiry::Abort, Box::new((in_flight, counted)))
-    };
-    let body = GuardedBody {
-        inner: resp.take_body().into(),
-        deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
-        expiry,
-        held: Some(held),
-        ended: false,
-    };
-    resp.set_body(poem::Body::from(http_body_util::combinators::BoxBody::new(body)));
-    resp.extensions_mut().insert(crate::server::ResponseDeadline(deadline));
-    Ok(resp)
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let start = Instant::now();
+        let (info, canonical) = read_request(&mut req);
+        req.set_data(self.state.clone());
+        let error_format = super::negotiate::error_format(super::request::accept(&req));
+        let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
+        let logged_path = logging.then(|| log_text(req.uri().path()).into_owned());
+        let body_read = discard_body(&mut req).await;
+        let (resp, user) = match canonical {
+            Ok(()) => self.guarded(req, &info, start).await,
+            Err(e) => (e.into_response(), None),
+        };
+        let mut resp = super::status::negotiate_error(resp, error_format).await;
+        let code = resp.status().as_u16();
+        record(&info.attributes, code, start.elapsed());
+        if let Some(path) = logged_path {
+            tracing::info!(
+                target: "access",
+                method = %log_text(info.method.as_str()),
+                path,
+                user = %log_text(user.as_deref().unwrap_or("-")),
+                code,
+                latency_us = start.elapsed().as_micros() as u64,
+                "request"
+            );
+        }
+        if !body_read {
+            resp.headers_mut().insert(poem::http::header::CONNECTION, poem::http::HeaderValue::from_static("close"));
+        }
+        Ok(resp)
+    }
+}
+
+/// Reads the request once: its [`RequestInfo`] attached for everything after (authorization,
+/// the handlers, the log), and from here on its query is the one just read (see
+/// `super::operations`); an error when that query cannot be served.
+pub(crate) fn read_request(req: &mut Request) -> (Arc<RequestInfo>, Result<(), ApiError>) {
+    let info = Arc::new(RequestInfo::of(req));
+    req.set_data(info.clone());
+    let canonical = info.canonicalize(req);
+    (info, canonical)
+}
+
+impl<R: Endpoint, O: Endpoint> Front<R, O> {
+    /// Authentication, the in-flight cap, authorization, the timeout, then the routes; with the
+    /// user's name when the access log wants it.
+    async fn guarded(&self, req: Request, info: &RequestInfo, started: Instant) -> (Response, Option<String>) {
+        let state = &self.state;
+        // Routing sees the decoded path; so does authorization (an escaped name is authorized
+        // under the name it is served as).
+        let Some(path) = info.path.as_deref() else {
+            return (ApiError::bad_request("the request path is not valid UTF-8 once decoded").into_response(), None);
+        };
+        let probe = req.method() == poem::http::Method::GET && state.authorizer.always_allowed(path);
+        let identity = if probe {
+            None
+        } else {
+            let peer = req.data::<Arc<PeerCertificates>>().cloned().unwrap_or_default();
+            match state.authenticator.authenticate(&peer, req.headers()).await {
+                Ok(identity) => Some(identity),
+                Err(AuthnError::Overloaded) => {
+                    tracing::debug!(target: "access", "too many token reviews in flight");
+                    return (too_many_requests(), None);
+                }
+                Err(e) => {
+                    tracing::info!(
+                        target: "access",
+                        path = %log_text(path),
+                        reason = %log_text(&e.to_string()),
+                        "unauthenticated request"
+                    );
+                    return (ApiError::unauthorized().into_response(), None);
+                }
+            }
+        };
+        let user = identity
+            .as_ref()
+            .filter(|_| tracing::enabled!(target: "access", tracing::Level::INFO))
+            .map(|i| i.user.clone());
+        let exempt = probe || identity.as_ref().is_some_and(|i| i.groups.iter().any(|g| g == "system:masters"));
+        let watch = info.is_watch();
+        // Every list and watch takes an in-flight slot (a watch while it is set up, as API
+        // Priority and Fairness counts watch initialization), and every watch a watch slot
+        // while it is open.
+        let in_flight = if exempt {
+            None
+        } else {
+            match state.limits.in_flight.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return (too_many_requests(), user),
+            }
+        };
+        let watch_slot = if watch && !exempt {
+            match state.limits.watches.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => return (too_many_requests(), user),
+            }
+        } else {
+            None
+        };
+        if let Some(identity) = &identity {
+            let attributes = &info.attributes;
+            match state.authorizer.authorize(identity, attributes).await {
+                Ok(Decision::Allow) => {}
+                Ok(Decision::Deny(reason)) => {
+                    let message = attributes.forbidden_message(&identity.user, &reason);
+                    let err = match attributes {
+                        Attributes::Resource { resource, name, .. } => {
+                            ApiError::forbidden(message, Some((resource, name.as_deref())))
+                        }
+                        Attributes::NonResource { .. } => ApiError::forbidden(message, None),
+                    };
+                    return (err.into_response(), user);
+                }
+                Err(AuthzError::Overloaded) => return (too_many_requests(), user),
+                Err(AuthzError::Failed(e)) => {
+                    tracing::warn!(error = %log_text(&e), "authorization failed");
+                    let err = ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        format!("Internal error occurred: authorization failed: {e}"),
+                    );
+                    return (err.into_response(), user);
+                }
+            }
+        }
+        drop(identity);
+
+        // Watches are counted by the watch itself, for as long as the stream lasts.
+        let counted = (!watch).then(|| {
+            let gauge = crate::metrics::metrics()
+                .inflight
+                .get_or_create(&crate::metrics::InflightLabels { request_kind: "readOnly" })
+                .clone();
+            gauge.inc();
+            super::scopeguard(move || {
+                gauge.dec();
+            })
+        });
+        let request_timeout = state.limits.request_timeout;
+        let (deadline, expiry) = if watch {
+            (started + info.watch_timeout(), Expiry::End)
+        } else {
+            (started + request_timeout, Expiry::Abort)
+        };
+        // One timer: the handler's timeout, then (moved into the body) the response's deadline.
+        let mut timer = Box::pin(tokio::time::sleep_until((started + request_timeout).into()));
+        let resource = matches!(info.attributes, Attributes::Resource { .. });
+        let route = async {
+            if resource {
+                self.resources.call(req).await.map(IntoResponse::into_response)
+            } else {
+                self.others.call(req).await.map(IntoResponse::into_response)
+            }
+        };
+        let served = tokio::select! {
+            biased;
+            served = route => served,
+            () = timer.as_mut() => {
+                return (ApiError::timeout("the request did not finish in time").into_response(), user);
+            }
+        };
+        let mut resp = match served {
+            Ok(resp) => resp,
+            Err(err) => super::status::error_response(err),
+        };
+        let held: Held = if watch {
+            // Set up: the in-flight slot is free again; the watch slot stays with the stream.
+            drop(in_flight);
+            timer.as_mut().reset(deadline.into());
+            Box::new(watch_slot)
+        } else {
+            Box::new((in_flight, counted))
+        };
+        let body =
+            GuardedBody { inner: resp.take_body().into(), deadline: timer, expiry, held: Some(held), ended: false };
+        resp.set_body(poem::Body::from(http_body_util::combinators::BoxBody::new(body)));
+        resp.extensions_mut().insert(crate::server::ResponseDeadline(deadline));
+        (resp, user)
+    }
 }
 
 /// What a response holds until it is written: slots, gauges.
@@ -216,43 +303,6 @@ impl Body for GuardedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
-}
-
-/// Where the guard leaves the user's name for the access log.
-type UserSlot = std::sync::OnceLock<String>;
-
-/// One line per request: who, what, answer, how long. Never a header value; the path and the
-/// method cut to [`MAX_LOGGED_BYTES`]. Parses the request for everything after it.
-pub(crate) async fn access_log<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
-    let start = Instant::now();
-    let info = Arc::new(RequestInfo::of(&req));
-    req.set_data(info.clone());
-    // From here on the query is the one just read (see `super::operations`).
-    let canonical = info.canonicalize(&mut req);
-    let path = log_text(req.uri().path()).into_owned();
-    let user_slot = Arc::new(UserSlot::default());
-    req.set_data(user_slot.clone());
-    let body_read = discard_body(&mut req).await;
-    let resp = match canonical {
-        Ok(()) => next.call(req).await.map(IntoResponse::into_response)?,
-        Err(e) => e.into_response(),
-    };
-    let user = user_slot.get().map_or("-", String::as_str);
-    record(&info.attributes, resp.status().as_u16(), start.elapsed());
-    tracing::info!(
-        target: "access",
-        method = %log_text(info.method.as_str()),
-        path,
-        user = %log_text(user),
-        code = resp.status().as_u16(),
-        latency_us = start.elapsed().as_micros() as u64,
-        "request"
-    );
-    let mut resp = resp;
-    if !body_read {
-        resp.headers_mut().insert(poem::http::header::CONNECTION, poem::http::HeaderValue::from_static("close"));
-    }
-    Ok(resp)
 }
 
 /// Request bodies this server reads: none (it is read-only; writes are 405). Closing a connection
@@ -334,20 +384,9 @@ pub(crate) fn metric_labels(attributes: &Attributes) -> (&'static str, &'static 
 fn record(attributes: &Attributes, code: u16, took: Duration) {
     let (verb, group, resource) = metric_labels(attributes);
     let m = crate::metrics::metrics();
-    m.requests
-        .get_or_create(&crate::metrics::RequestLabels {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-            code: code.to_string(),
-        })
-        .inc();
+    m.requests.get_or_create(&crate::metrics::RequestLabels { verb, group, resource, code }).inc();
     m.request_duration
-        .get_or_create(&crate::metrics::DurationLabels {
-            verb: verb.into(),
-            group: group.into(),
-            resource: resource.into(),
-        })
+        .get_or_create(&crate::metrics::DurationLabels { verb, group, resource })
         .observe(took.as_secs_f64());
 }
 

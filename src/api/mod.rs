@@ -26,12 +26,11 @@ use std::time::Duration;
 
 use poem::http::StatusCode;
 use poem::web::Data;
-use poem::{handler, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{handler, Endpoint, IntoResponse, Request, Response, Route};
 
 use crate::auth::authz::Authorizer;
 use crate::auth::Authenticator;
 use crate::catalog::Catalog;
-use status::ApiError;
 
 /// What the handlers share.
 pub struct AppState {
@@ -92,27 +91,7 @@ pub fn app(state: Arc<AppState>) -> impl Endpoint<Output = Response> {
         .at("/livez", poem::get(healthz))
         .at("/readyz", poem::get(readyz))
         .at("/metrics", poem::get(metrics));
-    let guard_state = state.clone();
-    operations::mount(route, operations::Served)
-        .data(state)
-        .around(move |next, req| guard::guard(next, req, guard_state.clone()))
-        .catch_all_error(|err: poem::Error| async move {
-            if let Some(api_err) = err.downcast_ref::<ApiError>() {
-                api_err.clone().into_response()
-            } else if err.is::<poem::error::NotFoundError>() {
-                ApiError::no_route().into_response()
-            } else if err.is::<poem::error::MethodNotAllowedError>() {
-                ApiError::method_not_allowed(None).into_response()
-            } else if err.status().is_client_error() {
-                ApiError::new(err.status(), "BadRequest", err.to_string()).into_response()
-            } else {
-                tracing::error!(error = %err, "unhandled error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "Internal error occurred")
-                    .into_response()
-            }
-        })
-        .around(status::negotiated_errors)
-        .around(guard::access_log)
+    guard::Front::new(operations::endpoint(operations::Served), route, state)
 }
 
 /// Runs `f` when dropped (the request ended, however it ended).

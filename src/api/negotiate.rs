@@ -1,14 +1,25 @@
 //! Content negotiation on the Accept header, the way kube-apiserver does it for the media types
 //! this server produces.
 
+use std::borrow::Cow;
+
+/// `text` in lower case, copied only when it has upper-case letters.
+fn lower(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        text.to_ascii_lowercase().into()
+    } else {
+        text.into()
+    }
+}
+
 /// One entry of an Accept header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaRange<'a> {
     /// `type/subtype`, lower-cased (media types compare without case).
-    pub essence: String,
+    pub essence: Cow<'a, str>,
     /// The parameters but `q`, keys lower-cased, values unquoted (`as`, `v`, `g` pick a Table
     /// or a discovery form).
-    pub params: Vec<(String, &'a str)>,
+    pub params: Vec<(Cow<'a, str>, &'a str)>,
     /// The client's preference, 0 to 1.
     pub q: f32,
 }
@@ -27,7 +38,7 @@ pub fn parse_accept(header: &str) -> Vec<MediaRange<'_>> {
         .split(',')
         .filter_map(|part| {
             let mut pieces = part.split(';');
-            let essence = pieces.next()?.trim().to_ascii_lowercase();
+            let essence = lower(pieces.next()?.trim());
             if essence.is_empty() {
                 return None;
             }
@@ -35,7 +46,7 @@ pub fn parse_accept(header: &str) -> Vec<MediaRange<'_>> {
             let mut params = vec![];
             for p in pieces {
                 let (k, v) = p.split_once('=')?;
-                let k = k.trim().to_ascii_lowercase();
+                let k = lower(k.trim());
                 let v = v.trim().trim_matches('"');
                 if k == "q" {
                     q = v.parse().ok().filter(|q: &f32| (0.0..=1.0).contains(q))?;
@@ -53,7 +64,7 @@ pub fn parse_accept(header: &str) -> Vec<MediaRange<'_>> {
 
 /// Does this range accept plain JSON?
 pub fn is_json(range: &MediaRange) -> bool {
-    matches!(range.essence.as_str(), "application/json" | "application/*" | "*/*") && range.param("as").is_none()
+    matches!(&*range.essence, "application/json" | "application/*" | "*/*") && range.param("as").is_none()
 }
 
 /// How a resource response is encoded.
@@ -114,7 +125,7 @@ pub const WATCH_MEDIA_TYPES: &[&str] = &["application/json;stream=watch"];
 
 /// The formats a range names, in kube's serializer order (JSON first for wildcards).
 fn formats(range: &MediaRange) -> &'static [Format] {
-    match range.essence.as_str() {
+    match &*range.essence {
         "application/json" => &[Format::Json],
         "application/yaml" => &[Format::Yaml],
         "application/*" | "*/*" => &[Format::Json, Format::Yaml],

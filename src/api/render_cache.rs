@@ -8,6 +8,7 @@
 //! nobody asked for during [`IDLE_EXPIRY`] are dropped (a burst of lists does not keep tens of
 //! megabytes resident).
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,11 +81,11 @@ impl Entry {
 impl RenderCache {
     /// The rendered body of `snapshot` for `key`: the kept one, the one being rendered, or the
     /// one `render` makes now.
-    pub async fn get_or_render<E>(
+    pub async fn get_or_render<E, R: Future<Output = Result<Bytes, E>>>(
         &self,
         snapshot: &Snapshot,
         key: RenderKey,
-        render: impl FnOnce() -> Result<Bytes, E>,
+        render: impl FnOnce() -> R,
     ) -> Result<Bytes, E> {
         let resource_version = &snapshot.resource_version_text;
         let cell = {
@@ -127,7 +128,7 @@ impl RenderCache {
             cell
         };
         // A failed render is not kept: the next request tries again.
-        cell.get_or_try_init(|| async { render() }).await.cloned()
+        cell.get_or_try_init(render).await.cloned()
     }
 
     /// Entries kept (rendered or being rendered).
@@ -249,11 +250,11 @@ mod tests {
         assert_eq!(renders.get(), before + 1, "the oldest entries made room");
     }
 
-    fn body(text: &'static str) -> impl FnOnce() -> Result<Bytes, ()> {
-        move || Ok(Bytes::from_static(text.as_bytes()))
+    fn body(text: &'static str) -> impl FnOnce() -> std::future::Ready<Result<Bytes, ()>> {
+        move || std::future::ready(Ok(Bytes::from_static(text.as_bytes())))
     }
 
-    fn unexpected() -> Result<Bytes, ()> {
+    fn unexpected() -> std::future::Ready<Result<Bytes, ()>> {
         panic!("rendered although kept")
     }
 
@@ -356,7 +357,7 @@ mod tests {
                             renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             // A slow render: the others arrive while it runs.
                             std::thread::sleep(std::time::Duration::from_millis(200));
-                            Ok::<_, ()>(Bytes::from_static(b"list"))
+                            std::future::ready(Ok::<_, ()>(Bytes::from_static(b"list")))
                         })
                         .await
                 })

@@ -125,9 +125,8 @@ impl RequestInfo {
     pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Self {
         let path = percent_encoding::percent_decode_str(raw_path).decode_utf8().ok().map(|p| p.into_owned());
         let query = Query::parse(raw_query);
-        let shown_path = path.clone().unwrap_or_else(|| raw_path.to_string());
-        let resource_prefix = format!("/apis/{}/", crate::routes::group_version());
-        let (typed, params, selected_name, watch) = match shown_path.strip_prefix(&resource_prefix) {
+        let shown_path = path.as_deref().unwrap_or(raw_path);
+        let (typed, params, selected_name, watch) = match shown_path.strip_prefix(crate::routes::resource_prefix()) {
             Some(rest) if !rest.is_empty() => {
                 // `<resource>` or `<resource>/`: the collection; `<resource>/<name>`: one object.
                 let collection = rest.split_once('/').is_none_or(|(_, name)| name.is_empty());
@@ -150,7 +149,7 @@ impl RequestInfo {
             }
             _ => (None, Ok(Params::default()), None, false),
         };
-        let attributes = Attributes::resolve(method.as_str(), &shown_path, watch, selected_name.as_deref());
+        let attributes = Attributes::resolve(method.as_str(), shown_path, watch, selected_name.as_deref());
         Self { method: method.clone(), path, query, typed, params, attributes }
     }
 
@@ -179,7 +178,7 @@ impl RequestInfo {
 
     /// A watch: long-running, bounded by its own `timeoutSeconds`.
     pub fn is_watch(&self) -> bool {
-        matches!(&self.attributes, Attributes::Resource { verb, .. } if verb == "watch")
+        matches!(&self.attributes, Attributes::Resource { verb, .. } if *verb == "watch")
     }
 
     /// How long a watch may stay open: `timeoutSeconds` (0 or absent: the default), at most
@@ -188,6 +187,11 @@ impl RequestInfo {
         let asked = self.params.as_ref().ok().and_then(|p| p.timeout_seconds).filter(|s| *s > 0);
         asked.map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs).min(MAX_WATCH_TIMEOUT)
     }
+}
+
+/// The request's Accept header (its first value), as text.
+pub fn accept(req: &Request) -> Option<&str> {
+    req.headers().get(poem::http::header::ACCEPT).and_then(|v| v.to_str().ok())
 }
 
 /// The request's parsed form, which the access log attached; parsed here if it is missing (a
@@ -204,7 +208,7 @@ mod tests {
 
     fn verb_and_name(query: &str) -> (String, Option<String>) {
         match RequestInfo::parse(&Method::GET, C, Some(query)).attributes {
-            Attributes::Resource { verb, name, .. } => (verb, name),
+            Attributes::Resource { verb, name, .. } => (verb.to_string(), name),
             other => panic!("{other:?}"),
         }
     }

@@ -172,7 +172,7 @@ fn state_of(req: &Request) -> Result<&Arc<AppState>, ApiError> {
 pub async fn list(req: &Request) -> Result<Response, ApiError> {
     let state = state_of(req)?;
     // kube-apiserver negotiates the media type before it reads the options (406 before 400).
-    let repr = representation(req.header("accept"))?;
+    let repr = representation(super::request::accept(req))?;
     // The options the guard authorized, read once for both.
     let info = info_of(req);
     let params = info.params.as_ref().map_err(Clone::clone)?;
@@ -198,9 +198,35 @@ pub async fn list(req: &Request) -> Result<Response, ApiError> {
     let at_second = matches!(repr.shape, Shape::Table(_)).then_some(now);
     let key = super::render_cache::RenderKey { repr, include: params.include, at_second };
     let content_type = repr.content_type();
-    let render = || render_list(&snapshot, start, params, repr, now);
-    let body = if whole { state.renders.get_or_render(&snapshot, key, render).await? } else { render()? };
+    // At most this many objects, from `start` on.
+    let items = (snapshot.backups.len() - start.min(snapshot.backups.len())).min(params.limit.unwrap_or(usize::MAX));
+    let render = {
+        let (snapshot, info) = (snapshot.clone(), info.clone());
+        move || match &info.params {
+            Ok(params) => render_list(&snapshot, start, params, repr, now),
+            Err(e) => Err(e.clone()),
+        }
+    };
+    let render = || render_elsewhere_if_large(items, render);
+    let body = if whole { state.renders.get_or_render(&snapshot, key, render).await? } else { render().await? };
     Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
+}
+
+/// Lists of more objects than this are rendered on the blocking pool.
+const RENDER_ELSEWHERE: usize = 500;
+
+/// Runs a render of `items` objects: here when small, on the blocking pool when large. A
+/// connection is served by one thread, which serves other connections too (see
+/// [`crate::server`]): a render of 100 000 objects takes a few hundred milliseconds, which
+/// those connections must not wait for.
+async fn render_elsewhere_if_large(
+    items: usize,
+    render: impl FnOnce() -> Result<bytes::Bytes, ApiError> + Send + 'static,
+) -> Result<bytes::Bytes, ApiError> {
+    if items <= RENDER_ELSEWHERE {
+        return render();
+    }
+    tokio::task::spawn_blocking(render).await.map_err(|e| ApiError::internal(format!("rendering the list: {e}")))?
 }
 
 /// The body of a list (objects, Table or metadata only; JSON or YAML) from position `start` of
@@ -260,7 +286,7 @@ pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
 pub async fn get(req: &Request, name: &str) -> Result<Response, ApiError> {
     let state = state_of(req)?;
     validate_name(name)?;
-    let repr = representation(req.header("accept"))?;
+    let repr = representation(super::request::accept(req))?;
     let info = info_of(req);
     let params = info.params.as_ref().map_err(Clone::clone)?;
     let snapshot = Resolver::new(&state.catalog).await?.read(params).await?;
@@ -284,6 +310,20 @@ pub async fn get(req: &Request, name: &str) -> Result<Response, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn large_lists_are_rendered_off_the_connections_thread() {
+        let here = std::thread::current().id();
+        let thread_of = |items| {
+            render_elsewhere_if_large(items, move || {
+                Ok(bytes::Bytes::from(format!("{:?}", std::thread::current().id())))
+            })
+        };
+        let small = thread_of(RENDER_ELSEWHERE).await.unwrap();
+        let large = thread_of(RENDER_ELSEWHERE + 1).await.unwrap();
+        assert_eq!(small, format!("{here:?}"), "a small list is rendered where it is asked for");
+        assert_ne!(large, format!("{here:?}"), "a large one elsewhere");
+    }
 
     #[test]
     fn names() {

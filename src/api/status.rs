@@ -298,14 +298,14 @@ impl poem::IntoResponse for ApiError {
 /// every error (authentication, authorization, handlers): YAML for `Accept: application/yaml`,
 /// JSON otherwise. Errors are rendered as JSON where they arise; this converts the few a YAML
 /// client gets.
-pub(crate) async fn negotiated_errors<E: poem::Endpoint>(next: E, req: poem::Request) -> poem::Result<Response> {
-    use super::negotiate::{error_format, Format};
-    let format = error_format(req.header("accept"));
-    let mut resp = next.call(req).await.map(poem::IntoResponse::into_response)?;
+pub(crate) async fn negotiate_error(mut resp: Response, format: super::negotiate::Format) -> Response {
     let is_status = resp.status().is_client_error() || resp.status().is_server_error();
+    if format != super::negotiate::Format::Yaml || !is_status {
+        return resp;
+    }
     let json = resp.headers().get("content-type").is_some_and(|v| v.as_bytes() == b"application/json");
-    if format != Format::Yaml || !is_status || !json {
-        return Ok(resp);
+    if !json {
+        return resp;
     }
     // A Status body: small, already complete.
     let body = resp.take_body().into_bytes().await.unwrap_or_default();
@@ -316,7 +316,24 @@ pub(crate) async fn negotiated_errors<E: poem::Endpoint>(next: E, req: poem::Req
         }
         Err(_) => resp.set_body(body),
     }
-    Ok(resp)
+    resp
+}
+
+/// The Status body of an error poem or a handler returned: ours as they are, poem's routing
+/// errors as kube-apiserver words them, anything else a 500 that says nothing more.
+pub(crate) fn error_response(err: poem::Error) -> Response {
+    if let Some(api_err) = err.downcast_ref::<ApiError>() {
+        api_err.clone().into_response()
+    } else if err.is::<poem::error::NotFoundError>() {
+        ApiError::no_route().into_response()
+    } else if err.is::<poem::error::MethodNotAllowedError>() {
+        ApiError::method_not_allowed(None).into_response()
+    } else if err.status().is_client_error() {
+        ApiError::new(err.status(), "BadRequest", err.to_string()).into_response()
+    } else {
+        tracing::error!(error = %err, "unhandled error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "Internal error occurred").into_response()
+    }
 }
 
 /// Handlers return `Result<_, ApiError>`; poem renders the error with this.

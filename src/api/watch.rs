@@ -166,8 +166,7 @@ pub(crate) async fn serve(
         start => {
             tokio::spawn(tokio::time::timeout_at(deadline, async move {
                 let m = crate::metrics::metrics();
-                let open =
-                    m.inflight.get_or_create(&crate::metrics::InflightLabels { request_kind: "watch".into() }).clone();
+                let open = m.inflight.get_or_create(&crate::metrics::InflightLabels { request_kind: "watch" }).clone();
                 open.inc();
                 let _open = super::scopeguard(move || {
                     open.dec();

@@ -17,11 +17,11 @@ pub enum Attributes {
     /// A request under this group's API path: on a resource, maybe one object of it.
     Resource {
         /// `get`, `list`, `watch`, ... (empty for an HTTP method kube does not map).
-        verb: String,
+        verb: &'static str,
         /// The API group served.
-        group: String,
+        group: &'static str,
         /// The API version served.
-        version: String,
+        version: &'static str,
         /// The resource's plural name.
         resource: String,
         /// The object named in the path (or required by a `metadata.name` field selector).
@@ -42,41 +42,34 @@ impl Attributes {
     /// parsed query ([`crate::api::request::RequestInfo`]): whether a list is a watch, and the
     /// name a `metadata.name` field selector requires.
     pub fn resolve(method: &str, path: &str, watch: bool, selected_name: Option<&str>) -> Self {
-        let lower = method.to_ascii_lowercase();
-        let prefix = format!("/apis/{}/", crate::routes::group_version());
-        let Some(rest) = path.strip_prefix(&prefix).filter(|r| !r.is_empty()) else {
+        let Some(rest) = path.strip_prefix(crate::routes::resource_prefix()).filter(|r| !r.is_empty()) else {
+            let lower = method.to_ascii_lowercase();
             let verb = if lower == "head" { "get".into() } else { lower };
             return Self::NonResource { verb, path: path.to_string() };
         };
         let mut parts = rest.splitn(2, '/');
         let resource = parts.next().unwrap_or_default().to_string();
         let mut name = parts.next().filter(|n| !n.is_empty()).map(str::to_string);
-        let verb = match (lower.as_str(), &name) {
-            ("get" | "head", None) if watch => "watch",
-            ("get" | "head", None) => "list",
-            ("get" | "head", Some(_)) => "get",
-            ("post", _) => "create",
-            ("put", _) => "update",
-            ("patch", _) => "patch",
-            ("delete", None) => "deletecollection",
-            ("delete", Some(_)) => "delete",
+        let is = |m: &str| method.eq_ignore_ascii_case(m);
+        let verb = match &name {
+            None if (is("get") || is("head")) && watch => "watch",
+            None if is("get") || is("head") => "list",
+            Some(_) if is("get") || is("head") => "get",
+            _ if is("post") => "create",
+            _ if is("put") => "update",
+            _ if is("patch") => "patch",
+            None if is("delete") => "deletecollection",
+            Some(_) if is("delete") => "delete",
             // kube-apiserver leaves the verb empty for methods it does not know.
             _ => "",
-        }
-        .to_string();
+        };
         // As kube-apiserver: a list or watch of one name (`kubectl get NAME -w`) is authorized for
         // that name, so RBAC resourceNames work. The handler filters by the very same selector,
         // so nothing but that name is ever served.
         if name.is_none() && (verb == "list" || verb == "watch") {
             name = selected_name.filter(|n| is_path_segment_name(n)).map(str::to_string);
         }
-        Self::Resource {
-            verb,
-            group: crate::routes::group().to_string(),
-            version: crate::routes::VERSION.to_string(),
-            resource,
-            name,
-        }
+        Self::Resource { verb, group: crate::routes::group(), version: crate::routes::VERSION, resource, name }
     }
 
     /// The attributes of a request given as method, decoded path and raw query (tests, tools):
@@ -89,7 +82,8 @@ impl Attributes {
     /// The verb (resource or non-resource).
     pub fn verb(&self) -> &str {
         match self {
-            Self::Resource { verb, .. } | Self::NonResource { verb, .. } => verb,
+            Self::Resource { verb, .. } => verb,
+            Self::NonResource { verb, .. } => verb,
         }
     }
 
@@ -203,7 +197,7 @@ fn decision_key(who: &Identity, what: &Attributes) -> DecisionKey {
     }
     match what {
         Attributes::Resource { verb, group, version, resource, name } => {
-            for f in ["resource", verb, group, version, resource] {
+            for f in ["resource", verb, group, version, resource.as_str()] {
                 field(f);
             }
             match name {
@@ -278,9 +272,9 @@ impl Authorizer {
             extra: (!who.extra.is_empty()).then(|| who.extra.clone().into_iter().collect()),
             resource_attributes: match what {
                 Attributes::Resource { verb, group, version, resource, name } => Some(ResourceAttributes {
-                    verb: Some(verb.clone()),
-                    group: Some(group.clone()),
-                    version: Some(version.clone()),
+                    verb: Some(verb.to_string()),
+                    group: Some(group.to_string()),
+                    version: Some(version.to_string()),
                     resource: Some(resource.clone()),
                     name: name.clone(),
                     ..Default::default()
@@ -326,7 +320,7 @@ mod tests {
     fn requests_map_to_kube_verbs() {
         let c = "/apis/kliocatalog.enterprisedb.io/v1alpha1/kliobackups";
         let verb = |m: &str, p: &str, q: Option<&str>| match Attributes::of(m, p, q) {
-            Attributes::Resource { verb, .. } => verb,
+            Attributes::Resource { verb, .. } => verb.to_string(),
             Attributes::NonResource { verb, .. } => format!("nonresource:{verb}"),
         };
         assert_eq!(verb("GET", c, Some("limit=500")), "list");

@@ -83,8 +83,8 @@ impl Identity {
 pub struct CertVerdicts {
     /// A trusted front proxy? (`None`: no request-header CA configured)
     pub front_proxy: Option<Result<(), String>>,
-    /// Signed by the client CA? (`None`: no client CA configured)
-    pub client: Option<Result<(), String>>,
+    /// Signed by the client CA, and who it names? (`None`: no client CA configured)
+    pub client: Option<Result<Arc<Identity>, String>>,
 }
 
 /// Why a request is not authenticated (always answered 401; the detail is logged, never sent).
@@ -154,22 +154,32 @@ impl Authenticator {
     }
 
     /// The identity of a request; headers are only trusted as the request-header rules allow.
-    pub async fn authenticate(&self, peer: &PeerCertificates, headers: &HeaderMap) -> Result<Identity, AuthnError> {
+    pub async fn authenticate(
+        &self,
+        peer: &PeerCertificates,
+        headers: &HeaderMap,
+    ) -> Result<Arc<Identity>, AuthnError> {
         let trust = self.trust.current();
         let mut errors = vec![];
         if let Some(leaf) = peer.leaf() {
             let verdicts = peer.verdicts(trust.generation, || CertVerdicts {
                 front_proxy: trust.request_header.as_ref().map(|rh| rh.verify_proxy(leaf, &peer.intermediates)),
-                client: trust
-                    .client_ca
-                    .as_ref()
-                    .map(|ca| ca.verify(leaf, &peer.intermediates).map_err(|e| format!("client CA: {e}"))),
+                client: trust.client_ca.as_ref().map(|ca| {
+                    ca.verify(leaf, &peer.intermediates).map_err(|e| format!("client CA: {e}"))?;
+                    // Go's crypto/x509 keeps the last CN of the subject; Kubernetes uses that one.
+                    let user = crate::tls::common_name(leaf).unwrap_or_default();
+                    if user.is_empty() {
+                        return Err("the client certificate has no common name".into());
+                    }
+                    let groups = crate::tls::name_entries(leaf, openssl::nid::Nid::ORGANIZATIONNAME);
+                    Ok(Arc::new(Identity::authenticated(user, None, groups, BTreeMap::new())))
+                }),
             });
             // 1. A front proxy (the aggregation layer) vouching for the user in headers.
             match (&trust.request_header, &verdicts.front_proxy) {
                 (Some(rh), Some(Ok(()))) => {
                     if let Some(identity) = rh.from_headers(headers) {
-                        return Ok(identity);
+                        return Ok(Arc::new(identity));
                     }
                 }
                 (_, Some(Err(e))) => errors.push(e.clone()),
@@ -177,27 +187,14 @@ impl Authenticator {
             }
             // 2. The client's own certificate.
             match &verdicts.client {
-                Some(Ok(())) => {
-                    let names = |nid| crate::tls::name_entries(leaf, nid);
-                    // Go's crypto/x509 keeps the last CN of the subject; Kubernetes uses that one.
-                    let user = crate::tls::common_name(leaf).unwrap_or_default();
-                    if !user.is_empty() {
-                        return Ok(Identity::authenticated(
-                            user,
-                            None,
-                            names(openssl::nid::Nid::ORGANIZATIONNAME),
-                            BTreeMap::new(),
-                        ));
-                    }
-                    errors.push("the client certificate has no common name".into());
-                }
+                Some(Ok(identity)) => return Ok(identity.clone()),
                 Some(Err(e)) => errors.push(e.clone()),
                 None => {}
             }
         }
         // 3. A bearer token.
         if let Some(token) = bearer_token(headers) {
-            return self.review_token(token).await;
+            return self.review_token(token).await.map(Arc::new);
         }
         // A certificate that was presented and not accepted fails the request, anonymous or not
         // (kube's fail-on-error union).
@@ -206,7 +203,7 @@ impl Authenticator {
         }
         // 4. Nobody.
         if self.options.anonymous {
-            Ok(Identity::anonymous())
+            Ok(Arc::new(Identity::anonymous()))
         } else {
             Err(AuthnError::NoCredentials)
         }

@@ -4,7 +4,8 @@
 //! accepted here (tokio + tokio-openssl), served by hyper (HTTP/1.1 and HTTP/2 by ALPN), and
 //! each request is passed to the poem endpoint with the connection's [`PeerIdentity`] attached.
 //!
-//! Connections are bounded ([`ConnectionLimits`]): their number (at the cap, the connection
+//! Each connection is served start to end by one thread of a few, one per core (see
+//! [`workers`]). Connections are bounded ([`ConnectionLimits`]): their number (at the cap, the connection
 //! idle the longest makes room; when none is idle a new one is closed at once), the time a
 //! client may take to start and finish the TLS handshake (no TLS state is allocated before its
 //! first byte, and at most [`MAX_HANDSHAKES`] are in progress at once), the time a connection
@@ -38,6 +39,7 @@ use crate::tls::{AcceptorHandle, PeerCertificates};
 
 mod connections;
 mod io;
+mod workers;
 
 pub use connections::ConnectionStats;
 use connections::{ConnState, Registry, TrackedBody, Verdict};
@@ -162,6 +164,7 @@ impl HttpsServer {
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused_at: Option<Instant> = None;
         let mut trimmer = crate::memory::Trimmer::default();
+        let workers = workers::workers()?;
         loop {
             let (tcp, remote) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -194,22 +197,44 @@ impl HttpsServer {
                 continue;
             }
             let _ = tcp.set_nodelay(true);
+            // Its readiness must come from the reactor of the thread serving it: the socket
+            // leaves this one's.
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(err) => {
+                    tracing::debug!(%remote, error = %err, "connection lost before it was served");
+                    continue;
+                }
+            };
             let conn = registry.open();
             let acceptor = self.acceptor.current();
             let endpoint = endpoint.clone();
             let conn_shutdown = shutdown.clone();
             let limits = limits.clone();
             let registry = registry.clone();
-            connections.spawn(async move {
-                let _open = crate::api::scopeguard({
-                    let (registry, id) = (registry.clone(), conn.id);
-                    move || registry.close(id)
-                });
-                let served = serve_connection(tcp, local, remote, acceptor, endpoint, conn_shutdown, conn, &limits);
-                if let Err(err) = served.await {
-                    tracing::debug!(%remote, error = %err, "connection ended with an error");
-                }
-            });
+            let worker = workers.assign();
+            let on = worker.handle.clone();
+            connections.spawn_on(
+                async move {
+                    let _worker = worker;
+                    let _open = crate::api::scopeguard({
+                        let (registry, id) = (registry.clone(), conn.id);
+                        move || registry.close(id)
+                    });
+                    let tcp = match TcpStream::from_std(tcp) {
+                        Ok(tcp) => tcp,
+                        Err(err) => {
+                            tracing::debug!(%remote, error = %err, "connection lost before it was served");
+                            return;
+                        }
+                    };
+                    let served = serve_connection(tcp, local, remote, acceptor, endpoint, conn_shutdown, conn, &limits);
+                    if let Err(err) = served.await {
+                        tracing::debug!(%remote, error = %err, "connection ended with an error");
+                    }
+                },
+                &on,
+            );
         }
         drop(self.listener);
         let open = connections.len();
