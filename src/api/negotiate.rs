@@ -109,11 +109,21 @@ impl Representation {
 
     /// The Content-Type of a response in this representation (kube-apiserver's, but for the
     /// JSON Table, which names itself as it always has here).
-    pub fn content_type(&self) -> String {
+    pub fn content_type(&self) -> poem::http::HeaderValue {
+        use poem::http::HeaderValue;
         match (self.format, self.shape) {
-            (Format::Yaml, _) => "application/yaml".to_string(),
-            (Format::Json, Shape::Table(v)) => format!("application/json;as=Table;v={v};g=meta.k8s.io"),
-            (Format::Json, _) => "application/json".to_string(),
+            (Format::Yaml, _) => HeaderValue::from_static("application/yaml"),
+            (Format::Json, Shape::Table("v1")) => {
+                HeaderValue::from_static("application/json;as=Table;v=v1;g=meta.k8s.io")
+            }
+            (Format::Json, Shape::Table("v1beta1")) => {
+                HeaderValue::from_static("application/json;as=Table;v=v1beta1;g=meta.k8s.io")
+            }
+            (Format::Json, Shape::Table(v)) => {
+                HeaderValue::from_str(&format!("application/json;as=Table;v={v};g=meta.k8s.io"))
+                    .expect("a Table version is a token")
+            }
+            (Format::Json, _) => HeaderValue::from_static("application/json"),
         }
     }
 }

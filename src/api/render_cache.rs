@@ -267,6 +267,7 @@ mod tests {
             resource_version_text: rv.to_string(),
             backups,
             events: vec![],
+            names: Default::default(),
         }
     }
 

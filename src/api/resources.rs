@@ -14,7 +14,7 @@ use super::params::{ContinueToken, Params};
 use super::request::info_of;
 use super::resource_version::Resolver;
 use super::status::ApiError;
-use super::table;
+use super::table::{self, IncludeObject};
 use super::AppState;
 use crate::catalog::{Backup, Catalog, Snapshot};
 use crate::routes::{group_version, RESOURCES};
@@ -73,7 +73,29 @@ fn encode(repr: Representation, json: impl Into<bytes::Bytes> + AsRef<[u8]>) -> 
 }
 
 fn to_json<T: Serialize>(body: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(body).map_err(|e| ApiError::internal(format!("encoding JSON: {e}")))
+    to_json_in(body, Vec::with_capacity(128))
+}
+
+/// Serializes into `out`, which should be about the size of the result: a buffer that grows by
+/// doubling holds the old and the new copy at once while it moves, so a list rendered into a
+/// buffer that is too small peaks at twice its size (8.6 MB of JSON for 10 000 backups: 17 MB).
+/// Room reserved and never written is address space, not memory.
+fn to_json_in<T: Serialize>(body: &T, mut out: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_writer(&mut out, body).map_err(|e| ApiError::internal(format!("encoding JSON: {e}")))?;
+    Ok(out)
+}
+
+/// Room for the JSON of a list of `items` objects in `shape` (`include` for a Table's rows):
+/// more than they take (a KlioBackup is under 1 KiB of JSON, a Table row with its object's
+/// metadata 0.6 KiB).
+fn list_capacity(shape: Shape, include: IncludeObject, items: usize) -> usize {
+    let per_item = match (shape, include) {
+        (Shape::Object, _) | (Shape::Table(_), IncludeObject::Metadata) => 1024,
+        (Shape::Table(_), IncludeObject::Object) => 2048,
+        (Shape::Table(_), IncludeObject::None) => 256,
+        (Shape::Metadata { .. }, _) => 512,
+    };
+    4096 + items.saturating_mul(per_item)
 }
 
 /// A large rendered body is sent in slices of itself: hyper copies what it writes to a TLS stream
@@ -209,7 +231,10 @@ pub async fn list(req: &Request) -> Result<Response, ApiError> {
     };
     let render = || render_elsewhere_if_large(items, render);
     let body = if whole { state.renders.get_or_render(&snapshot, key, render).await? } else { render().await? };
-    Ok(with_warnings(Response::builder().content_type(content_type).body(shared_body(body)), catalog))
+    Ok(with_warnings(
+        Response::builder().header(poem::http::header::CONTENT_TYPE, content_type).body(shared_body(body)),
+        catalog,
+    ))
 }
 
 /// Lists of more objects than this are rendered on the blocking pool.
@@ -251,17 +276,21 @@ fn render_list(
             metadata.remaining_item_count = params.selectors.is_empty().then_some(remaining as i64);
         }
     }
+    let out = Vec::with_capacity(list_capacity(repr.shape, params.include, items.len()));
     let json = match repr.shape {
         Shape::Object => {
-            to_json(&ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items })?
+            to_json_in(&ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items }, out)?
         }
-        Shape::Table(v) => to_json(&table::render_at(v, items.into_iter(), metadata, params.include, now))?,
-        Shape::Metadata { version, .. } => to_json(&MetadataListBody {
-            kind: "PartialObjectMetadataList",
-            api_version: meta_api_version(version),
-            metadata,
-            items: MetadataItems { version, backups: items },
-        })?,
+        Shape::Table(v) => to_json_in(&table::render_at(v, items.into_iter(), metadata, params.include, now), out)?,
+        Shape::Metadata { version, .. } => to_json_in(
+            &MetadataListBody {
+                kind: "PartialObjectMetadataList",
+                api_version: meta_api_version(version),
+                metadata,
+                items: MetadataItems { version, backups: items },
+            },
+            out,
+        )?,
     };
     encode(repr, json)
 }
@@ -303,7 +332,8 @@ pub async fn get(req: &Request, name: &str) -> Result<Response, ApiError> {
         }
         Shape::Metadata { list: true, .. } => return Err(not_acceptable_for("PartialObjectMetadataList", false)),
     };
-    let resp = Response::builder().content_type(repr.content_type()).body(encode(repr, json)?);
+    let resp =
+        Response::builder().header(poem::http::header::CONTENT_TYPE, repr.content_type()).body(encode(repr, json)?);
     Ok(with_warnings(resp, &state.catalog))
 }
 

@@ -231,7 +231,9 @@ pub(crate) async fn serve(
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|bytes| (Ok::<_, std::io::Error>(bytes::Bytes::from(bytes)), rx))
     });
-    let resp = Response::builder().content_type(repr.content_type()).body(Body::from_bytes_stream(stream));
+    let resp = Response::builder()
+        .header(poem::http::header::CONTENT_TYPE, repr.content_type())
+        .body(Body::from_bytes_stream(stream));
     Ok(with_warnings(resp, &warnings_from))
 }
 

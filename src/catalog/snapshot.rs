@@ -9,7 +9,10 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::{Arc, OnceLock};
+
+use hashbrown::HashTable;
 
 #[cfg(test)]
 use crate::upstream::kopia::ids::ManifestId;
@@ -95,12 +98,52 @@ pub struct Snapshot {
     /// The changes from the snapshot before this one; none for the first snapshot, which no
     /// watch can start before (a client holds no earlier resourceVersion of this catalog).
     pub events: Vec<Event>,
+    /// Where each backup is, by name; made by the first [`Snapshot::get`].
+    pub(crate) names: OnceLock<NameIndex>,
+}
+
+/// The positions of a snapshot's backups by name. A `get` finds its object with one hash and one
+/// comparison, where a binary search makes 14 comparisons at 10 000 backups, each reaching the
+/// record through a few pointers (a tenth of a small request's instructions). Made on the first
+/// lookup, so snapshots that are never asked for one object (older revisions kept for watches)
+/// have none: about 8 bytes per backup.
+#[derive(Debug)]
+pub(crate) struct NameIndex {
+    hashing: RandomState,
+    positions: HashTable<u32>,
+}
+
+impl NameIndex {
+    fn new(backups: &[Arc<Backup>]) -> Self {
+        let hashing = RandomState::new();
+        let mut positions = HashTable::with_capacity(backups.len());
+        let hash_at = |i: u32| hash_parts(&hashing, backups[i as usize].name().0);
+        for i in 0..backups.len() as u32 {
+            positions.insert_unique(hash_at(i), i, |&j| hash_at(j));
+        }
+        Self { hashing, positions }
+    }
+
+    fn find(&self, backups: &[Arc<Backup>], name: &str) -> Option<usize> {
+        let found = self.positions.find(hash_parts(&self.hashing, [name]), |&i| backups[i as usize].name() == *name);
+        found.map(|&i| i as usize)
+    }
+}
+
+/// The hash of the string `parts` spell, however it is cut into parts.
+fn hash_parts<'a>(hashing: &RandomState, parts: impl IntoIterator<Item = &'a str>) -> u64 {
+    let mut hasher = hashing.build_hasher();
+    for part in parts {
+        hasher.write(part.as_bytes());
+    }
+    hasher.finish()
 }
 
 impl Snapshot {
-    /// The backup named `name`, by binary search (the list is sorted).
+    /// The backup named `name`, found by the name index (made by the first lookup).
     pub fn get(&self, name: &str) -> Option<&Arc<Backup>> {
-        self.position(name).ok().map(|i| &self.backups[i])
+        let index = self.names.get_or_init(|| NameIndex::new(&self.backups));
+        index.find(&self.backups, name).map(|i| &self.backups[i])
     }
 
     /// The backup named `name`, spelled from its parts.
@@ -370,7 +413,7 @@ pub fn build(
         .collect();
     events.extend(deleted);
     backups.shrink_to_fit();
-    Snapshot { resource_version, resource_version_text: rv_text, backups, events }
+    Snapshot { resource_version, resource_version_text: rv_text, backups, events, names: OnceLock::new() }
 }
 
 /// A demo-shaped backup of `cluster` as one tier holds it; `n` sets its end LSN and its IDs.
@@ -479,5 +522,29 @@ mod tests {
         assert_eq!(s.get("east.a.b1").unwrap().tiers(), [true, true]);
         assert_eq!(s.get("east.a.b0").unwrap().tiers(), [false, true]);
         assert_eq!(s.get("east.a.b0").unwrap().server(), "east");
+    }
+
+    #[test]
+    fn every_object_is_found_by_its_name_and_nothing_else_is() {
+        let (east, west): (Arc<str>, Arc<str>) = ("east".into(), "west".into());
+        let records = |n: usize| -> Vec<_> {
+            (0..n).map(|i| record(&format!("pg-{}", i % 7), &format!("backup-{i:05}"), i as u64)).collect()
+        };
+        let (e, w) = (records(2000), records(300));
+        let s = build(None, ResourceVersion(vec![1, 1]), &[source(&east, 0, &e), source(&west, 0, &w)], true);
+        assert_eq!(s.backups.len(), 2300);
+        for (i, b) in s.backups.iter().enumerate() {
+            let name = b.name().to_string();
+            assert!(Arc::ptr_eq(s.get(&name).unwrap(), b), "{name}");
+            assert_eq!(s.position(&name), Ok(i), "the index agrees with the order");
+        }
+        for missing in
+            ["", "east", "east.", "east.pg-1", "east.pg-1.backup-0000", "east.pg-1.backup-000011", "pg-1.backup-00001"]
+        {
+            assert!(s.get(missing).is_none(), "{missing}");
+        }
+        assert!(s.get("east.pg-1.backup-00001").is_some());
+        assert!(s.get("west.pg-1.backup-00001").is_some());
+        assert!(s.get("west.pg-1.backup-00300").is_none(), "west has 300");
     }
 }
