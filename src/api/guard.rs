@@ -1,7 +1,7 @@
-//! What every request passes through: the access log (which parses the request once, see
-//! [`super::request`]), then the guard, in kube-apiserver's order: authentication (401; 429 when
+//! What every request passes through, in one endpoint ([`Front`]): the request is read once (see
+//! [`super::request`]), then guarded in kube-apiserver's order: authentication (401; 429 when
 //! too many TokenReviews are in flight), the in-flight cap (429; probes and system:masters
-//! exempt), authorization (403), the request timeout (504).
+//! exempt), authorization (403), the request timeout (504); the answer is counted and logged.
 //!
 //! The bounds hold until the response is written, not only until the handler returns: the
 //! in-flight slot of a list is released when its body is sent, a list body still being written
@@ -280,22 +280,34 @@ impl Body for GuardedBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            this.ended = true;
-            this.held = None;
-            return Poll::Ready(match this.expiry {
-                Expiry::End => None,
-                Expiry::Abort => {
-                    Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the response did not finish in time")))
+        // Past the deadline by the clock: a body whose frames are always ready (a large list
+        // written to a slow reader) is cut as well as one that waits.
+        if this.deadline.deadline() > tokio::time::Instant::now() {
+            let frame = Pin::new(&mut this.inner).poll_frame(cx);
+            match &frame {
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                    this.ended = true;
+                    this.held = None;
+                    return frame;
                 }
-            });
+                Poll::Ready(Some(Ok(_))) => return frame,
+                // Waiting: woken at the deadline too. The timer is armed only here, so a body
+                // ready at once (a get) never registers one.
+                Poll::Pending => {
+                    if this.deadline.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                }
+            }
         }
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = &frame {
-            this.ended = true;
-            this.held = None;
-        }
-        frame
+        this.ended = true;
+        this.held = None;
+        Poll::Ready(match this.expiry {
+            Expiry::End => None,
+            Expiry::Abort => {
+                Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the response did not finish in time")))
+            }
+        })
     }
 
     fn is_end_stream(&self) -> bool {

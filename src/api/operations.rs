@@ -5,7 +5,7 @@
 //! poem-openapi parses and validates every parameter as the document types it. The guard must
 //! authorize exactly what the handler then serves (issue 12), so two rules hold:
 //!
-//! * the access log rewrites each request's query to the pairs it parsed, kube's way (Go's
+//! * the front ([`super::guard::Front`]) rewrites each request's query to the pairs it parsed, kube's way (Go's
 //!   `url.ParseQuery`, the first value of each parameter; see [`super::request`]), before
 //!   poem-openapi reads it: poem-openapi's own, more lenient reading never sees the raw query;
 //! * the guard reads the typed query with the generated `from_query`, which calls the parsers
@@ -317,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_operation_reads_exactly_what_the_guard_authorized() {
-        // The server's order: the access log reads (and rewrites) the query, then the operation.
+        // The server's order: the front reads (and rewrites) the query, then the operation.
         let ep = mount(Route::new(), Echo).around(|next, mut req| async move {
             match super::super::guard::read_request(&mut req).1 {
                 Ok(()) => next.call(req).await.map(IntoResponse::into_response),

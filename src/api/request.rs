@@ -1,6 +1,6 @@
 //! Every request is read once, here: the decoded path, the query string, the list and watch
-//! options, and what the request does in Kubernetes' terms. The access log, the request guard
-//! (authorization, the in-flight cap, the timeouts) and the handlers all use this one parsed
+//! options, and what the request does in Kubernetes' terms. The front (the access log, the request
+//! guard: authorization, the in-flight cap, the timeouts) and the handlers all use this one parsed
 //! form, so authorization can never be asked about something other than what is served.
 //!
 //! The query is read as kube-apiserver reads it: Go's `url.ParseQuery` (pairs split on `&`; a
@@ -104,7 +104,7 @@ pub struct RequestInfo {
     pub method: Method,
     /// The path, percent-decoded (as routing decodes it); `None` when that is not UTF-8.
     pub path: Option<String>,
-    /// The query as kube reads it; the access log hands its canonical form on to poem-openapi.
+    /// The query as kube reads it; the front hands its canonical form on to poem-openapi.
     pub query: Query,
     /// The typed query of the resource's operation (read with poem-openapi's parsers), for
     /// requests on the resource whose parameters have the document's types.
@@ -194,8 +194,8 @@ pub fn accept(req: &Request) -> Option<&str> {
     req.headers().get(poem::http::header::ACCEPT).and_then(|v| v.to_str().ok())
 }
 
-/// The request's parsed form, which the access log attached; parsed here if it is missing (a
-/// handler called without the access log, as in unit tests).
+/// The request's parsed form, which the front attached; parsed here if it is missing (a
+/// handler called without the front, as in unit tests).
 pub fn info_of(req: &Request) -> Arc<RequestInfo> {
     req.data::<Arc<RequestInfo>>().cloned().unwrap_or_else(|| Arc::new(RequestInfo::of(req)))
 }

@@ -4,8 +4,8 @@
 //! accepted here (tokio + tokio-openssl), served by hyper (HTTP/1.1 and HTTP/2 by ALPN), and
 //! each request is passed to the poem endpoint with the connection's [`PeerIdentity`] attached.
 //!
-//! Each connection is served start to end by one thread of a few, one per core (see
-//! [`workers`]). Connections are bounded ([`ConnectionLimits`]): their number (at the cap, the connection
+//! Each connection is served by one thread of a few, one per core, its HTTP/2 streams by all of
+//! them (see [`workers`]). Connections are bounded ([`ConnectionLimits`]): their number (at the cap, the connection
 //! idle the longest makes room; when none is idle a new one is closed at once), the time a
 //! client may take to start and finish the TLS handshake (no TLS state is allocated before its
 //! first byte, and at most [`MAX_HANDSHAKES`] are in progress at once), the time a connection
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use openssl::ssl::{Ssl, SslAcceptor};
 use poem::endpoint::BoxEndpoint;
 use poem::{Endpoint, EndpointExt, IntoEndpoint};
@@ -336,7 +336,7 @@ async fn serve_http(
             Ok::<_, Infallible>(resp.map(|inner| BoxBody::new(TrackedBody { inner, tracker: Some(tracker) })))
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(workers::workers()?.streams());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())

@@ -1,11 +1,13 @@
-//! The threads that serve connections: one single-threaded runtime per core, each connection
-//! served start to end by one of them.
+//! The threads that serve connections: one single-threaded runtime per core, each connection's
+//! reads and writes (and its HTTP/1.1 requests) on one of them, HTTP/2 streams spread over all.
 //!
 //! A work-stealing runtime moves a request's tasks between threads and wakes a parked thread
 //! to steal them; with a small request that hand-off was a quarter of the request's CPU (one
 //! worker: 23 µs per `get` at 16 clients, two workers: 30 µs). Here a connection stays on the
-//! thread it was given (the one serving the fewest connections), so its request, its TLS writes
-//! and its HTTP/2 streams never change thread; only accepting a connection crosses threads.
+//! thread it was given (the one serving the fewest connections), so its requests and its TLS
+//! writes never change thread; only accepting a connection crosses threads. HTTP/2 streams are
+//! the exception ([`StreamExecutor`]): one connection of the aggregation layer carries many
+//! clients' requests, which must not all wait for one core.
 //! Work that would hold a thread for long (rendering a large list) goes to the blocking pool.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,8 @@ use tokio::runtime::Handle;
 /// The connection-serving threads of the process (shared by every server in it).
 pub(super) struct Workers {
     threads: Vec<Worker>,
+    /// Where the next HTTP/2 stream goes.
+    next_stream: AtomicUsize,
 }
 
 struct Worker {
@@ -67,7 +71,7 @@ impl Workers {
                 .context("starting a connection worker thread")?;
             threads.push(Worker { handle, connections: Arc::new(AtomicUsize::new(0)) });
         }
-        Ok(Self { threads })
+        Ok(Self { threads, next_stream: AtomicUsize::new(0) })
     }
 
     /// The worker serving the fewest connections takes one more.
@@ -78,10 +82,34 @@ impl Workers {
         Assigned { handle: worker.handle.clone(), connections: worker.connections.clone() }
     }
 
+    /// The executor of HTTP/2 connections' streams.
+    pub(super) fn streams(&'static self) -> StreamExecutor {
+        StreamExecutor(self)
+    }
+
     /// Threads serving connections.
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.threads.len()
+    }
+}
+
+/// Runs the streams of HTTP/2 connections on the workers in turn. The aggregation layer sends
+/// many clients' requests over one HTTP/2 connection: its streams are spread over every core,
+/// while its reads and writes stay with the connection's thread. (HTTP/1.1 serves one request
+/// at a time per connection, on the connection's thread.)
+#[derive(Clone, Copy)]
+pub(super) struct StreamExecutor(&'static Workers);
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let workers = &self.0.threads;
+        let at = self.0.next_stream.fetch_add(1, Ordering::Relaxed) % workers.len();
+        workers[at].handle.spawn(stream);
     }
 }
 
@@ -122,5 +150,20 @@ mod tests {
         assert_eq!(thread_of(&c.handle).await, tb);
         let d = workers.assign();
         assert_eq!(thread_of(&d.handle).await, ta, "a tie goes to the first");
+    }
+
+    #[tokio::test]
+    async fn http2_streams_are_spread_over_the_workers() {
+        let workers: &'static Workers = Box::leak(Box::new(Workers::start(2).unwrap()));
+        let streams = workers.streams();
+        let mut threads = std::collections::HashSet::new();
+        for _ in 0..4 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            hyper::rt::Executor::execute(&streams, async move {
+                let _ = tx.send(std::thread::current().id());
+            });
+            threads.insert(rx.await.unwrap());
+        }
+        assert_eq!(threads.len(), 2, "every worker runs streams");
     }
 }
