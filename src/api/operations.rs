@@ -15,14 +15,12 @@
 //! Content negotiation, Tables, YAML, watch streams and Status bodies stay ours: the generated
 //! response types describe the document's responses, the handlers write the bodies.
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::error::ParseParamError;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
 use poem_openapi::OpenApiService;
+use std::borrow::Cow;
 
 use super::request::{info_of, kube_bool, Query};
 use super::status::ApiError;
@@ -197,8 +195,9 @@ pub fn endpoint<H: ResourceHandlers>(handlers: H) -> impl Endpoint<Output = Resp
 
 /// Adds the document's paths to `route`, served by `handlers` (tests: a route that also serves
 /// other paths).
-pub fn mount<H: ResourceHandlers>(route: Route, handlers: H) -> Route {
-    let endpoint = Arc::new(endpoint(handlers));
+#[cfg(test)]
+pub fn mount<H: ResourceHandlers>(route: poem::Route, handlers: H) -> poem::Route {
+    let endpoint = std::sync::Arc::new(endpoint(handlers));
     PATHS
         .iter()
         .fold(route, |route, path| route.at(format!("{}{path}", crate::routes::version_path()), endpoint.clone()))
@@ -244,7 +243,10 @@ async fn scope<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use poem::http::{StatusCode, Uri};
+    use poem::Route;
 
     use super::super::request::RequestInfo;
     use super::*;

@@ -41,18 +41,21 @@ impl Drop for Assigned {
     }
 }
 
-static WORKERS: OnceLock<Workers> = OnceLock::new();
+static WORKERS: OnceLock<Result<Workers, String>> = OnceLock::new();
 
-/// The process's workers, started on first use: one per core the process may use (its CPU
-/// quota included).
+/// Blocking threads a worker may run at once: every TokenReview and SubjectAccessReview that may
+/// be in flight, and a few large list renders (CPU-bound: more would not go faster; beyond,
+/// renders wait their turn instead of each starting a thread).
+const BLOCKING_THREADS: usize = crate::auth::MAX_TOKEN_REVIEWS + crate::auth::authz::MAX_SUBJECT_ACCESS_REVIEWS + 8;
+
+/// The process's workers, started on first use (once, whoever asks first): one per core the
+/// process may use (its CPU quota included).
 pub(super) fn workers() -> Result<&'static Workers> {
-    if let Some(w) = WORKERS.get() {
-        return Ok(w);
-    }
-    let count = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let started = Workers::start(count)?;
-    // Two servers starting at once: one set is kept, the other's threads end with its runtimes.
-    Ok(WORKERS.get_or_init(|| started))
+    let started = WORKERS.get_or_init(|| {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Workers::start(count).map_err(|e| format!("{e:#}"))
+    });
+    started.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 impl Workers {
@@ -62,6 +65,7 @@ impl Workers {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .on_thread_park(crate::memory::collect_when_idle)
+                .max_blocking_threads(BLOCKING_THREADS)
                 .build()
                 .context("starting a connection worker's runtime")?;
             let handle = runtime.handle().clone();
