@@ -6,6 +6,7 @@
 pub mod discovery;
 pub mod gnostic;
 pub mod guard;
+pub mod mapped;
 pub mod negotiate;
 pub mod object;
 pub mod openapi;
