@@ -22,6 +22,21 @@ use super::negotiate::Representation;
 use super::table::{self, IncludeObject};
 use crate::catalog::Snapshot;
 
+/// A kept render.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// The body.
+    pub body: Bytes,
+    /// Where a JSON Table's AGE cells are in it: its next second's Table is made from it.
+    pub ages: Option<Arc<table::AgeMarks>>,
+}
+
+impl From<Bytes> for Rendered {
+    fn from(body: Bytes) -> Self {
+        Rendered { body, ages: None }
+    }
+}
+
 /// What makes two whole-list responses of one revision identical.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RenderKey {
@@ -77,7 +92,7 @@ struct Entry {
     valid: Option<(i64, i64)>,
     last_used: Instant,
     /// The body once rendered.
-    body: Arc<OnceCell<Bytes>>,
+    body: Arc<OnceCell<Rendered>>,
 }
 
 impl Entry {
@@ -93,14 +108,16 @@ impl Entry {
 
 impl RenderCache {
     /// The rendered body of `snapshot` for `key`: the kept one, the one being rendered, or the
-    /// one `render` makes now.
-    pub async fn get_or_render<E, R: Future<Output = Result<Bytes, E>>>(
+    /// one `render` makes now, given the render of this revision it replaces (a Table of an
+    /// earlier second), if any.
+    pub async fn get_or_render<E, R: Future<Output = Result<Rendered, E>>>(
         &self,
         snapshot: &Snapshot,
         key: RenderKey,
-        render: impl FnOnce() -> R,
-    ) -> Result<Bytes, E> {
+        render: impl FnOnce(Option<Rendered>) -> R,
+    ) -> Result<Rendered, E> {
         let resource_version = &snapshot.resource_version_text;
+        let mut previous = None;
         let cell = {
             let mut entries = self.entries.lock().expect("render cache");
             let now = Instant::now();
@@ -123,6 +140,10 @@ impl RenderCache {
                 }
                 None => {
                     // A Table that ages differently replaces the one of its kind.
+                    previous = list
+                        .iter()
+                        .find(|e| e.resource_version == *resource_version && e.key.same_kind(&key))
+                        .and_then(|e| e.body.get().cloned());
                     list.retain(|e| !e.key.same_kind(&key) && lately(e));
                     let valid = key
                         .at_second
@@ -148,7 +169,7 @@ impl RenderCache {
             cell
         };
         // A failed render is not kept: the next request tries again.
-        cell.get_or_try_init(render).await.cloned()
+        cell.get_or_try_init(|| render(previous)).await.cloned()
     }
 
     /// Entries kept (rendered or being rendered).
@@ -270,11 +291,17 @@ mod tests {
         assert_eq!(renders.get(), before + 1, "the oldest entries made room");
     }
 
-    fn body(text: &'static str) -> impl FnOnce() -> std::future::Ready<Result<Bytes, ()>> {
-        move || std::future::ready(Ok(Bytes::from_static(text.as_bytes())))
+    impl PartialEq<&str> for Rendered {
+        fn eq(&self, text: &&str) -> bool {
+            self.body == text.as_bytes()
+        }
     }
 
-    fn unexpected() -> std::future::Ready<Result<Bytes, ()>> {
+    fn body(text: &'static str) -> impl FnOnce(Option<Rendered>) -> std::future::Ready<Result<Rendered, ()>> {
+        move |_| std::future::ready(Ok(Bytes::from_static(text.as_bytes()).into()))
+    }
+
+    fn unexpected(_: Option<Rendered>) -> std::future::Ready<Result<Rendered, ()>> {
         panic!("rendered although kept")
     }
 
@@ -339,6 +366,14 @@ mod tests {
             "t1",
             "3d2h becomes 3d3h"
         );
+        // The render replaced is handed to the one replacing it (a Table is made from the last).
+        let after = |previous: Option<Rendered>| {
+            let text = previous.map_or("nothing".into(), |p| String::from_utf8_lossy(&p.body).into_owned());
+            std::future::ready(Ok::<_, ()>(Bytes::from(format!("after {text}")).into()))
+        };
+        assert_eq!(cache.get_or_render(&old, table_at(base + 7200), after).await.unwrap(), "after t1");
+        let other = snapshot(3, &[base - 40 * day]);
+        assert_eq!(cache.get_or_render(&other, table_at(base), after).await.unwrap(), "after nothing");
         // A backup seconds old: its age moves every second.
         let young = snapshot(2, &[base - 40 * day, base - 30]);
         assert_eq!(cache.get_or_render(&young, table_at(base), body("y0")).await.unwrap(), "y0");
@@ -395,11 +430,11 @@ mod tests {
                 let (cache, renders, one) = (cache.clone(), renders.clone(), one.clone());
                 tokio::spawn(async move {
                     cache
-                        .get_or_render(&one, key, || {
+                        .get_or_render(&one, key, |_| {
                             renders.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             // A slow render: the others arrive while it runs.
                             std::thread::sleep(std::time::Duration::from_millis(200));
-                            std::future::ready(Ok::<_, ()>(Bytes::from_static(b"list")))
+                            std::future::ready(Ok::<_, ()>(Bytes::from_static(b"list").into()))
                         })
                         .await
                 })

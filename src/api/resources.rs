@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::negotiate::{resource_representation, Format, Representation, Shape, RESOURCE_MEDIA_TYPES};
 use super::params::{ContinueToken, Params};
+use super::render_cache::Rendered;
 use super::request::info_of;
 use super::resource_version::Resolver;
 use super::status::ApiError;
@@ -233,19 +234,39 @@ pub async fn list(req: &Request) -> Result<Response, ApiError> {
     let content_type = repr.content_type();
     // At most this many objects, from `start` on.
     let items = (snapshot.backups.len() - start.min(snapshot.backups.len())).min(params.limit.unwrap_or(usize::MAX));
+    // A whole JSON Table notes where its ages are: the next second's is made from it.
+    let marked = whole && repr.format == Format::Json;
     let render = {
         let (snapshot, info) = (snapshot.clone(), info.clone());
-        move || match &info.params {
-            Ok(params) => render_list(&snapshot, start, params, repr, now),
-            Err(e) => Err(e.clone()),
+        move |previous: Option<Rendered>| match (&info.params, previous) {
+            (Ok(_), Some(Rendered { body, ages: Some(marks) })) => reage_list(&body, &marks, now),
+            (Ok(params), _) => render_list(&snapshot, start, params, repr, now, marked),
+            (Err(e), _) => Err(e.clone()),
         }
     };
-    let render = || render_elsewhere_if_large(items, render);
-    let body = if whole { state.renders.get_or_render(&snapshot, key, render).await? } else { render().await? };
+    let render = |previous| render_elsewhere_if_large(items, move || render(previous));
+    let rendered =
+        if whole { state.renders.get_or_render(&snapshot, key, render).await? } else { render(None).await? };
     Ok(with_warnings(
-        Response::builder().header(poem::http::header::CONTENT_TYPE, content_type).body(shared_body(body)),
+        Response::builder().header(poem::http::header::CONTENT_TYPE, content_type).body(shared_body(rendered.body)),
         catalog,
     ))
+}
+
+/// A JSON Table `body` rendered with `marks`, its ages counted to `now` instead.
+fn reage_list(body: &[u8], marks: &table::AgeMarks, now: i64) -> Result<Rendered, ApiError> {
+    let failed = |e: std::io::Error| ApiError::internal(format!("writing the Table: {e}"));
+    // Ages differ by a few bytes; a mapping's room never written costs nothing.
+    let capacity = body.len() + body.len() / 8;
+    let (body, ages) = if capacity < super::mapped::MAPPED_FROM {
+        let (out, ages) = table::reage(body, marks, now, Vec::with_capacity(capacity)).map_err(failed)?;
+        (out.into(), ages)
+    } else {
+        let out = super::mapped::MappedBody::with_capacity(capacity).map_err(failed)?;
+        let (out, ages) = table::reage(body, marks, now, out).map_err(failed)?;
+        (out.into_bytes(), ages)
+    };
+    Ok(Rendered { body, ages: Some(Arc::new(ages)) })
 }
 
 /// Lists of more objects than this are rendered on the blocking pool.
@@ -255,10 +276,10 @@ const RENDER_ELSEWHERE: usize = 500;
 /// connection is served by one thread, which serves other connections too (see
 /// [`crate::server`]): a render of 100 000 objects takes a few hundred milliseconds, which
 /// those connections must not wait for.
-async fn render_elsewhere_if_large(
+async fn render_elsewhere_if_large<T: Send + 'static>(
     items: usize,
-    render: impl FnOnce() -> Result<bytes::Bytes, ApiError> + Send + 'static,
-) -> Result<bytes::Bytes, ApiError> {
+    render: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
     if items <= RENDER_ELSEWHERE {
         return render();
     }
@@ -266,14 +287,15 @@ async fn render_elsewhere_if_large(
 }
 
 /// The body of a list (objects, Table or metadata only; JSON or YAML) from position `start` of
-/// `snapshot`, Table ages counted to `now`.
+/// `snapshot`, Table ages counted to `now`; `marked`: a JSON Table notes where its ages are.
 fn render_list(
     snapshot: &Snapshot,
     start: usize,
     params: &Params,
     repr: Representation,
     now: i64,
-) -> Result<bytes::Bytes, ApiError> {
+    marked: bool,
+) -> Result<Rendered, ApiError> {
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
     let items: Vec<&Backup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
     let mut metadata =
@@ -293,6 +315,9 @@ fn render_list(
             &ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items },
             capacity,
         )?,
+        Shape::Table(v) if marked && repr.format == Format::Json => {
+            return marked_table(v, items, metadata, params.include, now, capacity);
+        }
         Shape::Table(v) => {
             list_to_json(&table::render_at(v, items.into_iter(), metadata, params.include, now), capacity)?
         }
@@ -306,7 +331,31 @@ fn render_list(
             capacity,
         )?,
     };
-    encode(repr, json)
+    encode(repr, json).map(Rendered::from)
+}
+
+/// A JSON Table and where its ages are (see [`list_to_json`] for where it is written).
+fn marked_table(
+    version: &str,
+    items: Vec<&Backup>,
+    metadata: ListMeta,
+    include: IncludeObject,
+    now: i64,
+    capacity: usize,
+) -> Result<Rendered, ApiError> {
+    let failed = |e: serde_json::Error| ApiError::internal(format!("encoding JSON: {e}"));
+    let backups = items.into_iter();
+    let (body, ages) = if capacity < super::mapped::MAPPED_FROM {
+        let (out, ages) = table::render_marked(version, backups, metadata, include, now, Vec::with_capacity(capacity))
+            .map_err(failed)?;
+        (out.into(), ages)
+    } else {
+        let out = super::mapped::MappedBody::with_capacity(capacity)
+            .map_err(|e| ApiError::internal(format!("mapping memory for the list: {e}")))?;
+        let (out, ages) = table::render_marked(version, backups, metadata, include, now, out).map_err(failed)?;
+        (out.into_bytes(), ages)
+    };
+    Ok(Rendered { body, ages: Some(Arc::new(ages)) })
 }
 
 /// Names that cannot be any object's name are a client error; well-formed unknown names are 404.

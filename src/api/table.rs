@@ -2,6 +2,8 @@
 //! Table types, so they are defined here.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
+use std::cell::{Cell, RefCell};
+
 use serde::ser::SerializeSeq;
 use serde::Serialize;
 
@@ -27,6 +29,8 @@ pub struct Rows<'a> {
     api_version: &'static str,
     /// Unix seconds the ages are counted to.
     now: i64,
+    /// Where each AGE cell is written, when asked (see [`render_marked`]).
+    marks: Option<&'a Marker>,
 }
 
 impl Serialize for Rows<'_> {
@@ -34,7 +38,7 @@ impl Serialize for Rows<'_> {
         let mut seq = serializer.serialize_seq(Some(self.backups.len()))?;
         for b in &self.backups {
             seq.serialize_element(&Row {
-                cells: cells(b, self.now),
+                cells: Cells { fixed: cells(b), age: AgeCell::of(b, self.now, self.marks) },
                 object: match self.include {
                     IncludeObject::None => None,
                     IncludeObject::Metadata => Some(RowObject::Metadata(PartialObjectMetadata {
@@ -66,11 +70,167 @@ pub struct Column {
     pub priority: i32,
 }
 
-#[derive(Debug, Serialize)]
-struct Row {
-    cells: [serde_json::Value; 11],
+#[derive(Serialize)]
+struct Row<'a> {
+    cells: Cells<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     object: Option<RowObject>,
+}
+
+/// A row's cells: the ten that do not change, then the AGE.
+struct Cells<'a> {
+    fixed: [serde_json::Value; 10],
+    age: AgeCell<'a>,
+}
+
+impl Serialize for Cells<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.fixed.len() + 1))?;
+        for cell in &self.fixed {
+            seq.serialize_element(cell)?;
+        }
+        seq.serialize_element(&self.age)?;
+        seq.end()
+    }
+}
+
+/// The AGE cell: as kube-apiserver prints a `date` column, the age now.
+struct AgeCell<'a> {
+    /// Unix seconds of `metadata.creationTimestamp`.
+    created: Option<i64>,
+    now: i64,
+    marks: Option<&'a Marker>,
+}
+
+impl<'a> AgeCell<'a> {
+    fn of(b: &Backup, now: i64, marks: Option<&'a Marker>) -> Self {
+        AgeCell { created: b.created().map(|t| t.0.as_second()), now, marks }
+    }
+}
+
+impl Serialize for AgeCell<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some(created) = self.created else { return serializer.serialize_str("<unknown>") };
+        let text = AgeText::of(self.now - created);
+        if let Some(marker) = self.marks {
+            // serde_json has written everything before this cell: its string starts here.
+            let mark = AgeMark { at: marker.written.get(), len: text.len + 2, created };
+            marker.marks.borrow_mut().0.push(mark);
+        }
+        serializer.serialize_str(text.as_str())
+    }
+}
+
+/// An age's text ([`human_duration`]), on the stack: the longest is 14 characters.
+#[derive(Default)]
+struct AgeText {
+    bytes: [u8; 24],
+    len: u8,
+}
+
+impl AgeText {
+    fn of(seconds: i64) -> Self {
+        let mut text = AgeText::default();
+        write_human_duration(&mut text, seconds);
+        text
+    }
+
+    fn as_str(&self) -> &str {
+        // Only `write_str` fills it, with whole strings.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for AgeText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let at = self.len as usize;
+        let dest = self.bytes.get_mut(at..at + s.len()).ok_or(std::fmt::Error)?;
+        dest.copy_from_slice(s.as_bytes());
+        self.len += s.len() as u8;
+        Ok(())
+    }
+}
+
+/// Where the AGE cells of a rendered JSON Table are, in the order of the body: with them the
+/// Table of a later second is the same body with other ages ([`reage`]), made by a copy instead
+/// of a render (2 ms instead of 50 at 10 000 backups).
+#[derive(Debug, Default)]
+pub struct AgeMarks(Vec<AgeMark>);
+
+#[derive(Debug)]
+struct AgeMark {
+    /// Where the cell's JSON string starts.
+    at: usize,
+    /// The string's length, quotes included (an age needs no escaping).
+    len: u8,
+    /// The backup's creation, Unix seconds.
+    created: i64,
+}
+
+/// Notes the AGE cells while a Table is serialized.
+#[derive(Default)]
+struct Marker {
+    /// Bytes written so far (kept by [`Tracked`]).
+    written: Cell<usize>,
+    marks: RefCell<AgeMarks>,
+}
+
+/// A writer counting what it has written, for [`AgeCell`] to read.
+struct Tracked<'a, W> {
+    out: W,
+    written: &'a Cell<usize>,
+}
+
+impl<W: std::io::Write> std::io::Write for Tracked<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written.set(self.written.get() + n);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Writes [`render_at`]'s Table as JSON to `out`, noting where its AGE cells are.
+pub fn render_marked<'a, W: std::io::Write>(
+    version: &str,
+    backups: impl Iterator<Item = &'a Backup>,
+    metadata: ListMeta,
+    include: IncludeObject,
+    now: i64,
+    out: W,
+) -> serde_json::Result<(W, AgeMarks)> {
+    let marker = Marker::default();
+    let mut table = render_at(version, backups, metadata, include, now);
+    table.rows.marks = Some(&marker);
+    let mut tracked = Tracked { out, written: &marker.written };
+    serde_json::to_writer(&mut tracked, &table)?;
+    let out = tracked.out;
+    drop(table);
+    Ok((out, marker.marks.into_inner()))
+}
+
+/// Writes the JSON Table `json` (rendered with `marks`) to `out` with its ages counted to `now`
+/// instead: the Table [`render_at`] would write at `now`.
+pub fn reage<W: std::io::Write>(json: &[u8], marks: &AgeMarks, now: i64, mut out: W) -> std::io::Result<(W, AgeMarks)> {
+    let mut moved = Vec::with_capacity(marks.0.len());
+    let (mut from, mut written) = (0, 0);
+    for mark in &marks.0 {
+        out.write_all(&json[from..mark.at])?;
+        written += mark.at - from;
+        let text = AgeText::of(now - mark.created);
+        let len = text.len + 2;
+        out.write_all(b"\"")?;
+        out.write_all(text.as_str().as_bytes())?;
+        out.write_all(b"\"")?;
+        moved.push(AgeMark { at: written, len, created: mark.created });
+        written += len as usize;
+        from = mark.at + mark.len as usize;
+    }
+    out.write_all(&json[from..])?;
+    Ok((out, AgeMarks(moved)))
 }
 
 /// What each row carries, as `includeObject` asks.
@@ -180,26 +340,41 @@ pub fn pg_lsn(lsn: u64) -> String {
 /// A duration as Kubernetes prints ages: precise when short, coarser as it grows
 /// (`45s`, `3m12s`, `12m`, `2h5m`, `20h`, `3d4h`, `40d`, `2y30d`).
 pub fn human_duration(seconds: i64) -> String {
+    let mut text = String::new();
+    write_human_duration(&mut text, seconds);
+    text
+}
+
+/// [`human_duration`], written to `out`.
+fn write_human_duration(out: &mut impl std::fmt::Write, seconds: i64) {
     if seconds < 0 {
-        return "0s".into();
+        let _ = out.write_str("0s");
+        return;
     }
     let (s, m, h) = (seconds, seconds / 60, seconds / 3600);
     let (d, y) = (h / 24, h / (24 * 365));
-    let pair = |a: i64, ua: &str, b: i64, ub: &str| if b == 0 { format!("{a}{ua}") } else { format!("{a}{ua}{b}{ub}") };
-    match () {
-        _ if s < 120 => format!("{s}s"),
+    let mut pair = |a: i64, ua: &str, b: i64, ub: &str| {
+        if b == 0 {
+            write!(out, "{a}{ua}")
+        } else {
+            write!(out, "{a}{ua}{b}{ub}")
+        }
+    };
+    let _ = match () {
+        _ if s < 120 => pair(s, "s", 0, ""),
         _ if m < 10 => pair(m, "m", s % 60, "s"),
-        _ if m < 180 => format!("{m}m"),
+        _ if m < 180 => pair(m, "m", 0, ""),
         _ if h < 8 => pair(h, "h", m % 60, "m"),
-        _ if h < 48 => format!("{h}h"),
+        _ if h < 48 => pair(h, "h", 0, ""),
         _ if h < 24 * 8 => pair(d, "d", h % 24, "h"),
-        _ if h < 24 * 365 * 2 => format!("{d}d"),
+        _ if h < 24 * 365 * 2 => pair(d, "d", 0, ""),
         _ if h < 24 * 365 * 8 => pair(y, "y", d % 365, "d"),
-        _ => format!("{y}y"),
-    }
+        _ => pair(y, "y", 0, ""),
+    };
 }
 
-fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
+/// Every cell but the AGE (see [`AgeCell`]).
+fn cells(b: &Backup) -> [serde_json::Value; 10] {
     let r = b.record();
     let text = |v: &str| serde_json::Value::String(v.to_string());
     let tiers: Vec<&str> = super::object::TIER_ANNOTATIONS
@@ -219,8 +394,6 @@ fn cells(b: &Backup, now: i64) -> [serde_json::Value; 11] {
         pg_lsn(r.end_lsn).into(),
         human_duration(r.stopped_at - r.started_at).into(),
         tiers.join(",").into(),
-        // As kube-apiserver prints a `date` column: the age, now.
-        b.created().map_or_else(|| "<unknown>".into(), |t| human_duration(now - t.0.as_second()).into()),
     ]
 }
 
@@ -271,7 +444,7 @@ pub fn render_at<'a>(
     now: i64,
 ) -> Table<'a> {
     let api_version = if version == "v1beta1" { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" };
-    let rows = Rows { backups: backups.collect(), include, api_version, now };
+    let rows = Rows { backups: backups.collect(), include, api_version, now, marks: None };
     Table { kind: "Table", api_version, metadata, column_definitions: COLUMNS, rows }
 }
 
@@ -317,11 +490,34 @@ pub(crate) mod tests {
         let backups = [backup_done_at(0, now - 40 * 86_400), backup_done_at(1, now - 3 * 3600 - 125)];
         // 3h2m5s prints "3h2m": it becomes 3h3m 55 s later.
         assert_eq!(ages_unchanged_until(backups.iter(), now), now + 55);
-        let cells_at =
-            |t| -> Vec<String> { backups.iter().map(|b| cells(b, t)[10].as_str().unwrap().to_string()).collect() };
+        let cells_at = |t| -> Vec<String> {
+            backups.iter().map(|b| serde_json::to_string(&AgeCell::of(b, t, None)).unwrap()).collect()
+        };
         assert_eq!(cells_at(now), cells_at(now + 54));
         assert_ne!(cells_at(now), cells_at(now + 55));
         assert_eq!(ages_unchanged_until(std::iter::empty(), now), i64::MAX);
+    }
+
+    #[test]
+    fn a_table_reaged_is_the_table_rendered_at_that_time() {
+        let t0 = 1_000_000_000;
+        // Ages that print in seconds, minutes and seconds, hours, days and years, and texts that
+        // get longer and shorter.
+        let ages = [5, 119, 590, 4000, 30_000, 200_000, 900_000, 80_000_000];
+        let backups: Vec<Backup> = (0..50).map(|i| backup_done_at(i, t0 - ages[i % ages.len()])).collect();
+        let meta = || ListMeta { resource_version: Some("7".into()), ..Default::default() };
+        for include in [IncludeObject::None, IncludeObject::Metadata, IncludeObject::Object] {
+            let table = |now| render_at("v1", backups.iter(), meta(), include, now);
+            let (mut json, mut marks) = render_marked("v1", backups.iter(), meta(), include, t0, Vec::new()).unwrap();
+            assert_eq!(json, serde_json::to_vec(&table(t0)).unwrap(), "marking changes nothing");
+            assert_eq!(marks.0.len(), backups.len());
+            // Each from the one before, as the cache does.
+            for later in [0, 1, 61, 3600, 86_400 * 400, 5] {
+                let (again, moved) = reage(&json, &marks, t0 + later, Vec::new()).unwrap();
+                assert!(again == serde_json::to_vec(&table(t0 + later)).unwrap(), "{include:?}, {later} s later");
+                (json, marks) = (again, moved);
+            }
+        }
     }
 
     #[test]
