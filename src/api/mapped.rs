@@ -16,6 +16,46 @@ use memmap2::MmapMut;
 /// heap (a mapping costs two system calls and a page at least).
 pub const MAPPED_FROM: usize = 1 << 20;
 
+/// A body being written: into the heap when small, into a mapping when large.
+pub enum BodyBuf {
+    /// Under [`MAPPED_FROM`].
+    Heap(Vec<u8>),
+    /// From [`MAPPED_FROM`] on.
+    Mapped(MappedBody),
+}
+
+impl BodyBuf {
+    /// Room for about `capacity` bytes, where a body of that size belongs.
+    pub fn with_capacity(capacity: usize) -> io::Result<Self> {
+        Ok(if capacity < MAPPED_FROM {
+            BodyBuf::Heap(Vec::with_capacity(capacity))
+        } else {
+            BodyBuf::Mapped(MappedBody::with_capacity(capacity)?)
+        })
+    }
+
+    /// The body written, shared.
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            BodyBuf::Heap(v) => v.into(),
+            BodyBuf::Mapped(m) => m.into_bytes(),
+        }
+    }
+}
+
+impl io::Write for BodyBuf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            BodyBuf::Heap(v) => v.write(buf),
+            BodyBuf::Mapped(m) => m.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A body being written into a mapping; [`MappedBody::into_bytes`] shares it.
 pub struct MappedBody {
     map: MmapMut,

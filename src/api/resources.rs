@@ -86,15 +86,14 @@ fn to_json_in<T: Serialize, W: std::io::Write>(body: &T, mut out: W) -> Result<W
     Ok(out)
 }
 
-/// Serializes a list of about `capacity` bytes: large ones into a mapping of their own (see
+/// Serializes a list of about `capacity` bytes (large ones into a mapping of their own, see
 /// [`super::mapped`]).
 fn list_to_json<T: Serialize>(body: &T, capacity: usize) -> Result<bytes::Bytes, ApiError> {
-    if capacity < super::mapped::MAPPED_FROM {
-        return Ok(to_json_in(body, Vec::with_capacity(capacity))?.into());
-    }
-    let out = super::mapped::MappedBody::with_capacity(capacity)
-        .map_err(|e| ApiError::internal(format!("mapping memory for the list: {e}")))?;
-    Ok(to_json_in(body, out)?.into_bytes())
+    Ok(to_json_in(body, body_buf(capacity)?)?.into_bytes())
+}
+
+fn body_buf(capacity: usize) -> Result<super::mapped::BodyBuf, ApiError> {
+    super::mapped::BodyBuf::with_capacity(capacity).map_err(|e| ApiError::internal(format!("mapping memory: {e}")))
 }
 
 /// Room for the JSON of a list of `items` objects in `shape` (`include` for a Table's rows):
@@ -255,17 +254,11 @@ pub async fn list(req: &Request) -> Result<Response, ApiError> {
 
 /// A JSON Table `body` rendered with `marks`, its ages counted to `now` instead.
 fn reage_list(body: &[u8], marks: &table::AgeMarks, now: i64) -> Result<Rendered, ApiError> {
-    let failed = |e: std::io::Error| ApiError::internal(format!("writing the Table: {e}"));
-    // Ages differ by a few bytes; a mapping's room never written costs nothing.
-    let capacity = body.len() + body.len() / 8;
-    let (body, ages) = if capacity < super::mapped::MAPPED_FROM {
-        let (out, ages) = table::reage(body, marks, now, Vec::with_capacity(capacity)).map_err(failed)?;
-        (out.into(), ages)
-    } else {
-        let out = super::mapped::MappedBody::with_capacity(capacity).map_err(failed)?;
-        let (out, ages) = table::reage(body, marks, now, out).map_err(failed)?;
-        (out.into_bytes(), ages)
-    };
+    // Ages differ by a few bytes; room never written costs nothing.
+    let out = body_buf(body.len() + body.len() / 8)?;
+    let (out, ages) =
+        table::reage(body, marks, now, out).map_err(|e| ApiError::internal(format!("writing the Table: {e}")))?;
+    let body = out.into_bytes();
     Ok(Rendered { body, ages: Some(Arc::new(ages)) })
 }
 
@@ -343,18 +336,9 @@ fn marked_table(
     now: i64,
     capacity: usize,
 ) -> Result<Rendered, ApiError> {
-    let failed = |e: serde_json::Error| ApiError::internal(format!("encoding JSON: {e}"));
-    let backups = items.into_iter();
-    let (body, ages) = if capacity < super::mapped::MAPPED_FROM {
-        let (out, ages) = table::render_marked(version, backups, metadata, include, now, Vec::with_capacity(capacity))
-            .map_err(failed)?;
-        (out.into(), ages)
-    } else {
-        let out = super::mapped::MappedBody::with_capacity(capacity)
-            .map_err(|e| ApiError::internal(format!("mapping memory for the list: {e}")))?;
-        let (out, ages) = table::render_marked(version, backups, metadata, include, now, out).map_err(failed)?;
-        (out.into_bytes(), ages)
-    };
+    let (out, ages) = table::render_marked(version, items.into_iter(), metadata, include, now, body_buf(capacity)?)
+        .map_err(|e| ApiError::internal(format!("encoding JSON: {e}")))?;
+    let body = out.into_bytes();
     Ok(Rendered { body, ages: Some(Arc::new(ages)) })
 }
 
