@@ -3,8 +3,9 @@
 //! shared bytes, not a serialization, and requests arriving while a list is rendered wait for
 //! that one render instead of rendering it again. A Table is kept for as long as none of its AGE
 //! cells would print differently (for a catalog whose newest backup is a day old, until the next
-//! whole hour of some backup's age; never longer than a second while a backup is minutes old).
-//! Bounded to a few entries; entries of older revisions and stale Tables fall out, entries
+//! whole hour of some backup's age; never longer than a second while a backup is minutes old);
+//! the JSON Table of the next second is then made from it by a copy with the new ages
+//! ([`table::reage`]). Bounded to a few entries; entries of older revisions and stale Tables fall out, entries
 //! nobody asked for during [`IDLE_EXPIRY`] are dropped (a burst of lists does not keep tens of
 //! megabytes resident). Serving one drops the others nobody asked for during the last
 //! [`MAKING_ROOM_IDLE`]: what is kept is what clients are asking for now (a burst of lists, a
