@@ -15,12 +15,13 @@
 //! Content negotiation, Tables, YAML, watch streams and Status bodies stay ours: the generated
 //! response types describe the document's responses, the handlers write the bodies.
 
+use std::borrow::Cow;
+
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
 use poem_openapi::error::ParseParamError;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
 use poem_openapi::OpenApiService;
-use std::borrow::Cow;
 
 use super::request::{info_of, kube_bool, Query};
 use super::status::ApiError;

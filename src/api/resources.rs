@@ -233,13 +233,11 @@ pub async fn list(req: &Request) -> Result<Response, ApiError> {
     let content_type = repr.content_type();
     // At most this many objects, from `start` on.
     let items = (snapshot.backups.len() - start.min(snapshot.backups.len())).min(params.limit.unwrap_or(usize::MAX));
-    // A whole JSON Table notes where its ages are: the next second's is made from it.
-    let marked = whole && repr.format == Format::Json;
     let render = {
         let (snapshot, info) = (snapshot.clone(), info.clone());
         move |previous: Option<Rendered>| match (&info.params, previous) {
             (Ok(_), Some(Rendered { body, ages: Some(marks) })) => reage_list(&body, &marks, now),
-            (Ok(params), _) => render_list(&snapshot, start, params, repr, now, marked),
+            (Ok(params), _) => render_list(&snapshot, start, params, repr, now, whole),
             (Err(e), _) => Err(e.clone()),
         }
     };
@@ -280,14 +278,15 @@ async fn render_elsewhere_if_large<T: Send + 'static>(
 }
 
 /// The body of a list (objects, Table or metadata only; JSON or YAML) from position `start` of
-/// `snapshot`, Table ages counted to `now`; `marked`: a JSON Table notes where its ages are.
+/// `snapshot`, Table ages counted to `now`; `kept`: the render is cached, and a JSON Table then
+/// notes where its ages are (the next second's is made from it).
 fn render_list(
     snapshot: &Snapshot,
     start: usize,
     params: &Params,
     repr: Representation,
     now: i64,
-    marked: bool,
+    kept: bool,
 ) -> Result<Rendered, ApiError> {
     let mut matching = snapshot.backups[start..].iter().filter(|b| params.selectors.matches(b));
     let items: Vec<&Backup> = matching.by_ref().take(params.limit.unwrap_or(usize::MAX)).map(Arc::as_ref).collect();
@@ -308,7 +307,7 @@ fn render_list(
             &ListBody { api_version: group_version(), kind: RESOURCES[0].list_kind, metadata, items },
             capacity,
         )?,
-        Shape::Table(v) if marked && repr.format == Format::Json => {
+        Shape::Table(v) if kept && repr.format == Format::Json => {
             return marked_table(v, items, metadata, params.include, now, capacity);
         }
         Shape::Table(v) => {
