@@ -96,6 +96,8 @@ pub struct Metrics {
     pub request_duration: Family<DurationLabels, Histogram>,
     /// `apiserver_current_inflight_requests`: requests being served and watches open.
     pub inflight: Family<InflightLabels, Gauge>,
+    /// Its `readOnly` series, kept at hand: every request but a watch moves it.
+    pub inflight_read_only: Gauge,
     /// `klio_catalog_fetches_total`: catalog reads by result.
     pub fetches: Family<FetchLabels, Counter>,
     /// `klio_catalog_fetch_duration_seconds`: how long one catalog read took.
@@ -140,6 +142,7 @@ impl Metrics {
             "Number of requests being served (readOnly) and watches open (watch)",
             inflight.clone(),
         );
+        let inflight_read_only = inflight.get_or_create_owned(&InflightLabels { request_kind: "readOnly" });
         let fetches = Family::<FetchLabels, Counter>::default();
         registry.register(
             "klio_catalog_fetches",
@@ -190,6 +193,7 @@ impl Metrics {
             requests,
             request_duration,
             inflight,
+            inflight_read_only,
             fetches,
             fetch_duration,
             last_success,
@@ -209,8 +213,81 @@ impl Metrics {
     }
 }
 
+/// Label sets whose handles a thread keeps (see [`record_request`]): a request's labels come from
+/// fixed sets, and a thread serves few of them at a time.
+const KEPT_LABEL_SETS: usize = 16;
+
+/// Counts an answered request in `apiserver_request_total` and
+/// `apiserver_request_duration_seconds`. Each thread keeps the handles of the label sets it
+/// counted last (at most [`KEPT_LABEL_SETS`]), so a request finds its series without hashing its
+/// labels or taking the families' locks, which both threads serving connections would share.
+pub fn record_request(labels: RequestLabels, seconds: f64) {
+    struct Kept {
+        labels: RequestLabels,
+        requests: Counter,
+        duration: Histogram,
+    }
+    thread_local! {
+        static KEPT: std::cell::RefCell<(Vec<Kept>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+    }
+    KEPT.with_borrow_mut(|(kept, next)| {
+        let at = match kept.iter().position(|k| k.labels == labels) {
+            Some(at) => at,
+            None => {
+                let m = metrics();
+                let duration = DurationLabels { verb: labels.verb, group: labels.group, resource: labels.resource };
+                let entry = Kept {
+                    requests: m.requests.get_or_create_owned(&labels),
+                    duration: m.request_duration.get_or_create_owned(&duration),
+                    labels,
+                };
+                if kept.len() < KEPT_LABEL_SETS {
+                    kept.push(entry);
+                    kept.len() - 1
+                } else {
+                    let at = *next;
+                    kept[at] = entry;
+                    *next = (at + 1) % KEPT_LABEL_SETS;
+                    at
+                }
+            }
+        };
+        kept[at].requests.inc();
+        kept[at].duration.observe(seconds);
+    });
+}
+
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_in_their_series_past_the_kept_handles() {
+        // Codes no other test answers, more label sets than a thread keeps, each counted three
+        // times in turns (every round finds its handle evicted).
+        let codes: Vec<u16> = (0..KEPT_LABEL_SETS as u16 + 5).map(|i| 900 + i).collect();
+        for round in 0..3 {
+            for &code in &codes {
+                let labels = RequestLabels { verb: "GET", group: "metrics.test", resource: "kept", code };
+                record_request(labels, 0.001 * f64::from(round + 1));
+            }
+        }
+        let text = metrics().render();
+        for code in codes {
+            let series = format!(
+                "apiserver_request_total{{verb=\"GET\",group=\"metrics.test\",resource=\"kept\",code=\"{code}\"}} 3\n"
+            );
+            assert!(text.contains(&series), "{series} in\n{text}");
+        }
+        let count = "apiserver_request_duration_seconds_count{verb=\"GET\",group=\"metrics.test\",resource=\"kept\"} ";
+        let line = text.lines().find(|l| l.starts_with(count)).expect("the duration series");
+        assert_eq!(&line[count.len()..], (3 * (KEPT_LABEL_SETS + 5)).to_string());
+        assert!(text.contains("apiserver_current_inflight_requests{request_kind=\"readOnly\"}"), "{text}");
+    }
 }

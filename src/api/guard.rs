@@ -69,7 +69,7 @@ impl<R: Endpoint, O: Endpoint> Endpoint for Front<R, O> {
         let start = Instant::now();
         let (info, canonical) = read_request(&mut req);
         req.set_data(self.state.clone());
-        let error_format = super::negotiate::error_format(super::request::accept(&req));
+        let error_format = info.negotiated.error_format;
         let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
         let logged_path = logging.then(|| log_text(req.uri().path()).into_owned());
         let body_read = discard_body(&mut req).await;
@@ -195,10 +195,7 @@ impl<R: Endpoint, O: Endpoint> Front<R, O> {
 
         // Watches are counted by the watch itself, for as long as the stream lasts.
         let counted = (!watch).then(|| {
-            let gauge = crate::metrics::metrics()
-                .inflight
-                .get_or_create(&crate::metrics::InflightLabels { request_kind: "readOnly" })
-                .clone();
+            let gauge = crate::metrics::metrics().inflight_read_only.clone();
             gauge.inc();
             super::scopeguard(move || {
                 gauge.dec();
@@ -397,11 +394,7 @@ pub(crate) fn metric_labels(attributes: &Attributes) -> (&'static str, &'static 
 /// Request metrics, labelled as kube-apiserver labels them.
 fn record(attributes: &Attributes, code: u16, took: Duration) {
     let (verb, group, resource) = metric_labels(attributes);
-    let m = crate::metrics::metrics();
-    m.requests.get_or_create(&crate::metrics::RequestLabels { verb, group, resource, code }).inc();
-    m.request_duration
-        .get_or_create(&crate::metrics::DurationLabels { verb, group, resource })
-        .observe(took.as_secs_f64());
+    crate::metrics::record_request(crate::metrics::RequestLabels { verb, group, resource, code }, took.as_secs_f64());
 }
 
 #[cfg(test)]

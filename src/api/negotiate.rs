@@ -175,17 +175,44 @@ fn conversion(range: &MediaRange) -> Option<Option<Shape>> {
     })
 }
 
+/// What a request's Accept header asks for, read once per request (see
+/// [`super::request::RequestInfo`]): what a resource response is sent as, and what an error's
+/// Status body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The representation of a resource response; `None`: none this server produces (a 406).
+    pub resource: Option<Representation>,
+    /// The format of an error's Status body.
+    pub error_format: Format,
+}
+
+impl Negotiated {
+    /// What a request without an Accept header gets: JSON.
+    pub const JSON: Self = Self { resource: Some(Representation::JSON), error_format: Format::Json };
+}
+
+/// Reads an Accept header once for both choices: [`resource_representation`] and
+/// [`error_format`].
+pub fn negotiate(accept: Option<&str>) -> Negotiated {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Negotiated::JSON };
+    let ranges = parse_accept(accept);
+    Negotiated { resource: resource_of(&ranges), error_format: error_format_of(&ranges) }
+}
+
 /// Picks what to send for a resource request, as kube-apiserver's `NegotiateOutputMediaType`
 /// does: the first range (by q, then the client's order) this server can produce; `None` when
 /// none can be (a 406).
 pub fn resource_representation(accept: Option<&str>) -> Option<Representation> {
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Some(Representation::JSON) };
-    for range in parse_accept(accept) {
-        for &format in formats(&range) {
-            if !stream_and_server_version_allowed(&range, format) {
+    negotiate(accept).resource
+}
+
+fn resource_of(ranges: &[MediaRange]) -> Option<Representation> {
+    for range in ranges {
+        for &format in formats(range) {
+            if !stream_and_server_version_allowed(range, format) {
                 continue;
             }
-            match conversion(&range) {
+            match conversion(range) {
                 None => return Some(Representation { shape: Shape::Object, format }),
                 Some(Some(shape)) => return Some(Representation { shape, format }),
                 Some(None) => {}
@@ -198,13 +225,16 @@ pub fn resource_representation(accept: Option<&str>) -> Option<Representation> {
 /// The format of an error's Status body, as kube's `ErrorNegotiated` picks it: the first range
 /// asking for no conversion; JSON when none does (kube then writes the Status as raw JSON).
 pub fn error_format(accept: Option<&str>) -> Format {
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Format::Json };
-    for range in parse_accept(accept) {
-        for &format in formats(&range) {
+    negotiate(accept).error_format
+}
+
+fn error_format_of(ranges: &[MediaRange]) -> Format {
+    for range in ranges {
+        for &format in formats(range) {
             // The default endpoint restrictions: no conversion, no server version.
-            if conversion(&range).is_none()
+            if conversion(range).is_none()
                 && range.param("sv").filter(|v| !v.is_empty()).is_none()
-                && stream_and_server_version_allowed(&range, format)
+                && stream_and_server_version_allowed(range, format)
             {
                 return format;
             }

@@ -210,8 +210,6 @@ pub fn mount<H: ResourceHandlers>(route: poem::Route, handlers: H) -> poem::Rout
 /// does not have on a path is a 405 naming the resource.
 async fn scope<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let info = info_of(&req);
-    // A header value shares the request's buffer: kept for the error path at no cost.
-    let accept = req.headers().get(poem::http::header::ACCEPT).cloned();
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
         Err(err) if err.is::<ParseParamError>() => {
@@ -220,7 +218,7 @@ async fn scope<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
                     super::resources::validate_name(name)?;
                 }
             }
-            super::resources::representation(accept.as_ref().and_then(|v| v.to_str().ok()))?;
+            super::resources::representation(&info)?;
             // The guard read the same values with the same parsers: its error is this one.
             Err(match &info.params {
                 Err(e) => e.clone().into(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use poem::http::Method;
 use poem::Request;
 
+use super::negotiate::{negotiate, Negotiated};
 use super::operations::{invalid_parameter, GetQuery, ListQuery, TypedQuery};
 use super::params::Params;
 use super::status::ApiError;
@@ -113,6 +114,8 @@ pub struct RequestInfo {
     pub params: Result<Params, ApiError>,
     /// What authorization is asked about; also the metric labels.
     pub attributes: Attributes,
+    /// What the Accept header asks for (resource responses and error bodies).
+    pub negotiated: Negotiated,
 }
 
 /// kube-apiserver's default for a watch without `timeoutSeconds` is 30 to 60 minutes.
@@ -121,7 +124,7 @@ pub const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
 pub const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl RequestInfo {
-    /// Reads a request: method, raw path, raw query.
+    /// Reads a request: method, raw path, raw query (no Accept header: [`Self::of`] reads it).
     pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Self {
         let path = percent_encoding::percent_decode_str(raw_path).decode_utf8().ok().map(|p| p.into_owned());
         let query = Query::parse(raw_query);
@@ -150,12 +153,12 @@ impl RequestInfo {
             _ => (None, Ok(Params::default()), None, false),
         };
         let attributes = Attributes::resolve(method.as_str(), shown_path, watch, selected_name.as_deref());
-        Self { method: method.clone(), path, query, typed, params, attributes }
+        Self { method: method.clone(), path, query, typed, params, attributes, negotiated: Negotiated::JSON }
     }
 
     /// Reads a poem request.
     pub fn of(req: &Request) -> Self {
-        Self::parse(req.method(), req.uri().path(), req.uri().query())
+        Self { negotiated: negotiate(accept(req)), ..Self::parse(req.method(), req.uri().path(), req.uri().query()) }
     }
 
     /// Rewrites `req`'s query to [`Query::canonical`]: whatever reads the request after this

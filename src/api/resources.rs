@@ -9,10 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ListMeta, ObjectMeta};
 use poem::{Request, Response};
 use serde::Serialize;
 
-use super::negotiate::{resource_representation, Format, Representation, Shape, RESOURCE_MEDIA_TYPES};
+use super::negotiate::{Format, Representation, Shape, RESOURCE_MEDIA_TYPES};
 use super::params::{ContinueToken, Params};
 use super::render_cache::Rendered;
-use super::request::info_of;
+use super::request::{info_of, RequestInfo};
 use super::resource_version::Resolver;
 use super::status::ApiError;
 use super::table::{self, IncludeObject};
@@ -24,9 +24,9 @@ pub(crate) fn plural() -> &'static str {
     RESOURCES[0].name
 }
 
-/// The representation the Accept header asks for, or kube's 406.
-pub(crate) fn representation(accept: Option<&str>) -> Result<Representation, ApiError> {
-    resource_representation(accept).ok_or_else(|| ApiError::not_acceptable(RESOURCE_MEDIA_TYPES))
+/// The representation the Accept header asked for (read once, with the request), or kube's 406.
+pub(crate) fn representation(info: &RequestInfo) -> Result<Representation, ApiError> {
+    info.negotiated.resource.ok_or_else(|| ApiError::not_acceptable(RESOURCE_MEDIA_TYPES))
 }
 
 /// `Warning: 299` headers for every source that is failing (kubectl prints them on stderr).
@@ -204,10 +204,10 @@ fn state_of(req: &Request) -> Result<&Arc<AppState>, ApiError> {
 /// `list` (and watch): the operation's handler, once poem-openapi has read the parameters.
 pub async fn list(req: &Request) -> Result<Response, ApiError> {
     let state = state_of(req)?;
-    // kube-apiserver negotiates the media type before it reads the options (406 before 400).
-    let repr = representation(super::request::accept(req))?;
     // The options the guard authorized, read once for both.
     let info = info_of(req);
+    // kube-apiserver negotiates the media type before it reads the options (406 before 400).
+    let repr = representation(&info)?;
     let params = info.params.as_ref().map_err(Clone::clone)?;
     let catalog = &state.catalog;
     if params.watch {
@@ -361,8 +361,8 @@ pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
 pub async fn get(req: &Request, name: &str) -> Result<Response, ApiError> {
     let state = state_of(req)?;
     validate_name(name)?;
-    let repr = representation(super::request::accept(req))?;
     let info = info_of(req);
+    let repr = representation(&info)?;
     let params = info.params.as_ref().map_err(Clone::clone)?;
     let snapshot = Resolver::new(&state.catalog).await?.read(params).await?;
     let backup = snapshot.get(name).ok_or_else(|| ApiError::not_found(plural(), name))?;
