@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response};
+use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::error::ParseParamError;
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
@@ -191,7 +191,19 @@ pub fn service<H: ResourceHandlers>(handlers: H) -> OpenApiService<ResourceOpera
 /// The operations, served by `handlers` (the server's, or a test's): every request under
 /// [`crate::routes::version_path`]`/` goes here (poem-openapi routes them by the document's paths).
 pub fn endpoint<H: ResourceHandlers>(handlers: H) -> impl Endpoint<Output = Response> {
-    service(handlers).around(scope).map_to_response()
+    Scoped(poem::IntoEndpoint::into_endpoint(service(handlers)))
+}
+
+/// The operations with [`scope`]'s Status bodies: one layer (poem's `around` would add a second,
+/// and clone the operations' handle per request).
+struct Scoped<E>(E);
+
+impl<E: Endpoint> Endpoint for Scoped<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        scope(&self.0, req).await
+    }
 }
 
 /// Adds the document's paths to `route`, served by `handlers` (tests: a route that also serves
@@ -208,7 +220,7 @@ pub fn mount<H: ResourceHandlers>(route: poem::Route, handlers: H) -> poem::Rout
 /// parameter whose value does not have the document's type is a 400, after the media type was
 /// negotiated (kube answers 406 first) and, for a get, the name checked; a method the document
 /// does not have on a path is a 405 naming the resource.
-async fn scope<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+async fn scope<E: Endpoint>(next: &E, req: Request) -> poem::Result<Response> {
     let info = info_of(&req);
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
@@ -245,7 +257,7 @@ mod tests {
     use std::sync::Arc;
 
     use poem::http::{StatusCode, Uri};
-    use poem::Route;
+    use poem::{EndpointExt, Route};
 
     use super::super::request::RequestInfo;
     use super::*;

@@ -126,7 +126,12 @@ pub const MAX_WATCH_TIMEOUT: Duration = Duration::from_secs(3600);
 impl RequestInfo {
     /// Reads a request: method, raw path, raw query (no Accept header: [`Self::of`] reads it).
     pub fn parse(method: &Method, raw_path: &str, raw_query: Option<&str>) -> Self {
-        let path = percent_encoding::percent_decode_str(raw_path).decode_utf8().ok().map(|p| p.into_owned());
+        // Most paths have nothing escaped: copied as they are, without a decoding pass.
+        let path = if raw_path.contains('%') {
+            percent_encoding::percent_decode_str(raw_path).decode_utf8().ok().map(|p| p.into_owned())
+        } else {
+            Some(raw_path.to_string())
+        };
         let query = Query::parse(raw_query);
         let shown_path = path.as_deref().unwrap_or(raw_path);
         let (typed, params, selected_name, watch) = match shown_path.strip_prefix(crate::routes::resource_prefix()) {

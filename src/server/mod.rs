@@ -29,8 +29,7 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper_util::rt::TokioIo;
 use openssl::ssl::{Ssl, SslAcceptor};
-use poem::endpoint::BoxEndpoint;
-use poem::{Endpoint, EndpointExt, IntoEndpoint};
+use poem::{Endpoint, IntoEndpoint};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_openssl::SslStream;
@@ -154,8 +153,8 @@ impl HttpsServer {
         E: IntoEndpoint,
         E::Endpoint: 'static,
     {
-        let endpoint: Arc<BoxEndpoint<'static, poem::Response>> =
-            Arc::new(endpoint.into_endpoint().map_to_response().boxed());
+        // Called directly (not boxed): a request's future is not moved into one more box.
+        let endpoint = Arc::new(endpoint.into_endpoint());
         let local = self.local_addr();
         let limits = Arc::new(self.limits.clone());
         let registry = self.registry.clone();
@@ -269,12 +268,12 @@ pub async fn stopped(rx: &mut watch::Receiver<bool>) {
 const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 
 #[allow(clippy::too_many_arguments)]
-async fn serve_connection(
+async fn serve_connection<E: Endpoint + 'static>(
     tcp: TcpStream,
     local: SocketAddr,
     remote: SocketAddr,
     acceptor: Arc<SslAcceptor>,
-    endpoint: Arc<BoxEndpoint<'static, poem::Response>>,
+    endpoint: Arc<E>,
     mut shutdown: watch::Receiver<bool>,
     conn: Arc<ConnState>,
     limits: &ConnectionLimits,
@@ -303,11 +302,11 @@ async fn serve_connection(
 }
 
 /// Serves HTTP/1.1 or HTTP/2 on an established TLS connection, within the connection bounds.
-async fn serve_http(
+async fn serve_http<E: Endpoint + 'static>(
     stream: SslStream<TcpStream>,
     local: SocketAddr,
     remote: SocketAddr,
-    endpoint: Arc<BoxEndpoint<'static, poem::Response>>,
+    endpoint: Arc<E>,
     mut shutdown: watch::Receiver<bool>,
     conn: Arc<ConnState>,
     limits: &ConnectionLimits,
