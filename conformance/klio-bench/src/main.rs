@@ -264,10 +264,17 @@ async fn run(args: Args) -> Result<()> {
         let cells = args.concurrency.iter().map(|&c| (c, false)).chain(args.h2_concurrency.iter().map(|&c| (c, true)));
         for (c, http2) in cells {
             for case in cases.iter().filter(|case| case.list || !http2) {
-                let ours =
-                    Load { addr: svc.addr, path: &case.path, accept: case.accept, concurrency: c, http2, time: cell };
+                let ours = Load {
+                    addr: svc.addr,
+                    pid: svc.pid(),
+                    path: &case.path,
+                    accept: case.accept,
+                    concurrency: c,
+                    http2,
+                    time: cell,
+                };
                 let file = format!("/{}", case.file);
-                let theirs = Load { addr: nginx.addr, path: &file, accept: "*/*", ..ours };
+                let theirs = Load { addr: nginx.addr, pid: nginx.pid(), path: &file, accept: "*/*", ..ours };
                 let lists64 = case.list && c >= 64 && !http2;
                 if lists64 {
                     peak = peak.max(svc.rss().1);
@@ -279,8 +286,8 @@ async fn run(args: Args) -> Result<()> {
                 }
                 let protocol = if http2 { "HTTP/2" } else { "HTTP/1.1" };
                 eprintln!(
-                    "   {:<10} {protocol:<8} c={c:<3} ours p50 {:>8.2} p99 {:>8.2} ms {:>8.0} rps | nginx p50 {:>8.2} p99 {:>8.2} ms {:>8.0} rps",
-                    case.name, ours.p50_ms, ours.p99_ms, ours.rps, theirs.p50_ms, theirs.p99_ms, theirs.rps
+                    "   {:<10} {protocol:<8} c={c:<3} ours p50 {:>8.2} p99 {:>8.2} ms {:>8.0} rps {:>7.1} µs CPU/req | nginx p50 {:>8.2} p99 {:>8.2} ms {:>8.0} rps {:>7.1} µs CPU/req",
+                    case.name, ours.p50_ms, ours.p99_ms, ours.rps, ours.cpu_us_per_request, theirs.p50_ms, theirs.p99_ms, theirs.rps, theirs.cpu_us_per_request
                 );
                 report.rows.push(Row::new(case.name, protocol, n, c, ours, Some(theirs)));
             }
@@ -362,6 +369,8 @@ async fn cold_cells(
             p99_ms: pct(0.99),
             rps: 0.0,
             bytes_per_response: size,
+            // Not measured: the catalog's cold read is part of each of these requests.
+            cpu_us_per_request: 0.0,
         };
         let name = format!("cold list table (Kopia: {find} find, {reads} reads)");
         report.rows.push(Row::new(&name, "HTTP/1.1", n, c, cell, None));

@@ -25,6 +25,8 @@ pub struct Oha {
 /// One cell: `concurrency` connections (each with one request at a time) for `time`.
 pub struct Load<'a> {
     pub addr: SocketAddr,
+    /// The server's process, whose CPU time the cell reads.
+    pub pid: u32,
     pub path: &'a str,
     pub accept: &'a str,
     pub concurrency: usize,
@@ -81,12 +83,17 @@ impl Oha {
             cmd.args(["--http2", "-p", "1"]);
         }
         cmd.arg(format!("https://localhost:{}{}", load.addr.port(), load.path));
+        let cpu_before = crate::servers::process_cpu(load.pid);
         let out = cmd.output().with_context(|| format!("running {}", self.bin.display()))?;
+        let cpu = crate::servers::process_cpu(load.pid).saturating_sub(cpu_before);
         if !out.status.success() {
             bail!("oha failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
         }
         let report: Value = serde_json::from_slice(&out.stdout).context("reading oha's JSON report")?;
-        parse(&report)
+        let mut cell = parse(&report)?;
+        let answered = cell.requests + cell.errors;
+        cell.cpu_us_per_request = if answered > 0 { cpu.as_secs_f64() * 1e6 / answered as f64 } else { 0.0 };
+        Ok(cell)
     }
 }
 
@@ -108,6 +115,7 @@ fn parse(report: &Value) -> Result<Cell> {
         p99_ms: percentile("p99"),
         rps: if total > 0.0 { ok as f64 / total } else { 0.0 },
         bytes_per_response: report["summary"]["sizePerRequest"].as_u64().unwrap_or(0) as usize,
+        cpu_us_per_request: 0.0,
     })
 }
 

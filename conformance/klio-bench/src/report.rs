@@ -14,6 +14,9 @@ pub struct Cell {
     /// 200s per second of the cell.
     pub rps: f64,
     pub bytes_per_response: usize,
+    /// The server's CPU time (user + system, all its threads) per answered request, during the
+    /// cell: on a machine shared with the load generator, what the requests per second depend on.
+    pub cpu_us_per_request: f64,
 }
 
 /// A case at one size and concurrency, ours against nginx.
@@ -32,6 +35,8 @@ pub struct Row {
     pub p99_ratio: Option<f64>,
     /// ours rps / nginx rps
     pub rps_ratio: Option<f64>,
+    /// ours CPU per request / nginx CPU per request
+    pub cpu_ratio: Option<f64>,
 }
 
 impl Row {
@@ -52,6 +57,7 @@ impl Row {
             p50_ratio: ratio(|c| c.p50_ms),
             p99_ratio: ratio(|c| c.p99_ms),
             rps_ratio: ratio(|c| c.rps),
+            cpu_ratio: ratio(|c| c.cpu_us_per_request),
             ours,
             nginx,
         }
@@ -101,7 +107,7 @@ pub struct ProcessFigures {
 
 pub fn print(r: &Report) {
     println!(
-        "\n{:<44} {:<8} {:>7} {:>3} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>5} {:>5} {:>5}",
+        "\n{:<44} {:<8} {:>7} {:>3} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>5} {:>5} {:>5} | {:>7} {:>7}",
         "case",
         "protocol",
         "backups",
@@ -114,16 +120,19 @@ pub fn print(r: &Report) {
         "nginx rps",
         "p50x",
         "p99x",
-        "rpsx"
+        "rpsx",
+        "µs/req",
+        "nginx"
     );
     let ratio = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    let cpu = |c: &Cell| if c.cpu_us_per_request > 0.0 { format!("{:.1}", c.cpu_us_per_request) } else { "-".into() };
     for row in &r.rows {
         let (np50, np99, nrps) = row.nginx.as_ref().map_or(("-".into(), "-".into(), "-".into()), |n| {
             (format!("{:.2}", n.p50_ms), format!("{:.2}", n.p99_ms), format!("{:.0}", n.rps))
         });
         let errors = row.ours.errors + row.nginx.as_ref().map_or(0, |n| n.errors);
         println!(
-            "{:<44} {:<8} {:>7} {:>3} | {:>9.2} {:>9.2} {:>9.0} | {:>9} {:>9} {:>9} | {:>5} {:>5} {:>5}{}",
+            "{:<44} {:<8} {:>7} {:>3} | {:>9.2} {:>9.2} {:>9.0} | {:>9} {:>9} {:>9} | {:>5} {:>5} {:>5} | {:>7} {:>7}{}",
             row.name,
             row.protocol,
             row.backups,
@@ -137,6 +146,8 @@ pub fn print(r: &Report) {
             ratio(row.p50_ratio),
             ratio(row.p99_ratio),
             ratio(row.rps_ratio),
+            cpu(&row.ours),
+            row.nginx.as_ref().map_or("-".into(), cpu),
             if errors > 0 { format!("  ({errors} errors)") } else { String::new() }
         );
     }

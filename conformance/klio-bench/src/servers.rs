@@ -99,14 +99,19 @@ impl Service {
 
     /// User + system CPU time so far.
     pub fn cpu(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces) start at ")".
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
-        let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Duration::from_micros(ticks * 1_000_000 / hz)
+        process_cpu(self.child.id())
     }
+}
+
+/// User + system CPU time of process `pid` so far (all its threads).
+pub fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ")".
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
 /// nginx serving files with the same TLS settings.
@@ -123,6 +128,11 @@ impl Drop for Nginx {
 }
 
 impl Nginx {
+    /// Its one process (no master: the worker itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// One worker (the service has one process too), files from `dir/www`, HTTP/1.1 and HTTP/2.
     pub fn start(binary: &str, dir: &Path, pki: &DemoPki) -> Result<Self> {
         let port = free_port();
