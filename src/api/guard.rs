@@ -194,13 +194,7 @@ impl<R: Endpoint, O: Endpoint> Front<R, O> {
         drop(identity);
 
         // Watches are counted by the watch itself, for as long as the stream lasts.
-        let counted = (!watch).then(|| {
-            let gauge = crate::metrics::metrics().inflight_read_only.clone();
-            gauge.inc();
-            super::scopeguard(move || {
-                gauge.dec();
-            })
-        });
+        let counted = (!watch).then(InFlightCount::start);
         let request_timeout = state.limits.request_timeout;
         let (deadline, expiry) = if watch {
             (started + info.watch_timeout(), Expiry::End)
@@ -230,13 +224,13 @@ impl<R: Endpoint, O: Endpoint> Front<R, O> {
             Ok(resp) => resp,
             Err(err) => super::status::error_response(err),
         };
-        let held: Held = if watch {
+        let held = if watch {
             // Set up: the in-flight slot is free again; the watch slot stays with the stream.
             drop(in_flight);
             timer.as_mut().reset(deadline.into());
-            Box::new(watch_slot)
+            Held::Watch(watch_slot)
         } else {
-            Box::new((in_flight, counted))
+            Held::Request(in_flight, counted)
         };
         let body =
             GuardedBody { inner: resp.take_body().into(), deadline: timer, expiry, held: Some(held), ended: false };
@@ -246,8 +240,32 @@ impl<R: Endpoint, O: Endpoint> Front<R, O> {
     }
 }
 
-/// What a response holds until it is written: slots, gauges.
-type Held = Box<dyn Send + Sync>;
+/// What a response holds until it is written (released when it is dropped).
+#[allow(dead_code, reason = "the fields are held for what their drop releases, never read")]
+enum Held {
+    /// A list or get: its in-flight slot (none when exempt) and its count in the gauge.
+    Request(Option<tokio::sync::OwnedSemaphorePermit>, Option<InFlightCount>),
+    /// A watch: its watch slot (none when exempt).
+    Watch(Option<tokio::sync::OwnedSemaphorePermit>),
+}
+
+/// A request counted in `apiserver_current_inflight_requests{request_kind="readOnly"}` until
+/// dropped.
+struct InFlightCount(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlightCount {
+    fn start() -> Self {
+        let gauge = crate::metrics::metrics().inflight_read_only.clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightCount {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// What happens to a body still being written at its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
