@@ -194,7 +194,18 @@ impl Negotiated {
 /// Reads an Accept header once for both choices: [`resource_representation`] and
 /// [`error_format`].
 pub fn negotiate(accept: Option<&str>) -> Negotiated {
-    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else { return Negotiated::JSON };
+    match accept.filter(|a| !a.trim().is_empty()) {
+        None => Negotiated::JSON,
+        // What most API clients send (client-go's JSON clients, `kubectl get -o json`), known
+        // without parsing (a test checks it is what parsing gives).
+        Some(PLAIN_JSON) => Negotiated::JSON,
+        Some(accept) => negotiate_parsed(accept),
+    }
+}
+
+const PLAIN_JSON: &str = "application/json";
+
+fn negotiate_parsed(accept: &str) -> Negotiated {
     let ranges = parse_accept(accept);
     Negotiated { resource: resource_of(&ranges), error_format: error_format_of(&ranges) }
 }
@@ -259,6 +270,12 @@ mod tests {
     #[test]
     fn kubectl_get_asks_for_a_v1_table() {
         assert_eq!(resource_representation(Some(KUBECTL_TABLE)), json(Shape::Table("v1")));
+    }
+
+    #[test]
+    fn plain_json_is_known_without_parsing_as_parsing_reads_it() {
+        assert_eq!(negotiate(Some(PLAIN_JSON)), negotiate_parsed(PLAIN_JSON));
+        assert_eq!(negotiate(Some(PLAIN_JSON)), Negotiated::JSON);
     }
 
     #[test]
