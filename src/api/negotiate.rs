@@ -191,8 +191,8 @@ impl Negotiated {
     pub const JSON: Self = Self { resource: Some(Representation::JSON), error_format: Format::Json };
 }
 
-/// Reads an Accept header once for both choices: [`resource_representation`] and
-/// [`error_format`].
+/// Reads an Accept header once for both choices: the representation of a resource response and
+/// the format of an error's Status body.
 pub fn negotiate(accept: Option<&str>) -> Negotiated {
     match accept.filter(|a| !a.trim().is_empty()) {
         None => Negotiated::JSON,
@@ -213,10 +213,6 @@ fn negotiate_parsed(accept: &str) -> Negotiated {
 /// Picks what to send for a resource request, as kube-apiserver's `NegotiateOutputMediaType`
 /// does: the first range (by q, then the client's order) this server can produce; `None` when
 /// none can be (a 406).
-pub fn resource_representation(accept: Option<&str>) -> Option<Representation> {
-    negotiate(accept).resource
-}
-
 fn resource_of(ranges: &[MediaRange]) -> Option<Representation> {
     for range in ranges {
         for &format in formats(range) {
@@ -235,10 +231,6 @@ fn resource_of(ranges: &[MediaRange]) -> Option<Representation> {
 
 /// The format of an error's Status body, as kube's `ErrorNegotiated` picks it: the first range
 /// asking for no conversion; JSON when none does (kube then writes the Status as raw JSON).
-pub fn error_format(accept: Option<&str>) -> Format {
-    negotiate(accept).error_format
-}
-
 fn error_format_of(ranges: &[MediaRange]) -> Format {
     for range in ranges {
         for &format in formats(range) {
@@ -257,6 +249,14 @@ fn error_format_of(ranges: &[MediaRange]) -> Format {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resource_representation(accept: Option<&str>) -> Option<Representation> {
+        negotiate(accept).resource
+    }
+
+    fn error_format(accept: Option<&str>) -> Format {
+        negotiate(accept).error_format
+    }
 
     const KUBECTL_TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
     /// client-go's metadata client (k8s.io/client-go/metadata): list, then get and watch.
